@@ -1,0 +1,1 @@
+"""nblab: a notebook-first lab for low-precision training recipes."""
