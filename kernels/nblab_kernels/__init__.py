@@ -1,1 +1,41 @@
+"""nblab_kernels: number formats, the plain-torch reference quantizers and (soon)
+the Triton kernels that match them bit for bit. Imports only torch, triton, numpy."""
 
+from .formats import (
+    ELEMENT_FORMATS,
+    QUANT_PRESETS,
+    SCALE_FORMATS,
+    ElementFormat,
+    QuantSpec,
+    ScaleFormat,
+    element_format,
+    scale_format,
+)
+from .ops import BACKENDS, fake_quantize, quant_stats, quantize
+from .reference import (
+    QTensor,
+    QuantStats,
+    hadamard_matrix,
+    hadamard_transform,
+    inverse_hadamard_transform,
+)
+
+__all__ = [
+    "BACKENDS",
+    "ELEMENT_FORMATS",
+    "QUANT_PRESETS",
+    "SCALE_FORMATS",
+    "ElementFormat",
+    "QTensor",
+    "QuantSpec",
+    "QuantStats",
+    "ScaleFormat",
+    "element_format",
+    "fake_quantize",
+    "hadamard_matrix",
+    "hadamard_transform",
+    "inverse_hadamard_transform",
+    "quant_stats",
+    "quantize",
+    "scale_format",
+]

@@ -129,7 +129,8 @@ class ElementFormat:
 
     @property
     def packed(self) -> bool:
-        return self.bits == 4
+        """fp4 codes are packed two per byte; int4 stays one int8 per element."""
+        return self.bits == 4 and self.kind == "float"
 
 
 def _float(name: str, e: int, m: int, **kw) -> ElementFormat:
@@ -222,7 +223,9 @@ SCALE_FORMATS: dict[str, ScaleFormat] = {
         ScaleFormat(
             "ue4m3",
             "float",
-            grid=_float("ue4m3", 4, 3, specials="fn", signed=False),
+            grid=_float(
+                "ue4m3", 4, 3, specials="fn", signed=False, torch_dtype=torch.float8_e4m3fn
+            ),
             storage_dtype=torch.float8_e4m3fn,
             rules=("nvfp4",),
         ),
@@ -280,11 +283,11 @@ class QuantSpec:
     """
 
     element: str = "e4m3"
-    scale: str = "fp32"
+    scale: str | None = None  # None: "none" for casts, else "fp32"
     granularity: str = "tensor"
     block: int | None = None
     dim: int = -1
-    rule: str = "amax"
+    rule: str | None = None  # None: the scale format's default (its first rule)
     rounding: str = "rne"
     hadamard: int = 0
     hadamard_seed: int = 0
@@ -292,7 +295,11 @@ class QuantSpec:
 
     def __post_init__(self) -> None:
         elem = element_format(self.element)  # raises with the accepted names
+        if self.scale is None:  # frozen: fill defaults through object.__setattr__
+            object.__setattr__(self, "scale", "none" if elem.kind == "cast" else "fp32")
         sfmt = scale_format(self.scale)
+        if self.rule is None:
+            object.__setattr__(self, "rule", sfmt.rules[0])
         _require("granularity", self.granularity, GRANULARITIES)
         _require("rounding", self.rounding, ROUNDINGS)
         _require("hadamard", self.hadamard, HADAMARD_SIZES)
@@ -323,12 +330,12 @@ class QuantSpec:
             )
         if self.rule == "nvfp4":
             _require("granularity", self.granularity, ("block", "tile"))
-        if self.hadamard and self.granularity in ("block", "tile") and self.block:
-            if self.block % self.hadamard and self.hadamard % self.block:
-                raise ValueError(
-                    f"QuantSpec.hadamard={self.hadamard} and block={self.block} do not nest; "
-                    f"accepted: one a multiple of the other"
-                )
+        blocked = self.granularity in ("block", "tile") and self.block
+        if self.hadamard and blocked and self.block % self.hadamard and self.hadamard % self.block:
+            raise ValueError(
+                f"QuantSpec.hadamard={self.hadamard} and block={self.block} do not nest; "
+                f"accepted: one a multiple of the other"
+            )
 
     # -- derived ----------------------------------------------------------------
     @property

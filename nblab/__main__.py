@@ -1,0 +1,3 @@
+from nblab.cli import main
+
+raise SystemExit(main())
