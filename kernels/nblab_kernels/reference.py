@@ -56,9 +56,13 @@ def _div(num: torch.Tensor | float, den: torch.Tensor | float, like: torch.Tenso
 def pow2(e: torch.Tensor) -> torch.Tensor:
     """2^e as fp32, exact, built from the bits (e integer in [-149, 127])."""
     e = e.to(torch.int32)
-    normal = (e + 127).clamp(min=1) << 23
-    subnormal = torch.ones_like(e) << (e + 149).clamp(0, 22)
-    return torch.where(e >= -126, normal, subnormal).view(torch.float32)
+    biased = (e + 127).clamp(min=1, max=254)
+    normal = (biased << 23).view(torch.float32)
+    if bool((e >= -126).all()):
+        return normal
+    # below 2^-126: 2^(e + 64) * 2^-64, a product of powers of two, still exact
+    lifted = (((e + 64 + 127).clamp(min=1, max=254)) << 23).view(torch.float32) * 2.0**-64
+    return torch.where(e >= -126, normal, lifted)
 
 
 def floor_log2(a: torch.Tensor) -> torch.Tensor:
@@ -352,6 +356,7 @@ def _e8m0_exponent(amax: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
 class _Scales:
     multiplier: torch.Tensor  # (gm, gk) fp32, applied to x before rounding
     stored: torch.Tensor  # (gm, gk) in the scale format's storage dtype
+    dequant: tuple[str, torch.Tensor]  # ("div", inv) or ("mul", factor), as decoded
     tensor_scale: torch.Tensor | None = None  # NVFP4's fp32 s_t
 
 
@@ -362,18 +367,18 @@ def _scales(amax: torch.Tensor, poisoned: torch.Tensor, spec: QuantSpec) -> _Sca
         # inv = max / amax once per group; amax == 0 -> 1; kept finite for denormal amax
         inv = torch.where(amax > 0, _div(elem.max, amax, amax), 1.0).clamp(max=_F32_MAX)
         inv = torch.where(poisoned, nan, inv)
-        return _Scales(inv, inv)
+        return _Scales(inv, inv, ("div", inv))
     if sfmt.kind == "pow2":
         lo, hi = POW2_EXP_RANGE
         safe = torch.where(amax > 0, amax, torch.ones_like(amax))
         k = torch.where(amax > 0, _min_exp_covering(safe, elem.max), 0).clamp(lo, hi)
         inv = torch.where(poisoned, nan, pow2(-k))
-        return _Scales(inv, inv)
+        return _Scales(inv, inv, ("div", inv))
     if sfmt.kind == "e8m0":
         e = _e8m0_exponent(amax, spec)
         mult = torch.where(poisoned, nan, pow2(-e))
         stored = torch.where(poisoned, E8M0_NAN, e + E8M0_BIAS).to(torch.uint8)
-        return _Scales(mult, stored)
+        return _Scales(mult, stored, ("mul", torch.where(poisoned, nan, pow2(e))))
     return _two_level_scales(amax, poisoned, spec)
 
 
@@ -396,7 +401,7 @@ def _two_level_scales(amax: torch.Tensor, poisoned: torch.Tensor, spec: QuantSpe
     ratio = _div(_div(amax, elem.max, amax), s_t, amax)
     s_b = round_to_grid(ratio.clamp(grid.min_normal, grid.max), grid)
     mult = _div(_div(1.0, s_t, s_t), s_b, s_b)
-    return _Scales(mult, encode(s_b, grid), s_t)
+    return _Scales(mult, encode(s_b, grid), ("mul", s_b), s_t)
 
 
 def _dequant_scale(qt: QTensor) -> tuple[str, torch.Tensor]:
@@ -455,21 +460,24 @@ class QTensor:
         dtype = dtype or self.dtype
         if self.spec.is_cast:
             return self.codes.to(dtype)
-        layout = self.layout
-        values = layout.split(self.element_values())
         how, scale = _dequant_scale(self)
-        if how == "div":
-            out = values / _per_group(scale)
-        else:
-            out = values * _per_group(scale)
-            if self.tensor_scale is not None:
-                out = out * self.tensor_scale
-        out = layout.merge(out)
-        if self.spec.hadamard and not transformed:
-            out = _hadamard_2d(
-                out, self.spec.hadamard, self.spec.hadamard_seed, self.spec.dim, inverse=True
-            )
-        return out.reshape(self.shape).to(dtype)
+        return _dequantize(self.element_values(), self.layout, how, scale, self.tensor_scale,
+                           self.spec, self.shape, dtype, transformed)  # fmt: skip
+
+
+def _dequantize(values, layout, how, scale, tensor_scale, spec, shape, dtype, transformed):
+    """Grid values (M, K) times their group scales, inverse-transformed, as x was."""
+    values = layout.split(values)
+    if how == "div":
+        out = values / _per_group(scale)
+    else:
+        out = values * _per_group(scale)
+        if tensor_scale is not None:
+            out = out * tensor_scale
+    out = layout.merge(out)
+    if spec.hadamard and not transformed:
+        out = _hadamard_2d(out, spec.hadamard, spec.hadamard_seed, spec.dim, inverse=True)
+    return out.reshape(shape).to(dtype)
 
 
 def _rbits_for(x2: torch.Tensor, spec: QuantSpec, rbits, seed) -> torch.Tensor | None:
@@ -490,35 +498,49 @@ def _rbits_for(x2: torch.Tensor, spec: QuantSpec, rbits, seed) -> torch.Tensor |
     return random_bits(tuple(x2.shape), seed, device=x2.device)
 
 
-def _quantize(x: torch.Tensor, spec: QuantSpec, rbits, seed):
-    """(QTensor, scaled values before clipping as (gm, bm, gk, bk), multiplier)."""
+@dataclass
+class _GridResult:
+    """Everything quantize computes before encoding: grid values q (M, K) in the
+    transformed domain, the group scales and the scaled values before clipping."""
+
+    q: torch.Tensor
+    scales: _Scales
+    layout: GroupLayout
+    scaled: torch.Tensor  # (gm, bm, gk, bk)
+
+
+def _to_grid(x: torch.Tensor, spec: QuantSpec, rbits, seed) -> _GridResult:
     if x.numel() == 0:
         raise ValueError(f"cannot quantize an empty tensor of shape {tuple(x.shape)}")
-    shape = tuple(x.shape)
-    if spec.is_cast:
-        return QTensor(
-            x.to(spec.element_format.torch_dtype), None, None, spec, shape, x.dtype
-        ), None
     x2 = _as_2d(x).float()
     m, k = x2.shape
     if spec.hadamard:
         _check_hadamard((m, k), spec.hadamard, spec.dim)
         x2 = _hadamard_2d(x2, spec.hadamard, spec.hadamard_seed, spec.dim, inverse=False)
     bits = _rbits_for(x2, spec, rbits, seed)
-    layout = GroupLayout.of(shape, m, k, spec)
+    layout = GroupLayout.of(tuple(x.shape), m, k, spec)
     x4 = layout.split(x2)
     finite = torch.isfinite(x4)
     amax = torch.where(finite, x4.abs(), 0.0).amax(dim=(1, 3))
     poisoned = ~finite.all(dim=(1, 3))
     scales = _scales(amax, poisoned, spec)
     scaled = x4 * _per_group(scales.multiplier)
+    q = round_to_grid(layout.merge(scaled), spec.element_format, spec.rounding, bits)
+    return _GridResult(q, scales, layout, scaled)
+
+
+def _quantize(x: torch.Tensor, spec: QuantSpec, rbits, seed) -> tuple[QTensor, _GridResult | None]:
+    shape = tuple(x.shape)
+    if spec.is_cast:
+        codes = x.to(spec.element_format.torch_dtype)
+        return QTensor(codes, None, None, spec, shape, x.dtype), None
+    grid = _to_grid(x, spec, rbits, seed)
     fmt = spec.element_format
-    q = round_to_grid(layout.merge(scaled), fmt, spec.rounding, bits)
-    codes = encode(q, fmt).reshape(shape)
+    codes = encode(grid.q, fmt).reshape(shape)
     if fmt.packed:
         codes = pack_fp4(codes.reshape(shape or (1,)))
-    qt = QTensor(codes, scales.stored, scales.tensor_scale, spec, shape, x.dtype)
-    return qt, scaled
+    scales = grid.scales
+    return QTensor(codes, scales.stored, scales.tensor_scale, spec, shape, x.dtype), grid
 
 
 def quantize(
@@ -533,8 +555,16 @@ def quantize(
 def fake_quantize(
     x: torch.Tensor, spec: QuantSpec, *, rbits: torch.Tensor | None = None, seed: int | None = None
 ) -> torch.Tensor:
-    """quantize then dequantize: same shape and dtype as x."""
-    return quantize(x, spec, rbits=rbits, seed=seed).dequantize()
+    """quantize then dequantize: same shape and dtype as x. Skips the codes:
+    decode(encode(q)) == q bit for bit, so the grid values are scaled directly."""
+    if spec.is_cast:
+        return x.to(spec.element_format.torch_dtype).to(x.dtype)
+    if spec.element_format.packed and (x.dim() == 0 or x.shape[-1] % 2):
+        return quantize(x, spec).dequantize()  # raises the packing error
+    grid = _to_grid(x, spec, rbits, seed)
+    how, scale = grid.scales.dequant
+    return _dequantize(grid.q, grid.layout, how, scale, grid.scales.tensor_scale, spec, x.shape,
+                       x.dtype, transformed=False)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -554,7 +584,7 @@ class QuantStats:
 def quant_stats(
     x: torch.Tensor, spec: QuantSpec, *, rbits: torch.Tensor | None = None, seed: int | None = None
 ) -> QuantStats:
-    qt, scaled = _quantize(x, spec, rbits, seed)
+    qt, grid = _quantize(x, spec, rbits, seed)
     xf = x.detach().double().reshape(-1)
     dq = qt.dequantize(torch.float32).double().reshape(-1)
     err = xf - dq
@@ -567,12 +597,12 @@ def quant_stats(
         sqnr = 10 * math.log10(signal / noise)
     nonzero = xf != 0
     rel = (err[nonzero].abs() / xf[nonzero].abs()) if bool(nonzero.any()) else xf.new_zeros(1)
-    if scaled is None:  # plain cast: no grid scale
+    if grid is None:  # plain cast: no grid scale
         saturation = float((xf.abs() > spec.element_format.max).double().mean())
         exponents: dict[int, int] = {}
     else:
         fmt = spec.element_format
-        unclipped = round_to_grid(scaled.abs(), fmt, saturate=False)
+        unclipped = round_to_grid(grid.scaled.abs(), fmt, saturate=False)
         saturation = float((unclipped > fmt.max).double().sum() / xf.numel())
         exponents = _scale_exponents(qt)
     return QuantStats(

@@ -1,0 +1,126 @@
+"""QuantLinear: an nn.Linear whose six GEMM operands are fake-quantized by role.
+
+y = x W^T has three GEMMs and six operands (NUMERICS.md, "Recipes"):
+  forward  y  = x  @ W^T      roles fwd_x (T, in)  and fwd_w (out, in), reduce over in
+  dgrad    dx = dy @ W        roles dgrad_dy (T, out) and dgrad_w (out, in), reduce over out
+  wgrad    dW = dy^T @ x      roles wgrad_dy (T, out) and wgrad_x (T, in), reduce over T
+Each operand is quantized from the high-precision tensor (as TransformerEngine and
+torchao do), so a role's error never compounds with another's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+import nblab_kernels as nk
+from nblab.precision.presets import ROLES
+from nblab_kernels import QuantSpec
+
+# roles whose GEMM reduces over dim 0 of the tensor as stored
+_REDUCE_DIM0 = frozenset({"dgrad_w", "wgrad_x", "wgrad_dy"})
+_SWAP = {"row": "col", "col": "row"}
+
+
+def on_stored_layout(spec: QuantSpec | None, role: str) -> QuantSpec | None:
+    """Presets state specs along the GEMM's reduction dim ("row" = one scale per
+    reduction vector); map them onto the operand as it is stored."""
+    if spec is None or spec.is_cast or role not in _REDUCE_DIM0:
+        return spec
+    return spec.replace(dim=0, granularity=_SWAP.get(spec.granularity, spec.granularity))
+
+
+def _fq(t: torch.Tensor, spec: QuantSpec | None, backend: str) -> torch.Tensor:
+    return t if spec is None else nk.fake_quantize(t, spec, backend=backend)
+
+
+class _QuantLinearFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x2, weight, bias, module):
+        specs, backend = module.stored_specs, module.backend
+        module._tap("fwd_x", x2)
+        module._tap("fwd_w", weight)
+        y = _fq(x2, specs["fwd_x"], backend) @ _fq(weight, specs["fwd_w"], backend).t()
+        if bias is not None:
+            y = y + bias
+        ctx.save_for_backward(x2, weight)
+        ctx.module, ctx.has_bias = module, bias is not None
+        return y  # (T, out)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x2, weight = ctx.saved_tensors
+        module = ctx.module
+        specs, backend = module.stored_specs, module.backend
+        for role, t in (("dgrad_dy", dy), ("dgrad_w", weight), ("wgrad_dy", dy), ("wgrad_x", x2)):
+            module._tap(role, t)
+        dx = _fq(dy, specs["dgrad_dy"], backend) @ _fq(weight, specs["dgrad_w"], backend)
+        dw = _fq(dy, specs["wgrad_dy"], backend).t() @ _fq(x2, specs["wgrad_x"], backend)
+        db = dy.sum(0) if ctx.has_bias else None
+        return dx, dw, db, None
+
+
+class QuantLinear(nn.Linear):
+    """Drop-in nn.Linear (same parameters and state_dict keys) with per-role specs.
+
+    specs maps each role to a QuantSpec (stated along the reduction dim) or None
+    for high precision. While `recording` is on, each quantized operand's
+    quant_stats are appended to `recorded` as (role, QuantStats)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        specs: Mapping[str, QuantSpec | None],
+        backend: str = "auto",
+        device=None,
+        dtype=None,
+    ):
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        unknown = set(specs) - set(ROLES)
+        if unknown:
+            raise ValueError(f"unknown roles {sorted(unknown)}; accepted: {', '.join(ROLES)}")
+        self.specs = {role: specs.get(role) for role in ROLES}
+        self.stored_specs = {role: on_stored_layout(s, role) for role, s in self.specs.items()}
+        self.backend = backend
+        self.recording = False
+        self.recorded: list[tuple[str, nk.QuantStats]] = []
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, specs, backend: str = "auto") -> QuantLinear:
+        """Wrap an existing Linear, sharing its Parameters (optimizer state survives)."""
+        q = cls(
+            linear.in_features,
+            linear.out_features,
+            linear.bias is not None,
+            specs=specs,
+            backend=backend,
+            device="meta",
+        )
+        q.weight = linear.weight
+        q.bias = linear.bias
+        return q
+
+    def _tap(self, role: str, t: torch.Tensor) -> None:
+        spec = self.stored_specs[role]
+        if self.recording and spec is not None:
+            self.recorded.append((role, nk.quant_stats(t.detach(), spec, backend=self.backend)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.weight, self.bias
+        device = x.device.type
+        if torch.is_autocast_enabled(device):  # a custom Function is not autocast-aware
+            dtype = torch.get_autocast_dtype(device)
+            x, weight = x.to(dtype), weight.to(dtype)
+            bias = None if bias is None else bias.to(dtype)
+        x2 = x.reshape(-1, self.in_features)  # (T, in)
+        y = _QuantLinearFn.apply(x2, weight, bias, self)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        roles = ", ".join(f"{r}={s.describe() if s else 'high'}" for r, s in self.specs.items())
+        return f"{super().extra_repr()}, {roles}"

@@ -1,0 +1,161 @@
+"""apply_precision: swap a model's nn.Linear modules for QuantLinear, by plan.
+
+The plan report says, for every Linear, which spec each role got, or why the
+module stayed in high precision (a keep_high_precision entry, or a dimension the
+spec's block does not divide).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from nblab.precision.linear import QuantLinear, on_stored_layout
+from nblab.precision.presets import (
+    ROLES,
+    PrecisionPreset,
+    get_preset,
+    keep_blocks,
+    parse_keep_token,
+    resolve_precision,
+)
+
+_BLOCK_NAME = re.compile(r"^layers\.(\d+)\.")
+
+
+@dataclass
+class ModulePlan:
+    module: str
+    in_features: int
+    out_features: int
+    quantized: bool
+    specs: dict[str, str] = field(default_factory=dict)  # role -> describe() or "high"
+    reason: str = ""
+
+
+@dataclass
+class PlanReport:
+    preset: PrecisionPreset
+    modules: list[ModulePlan]
+
+    @property
+    def quantized(self) -> list[str]:
+        return [m.module for m in self.modules if m.quantized]
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        return {m.module: m.reason for m in self.modules if not m.quantized}
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per module, for a DataFrame or a table."""
+        return [
+            {"module": m.module, "shape": f"{m.out_features}x{m.in_features}", **m.specs,
+             "reason": m.reason}
+            for m in self.modules
+        ]  # fmt: skip
+
+    def __str__(self) -> str:
+        lines = [f"precision {self.preset.name}: {len(self.quantized)} of "
+                 f"{len(self.modules)} Linear modules quantized"]  # fmt: skip
+        for m in self.modules:
+            if m.quantized:
+                lines.append(f"  {m.module}: " + ", ".join(f"{r}={s}" for r, s in m.specs.items()))
+            else:
+                lines.append(f"  {m.module}: high precision ({m.reason})")
+        return "\n".join(lines)
+
+
+def _as_preset(precision: Any) -> PrecisionPreset:
+    if isinstance(precision, PrecisionPreset):
+        return precision
+    if isinstance(precision, str):
+        return get_preset(precision)
+    return resolve_precision(precision)
+
+
+def _n_blocks(model: nn.Module) -> int:
+    layers = getattr(model, "layers", None)
+    return len(layers) if isinstance(layers, nn.ModuleList) else 0
+
+
+def _kept_by(name: str, preset: PrecisionPreset, blocks: set[int]) -> str:
+    """The keep_high_precision entry that keeps `name`, or ''."""
+    for token in preset.keep_high_precision:
+        parsed = parse_keep_token(token)
+        if parsed.kind == "glob" and fnmatch.fnmatchcase(name, parsed.pattern):
+            return f"keep_high_precision {token!r}"
+    match = _BLOCK_NAME.match(name)
+    if match and int(match.group(1)) in blocks:
+        return f"block {match.group(1)} kept by keep_high_precision first/last"
+    return ""
+
+
+def _shape_problem(linear: nn.Linear, role: str, spec) -> str:
+    """Why `spec` cannot quantize this role's weight-side dims, or ''. Token dims
+    (batch x seq) are checked when the tensor arrives."""
+    stored = on_stored_layout(spec, role)
+    if stored is None or stored.padding == "pad" or stored.block is None:
+        return ""
+    b = stored.block
+    out_f, in_f = linear.out_features, linear.in_features
+    # the weight-side dims each role's blocks run along (a tile runs along both)
+    along, across = {
+        "fwd_x": ("in", None),
+        "fwd_w": ("in", "out"),
+        "dgrad_dy": ("out", None),
+        "dgrad_w": ("out", "in"),
+        "wgrad_x": (None, "in"),
+        "wgrad_dy": (None, "out"),
+    }[role]
+    sizes = {"in": ("in_features", in_f), "out": ("out_features", out_f)}
+    dims = [sizes[along]] if along else []
+    if stored.granularity == "tile" and across:
+        dims.append(sizes[across])
+    for dim_name, size in dims:
+        if size % b:
+            return f"{dim_name}={size} is not a multiple of block {b} ({role}: {spec.describe()})"
+    if stored.hadamard:
+        for dim_name, size in dims:
+            if size % stored.hadamard:
+                return f"{dim_name}={size} is not a multiple of hadamard {stored.hadamard} ({role})"
+    return ""
+
+
+def apply_precision(model: nn.Module, precision: Any, backend: str = "auto") -> PlanReport:
+    """Swap every nn.Linear of `model` (in place) for a QuantLinear as `precision`
+    says: a preset name, a PrecisionPreset, or a [precision] section / mapping.
+    Modules kept in high precision stay plain nn.Linear. Returns the plan report."""
+    if isinstance(model, nn.Linear):
+        raise ValueError("apply_precision swaps submodules: wrap a bare nn.Linear in a module")
+    preset = _as_preset(precision)
+    blocks = keep_blocks(preset.keep_high_precision, _n_blocks(model))
+    plans: list[ModulePlan] = []
+    swaps: list[tuple[str, nn.Linear]] = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear) or isinstance(module, QuantLinear):
+            continue
+        plan = ModulePlan(name, module.in_features, module.out_features, quantized=False)
+        if preset.is_high_precision:
+            plan.reason = f"preset {preset.name} is high precision"
+        else:
+            plan.reason = _kept_by(name, preset, blocks) or next(
+                (p for r in ROLES if (p := _shape_problem(module, r, preset.roles[r]))), ""
+            )
+        if not plan.reason:
+            plan.quantized = True
+            plan.specs = {r: s.describe() if s else "high" for r, s in preset.roles.items()}
+            swaps.append((name, module))
+        plans.append(plan)
+    for name, module in swaps:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, QuantLinear.from_linear(module, preset.roles, backend))
+    return PlanReport(preset, plans)
+
+
+def quant_linears(model: nn.Module) -> dict[str, QuantLinear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
