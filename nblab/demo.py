@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import torch
+
 from nblab_kernels import ELEMENT_FORMATS, QUANT_PRESETS, QuantSpec, quant_stats, quantize
 
 

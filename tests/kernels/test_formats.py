@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from nblab_kernels import QUANT_PRESETS, QuantSpec, element_format, scale_format
 from nblab_kernels.reference import decode, encode, round_to_grid
 

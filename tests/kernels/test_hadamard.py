@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from nblab_kernels import (
     QuantSpec,
     fake_quantize,

@@ -5,6 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+
 from nblab_kernels import QuantSpec, quantize
 from nblab_kernels.reference import floor_log2, pow2
 

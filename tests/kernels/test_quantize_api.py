@@ -1,9 +1,10 @@
 """quantize / QTensor / fake_quantize: storage layout, dtypes, shapes, dispatch."""
 
-import nblab_kernels as nk
 import numpy as np
 import pytest
 import torch
+
+import nblab_kernels as nk
 from nblab_kernels import QuantSpec, fake_quantize, quantize
 
 ALL_PRESETS = list(nk.QUANT_PRESETS)

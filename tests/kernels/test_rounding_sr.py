@@ -4,6 +4,7 @@ import os
 
 import pytest
 import torch
+
 from nblab_kernels import QuantSpec, fake_quantize, philox, quantize
 from nblab_kernels.reference import random_bits
 

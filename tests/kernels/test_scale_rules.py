@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from nblab_kernels import QuantSpec, fake_quantize, quantize
 
 MXFP4 = QuantSpec.from_name("mxfp4")

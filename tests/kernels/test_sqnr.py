@@ -5,6 +5,7 @@ int8_row 43.2 (see `nblab demo`)."""
 
 import pytest
 import torch
+
 from nblab_kernels import quant_stats
 
 X = torch.randn(512, 512, generator=torch.Generator().manual_seed(0))
