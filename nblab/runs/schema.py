@@ -1,0 +1,109 @@
+"""The run store's SQLite schema and its migrations.
+
+The schema version is SQLite's `PRAGMA user_version`: version N means the first N
+entries of `MIGRATIONS` (each a tuple of SQL statements) have been applied. To change
+the schema, append a migration; never edit one that has shipped, since databases in
+the field already ran it.
+"""
+
+import sqlite3
+
+STATUSES = ("queued", "running", "succeeded", "failed", "diverged", "cancelled")
+TERMINAL_STATUSES = ("succeeded", "failed", "diverged", "cancelled")
+
+_STATUS_CHECK = ", ".join(f"'{s}'" for s in STATUSES)
+
+# Times are Unix seconds (REAL, UTC). A metric value may be NULL: SQLite stores a
+# float NaN as NULL, and NaN is exactly what a diverging run logs.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: runs and the three event tables.
+    (
+        f"""CREATE TABLE runs (
+            run_id    TEXT PRIMARY KEY,
+            name      TEXT NOT NULL,
+            sweep     TEXT,
+            recipe    TEXT NOT NULL,
+            status    TEXT NOT NULL CHECK (status IN ({_STATUS_CHECK})),
+            pid       INTEGER,
+            host      TEXT,
+            created   REAL NOT NULL,
+            started   REAL,
+            ended     REAL,
+            heartbeat REAL,
+            error     TEXT
+        )""",
+        "CREATE INDEX runs_sweep ON runs (sweep)",
+        """CREATE TABLE metrics (
+            run_id TEXT NOT NULL REFERENCES runs (run_id),
+            step   INTEGER NOT NULL,
+            key    TEXT NOT NULL,
+            value  REAL,
+            time   REAL NOT NULL
+        )""",
+        "CREATE INDEX metrics_run_step ON metrics (run_id, step)",
+        """CREATE TABLE stats (
+            run_id     TEXT NOT NULL REFERENCES runs (run_id),
+            step       INTEGER NOT NULL,
+            module     TEXT NOT NULL,
+            role       TEXT NOT NULL,
+            sqnr       REAL,
+            saturation REAL,
+            underflow  REAL,
+            time       REAL NOT NULL
+        )""",
+        "CREATE INDEX stats_run_step ON stats (run_id, step)",
+        """CREATE TABLE histograms (
+            run_id TEXT NOT NULL REFERENCES runs (run_id),
+            step   INTEGER NOT NULL,
+            module TEXT NOT NULL,
+            edges  TEXT NOT NULL,  -- JSON list of len(counts) + 1 floats
+            counts TEXT NOT NULL,  -- JSON list of numbers
+            time   REAL NOT NULL
+        )""",
+        "CREATE INDEX histograms_run_step ON histograms (run_id, step)",
+    ),
+    # 2: progress, so a runs table shows "step 1200 / 5000" without scanning metrics.
+    (
+        "ALTER TABLE runs ADD COLUMN step INTEGER",
+        "ALTER TABLE runs ADD COLUMN steps INTEGER",
+    ),
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def check_status(status: str, allowed: tuple[str, ...] = STATUSES) -> str:
+    """Return `status` if it is one of `allowed`, else raise a ValueError naming both."""
+    if status not in allowed:
+        raise ValueError(f"status {status!r} is not one of {', '.join(allowed)}")
+    return status
+
+
+def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
+    """Bring the database at `conn` up to version `target`; return the version found.
+
+    `conn` must be in autocommit mode (isolation_level=None). Each migration runs in
+    its own IMMEDIATE transaction that also bumps user_version, so a crash leaves the
+    database at a whole version, and two processes opening a fresh database at once
+    cannot both apply the same migration: the second re-reads the version under the
+    write lock and finds nothing to do.
+    """
+    found = conn.execute("PRAGMA user_version").fetchone()[0]
+    if found > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"database schema version {found} is newer than this nblab understands "
+            f"(up to {SCHEMA_VERSION}); upgrade nblab"
+        )
+    for version in range(found, target):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if conn.execute("PRAGMA user_version").fetchone()[0] == version:
+                # Statement by statement: executescript() would COMMIT our transaction.
+                for statement in MIGRATIONS[version]:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {version + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return found
