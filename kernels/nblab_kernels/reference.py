@@ -461,8 +461,17 @@ class QTensor:
         if self.spec.is_cast:
             return self.codes.to(dtype)
         how, scale = _dequant_scale(self)
-        return _dequantize(self.element_values(), self.layout, how, scale, self.tensor_scale,
-                           self.spec, self.shape, dtype, transformed)  # fmt: skip
+        return _dequantize(
+            self.element_values(),
+            self.layout,
+            how,
+            scale,
+            self.tensor_scale,
+            self.spec,
+            self.shape,
+            dtype,
+            transformed,
+        )
 
 
 def _dequantize(values, layout, how, scale, tensor_scale, spec, shape, dtype, transformed):
@@ -563,8 +572,17 @@ def fake_quantize(
         return quantize(x, spec).dequantize()  # raises the packing error
     grid = _to_grid(x, spec, rbits, seed)
     how, scale = grid.scales.dequant
-    return _dequantize(grid.q, grid.layout, how, scale, grid.scales.tensor_scale, spec, x.shape,
-                       x.dtype, transformed=False)  # fmt: skip
+    return _dequantize(
+        grid.q,
+        grid.layout,
+        how,
+        scale,
+        grid.scales.tensor_scale,
+        spec,
+        x.shape,
+        x.dtype,
+        transformed=False,
+    )
 
 
 @dataclass(frozen=True)

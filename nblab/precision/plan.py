@@ -53,14 +53,20 @@ class PlanReport:
     def rows(self) -> list[dict[str, Any]]:
         """One row per module, for a DataFrame or a table."""
         return [
-            {"module": m.module, "shape": f"{m.out_features}x{m.in_features}", **m.specs,
-             "reason": m.reason}
+            {
+                "module": m.module,
+                "shape": f"{m.out_features}x{m.in_features}",
+                **m.specs,
+                "reason": m.reason,
+            }
             for m in self.modules
-        ]  # fmt: skip
+        ]
 
     def __str__(self) -> str:
-        lines = [f"precision {self.preset.name}: {len(self.quantized)} of "
-                 f"{len(self.modules)} Linear modules quantized"]  # fmt: skip
+        lines = [
+            f"precision {self.preset.name}: {len(self.quantized)} of "
+            f"{len(self.modules)} Linear modules quantized"
+        ]
         for m in self.modules:
             if m.quantized:
                 lines.append(f"  {m.module}: " + ", ".join(f"{r}={s}" for r, s in m.specs.items()))
@@ -82,15 +88,16 @@ def _n_blocks(model: nn.Module) -> int:
     return len(layers) if isinstance(layers, nn.ModuleList) else 0
 
 
-def _kept_by(name: str, preset: PrecisionPreset, blocks: set[int]) -> str:
+def _kept_by(name: str, preset: PrecisionPreset, n_blocks: int) -> str:
     """The keep_high_precision entry that keeps `name`, or ''."""
+    match = _BLOCK_NAME.match(name)
     for token in preset.keep_high_precision:
         parsed = parse_keep_token(token)
-        if parsed.kind == "glob" and fnmatch.fnmatchcase(name, parsed.pattern):
-            return f"keep_high_precision {token!r}"
-    match = _BLOCK_NAME.match(name)
-    if match and int(match.group(1)) in blocks:
-        return f"block {match.group(1)} kept by keep_high_precision first/last"
+        if parsed.kind == "glob":
+            if fnmatch.fnmatchcase(name, parsed.pattern):
+                return f"keep_high_precision {token!r}"
+        elif match and int(match.group(1)) in keep_blocks([token], n_blocks):
+            return f"block {match.group(1)} of {n_blocks} kept by keep_high_precision {token!r}"
     return ""
 
 
@@ -132,7 +139,7 @@ def apply_precision(model: nn.Module, precision: Any, backend: str = "auto") -> 
     if isinstance(model, nn.Linear):
         raise ValueError("apply_precision swaps submodules: wrap a bare nn.Linear in a module")
     preset = _as_preset(precision)
-    blocks = keep_blocks(preset.keep_high_precision, _n_blocks(model))
+    n_blocks = _n_blocks(model)
     plans: list[ModulePlan] = []
     swaps: list[tuple[str, nn.Linear]] = []
     for name, module in model.named_modules():
@@ -142,7 +149,7 @@ def apply_precision(model: nn.Module, precision: Any, backend: str = "auto") -> 
         if preset.is_high_precision:
             plan.reason = f"preset {preset.name} is high precision"
         else:
-            plan.reason = _kept_by(name, preset, blocks) or next(
+            plan.reason = _kept_by(name, preset, n_blocks) or next(
                 (p for r in ROLES if (p := _shape_problem(module, r, preset.roles[r]))), ""
             )
         if not plan.reason:

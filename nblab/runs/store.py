@@ -26,9 +26,20 @@ from nblab.runs.schema import TERMINAL_STATUSES, check_status
 from nblab.runs.writer import RunWriter
 
 RUN_COLUMNS = (
-    "run_id", "name", "sweep", "status", "step", "steps", "pid", "host",
-    "created", "started", "ended", "heartbeat", "error",
-)  # fmt: skip
+    "run_id",
+    "name",
+    "sweep",
+    "status",
+    "step",
+    "steps",
+    "pid",
+    "host",
+    "created",
+    "started",
+    "ended",
+    "heartbeat",
+    "error",
+)
 _RUN_DTYPES = {"step": "Int64", "steps": "Int64", "pid": "Int64"} | {
     t: "float64" for t in ("created", "started", "ended", "heartbeat")
 }

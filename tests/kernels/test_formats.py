@@ -112,10 +112,22 @@ def test_e8m0_emax_per_element():
 
 
 PRESET_NAMES = [
-    "fp8_e4m3_tensor", "fp8_e5m2_tensor", "fp8_e4m3_row", "fp8_e4m3_b128", "fp8_e4m3_t128",
-    "mxfp8", "mxfp8_rceil", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4", "mxfp4_rceil", "nvfp4",
-    "nvfp4_tile16", "int8_row", "int4_b32",
-]  # fmt: skip
+    "fp8_e4m3_tensor",
+    "fp8_e5m2_tensor",
+    "fp8_e4m3_row",
+    "fp8_e4m3_b128",
+    "fp8_e4m3_t128",
+    "mxfp8",
+    "mxfp8_rceil",
+    "mxfp6_e3m2",
+    "mxfp6_e2m3",
+    "mxfp4",
+    "mxfp4_rceil",
+    "nvfp4",
+    "nvfp4_tile16",
+    "int8_row",
+    "int4_b32",
+]
 
 
 def test_every_named_preset_exists():

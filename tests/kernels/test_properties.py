@@ -10,9 +10,19 @@ from nblab_kernels import QuantSpec, quantize
 from nblab_kernels.reference import floor_log2, pow2
 
 RNE_PRESETS = [
-    "fp8_e4m3_tensor", "fp8_e5m2_tensor", "fp8_e4m3_row", "mxfp8", "mxfp8_rceil",
-    "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4", "mxfp4_rceil", "nvfp4", "int8_row", "int4_b32",
-]  # fmt: skip
+    "fp8_e4m3_tensor",
+    "fp8_e5m2_tensor",
+    "fp8_e4m3_row",
+    "mxfp8",
+    "mxfp8_rceil",
+    "mxfp6_e3m2",
+    "mxfp6_e2m3",
+    "mxfp4",
+    "mxfp4_rceil",
+    "nvfp4",
+    "int8_row",
+    "int4_b32",
+]
 
 finite32 = st.floats(-1e4, 1e4, allow_nan=False, allow_subnormal=False, width=32)
 tensors = arrays(np.float32, st.tuples(st.sampled_from([1, 2, 3]), st.just(64)), elements=finite32)

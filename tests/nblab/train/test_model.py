@@ -18,9 +18,14 @@ from nblab.train.model import (
 
 def small_config(**overrides) -> GPTConfig:
     kwargs = dict(
-        vocab_size=16, d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, ffn_hidden=64,
+        vocab_size=16,
+        d_model=32,
+        n_layers=2,
+        n_heads=2,
+        n_kv_heads=1,
+        ffn_hidden=64,
         max_seq_len=8,
-    )  # fmt: skip
+    )
     return GPTConfig(**{**kwargs, **overrides})
 
 

@@ -1,0 +1,101 @@
+"""Checkpoints with torch.distributed.checkpoint (DCP): reshardable, one folder each.
+
+A checkpoint holds the model, the optimizer, the scheduler, the step (the data
+position: batches are drawn per step) and every RNG state, so a resumed CPU run
+reproduces the uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+_PREFIX = "step_"
+
+
+@contextmanager
+def _single_process_ok():
+    """DCP warns when no process group exists; one process is a supported case here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def _rng_state() -> dict:
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(folder: Path, step: int, model, optimizer, scheduler, keep: int) -> Path:
+    """Write checkpoint `step` under folder/step_NNNNNNN and keep only the last `keep`."""
+    path = folder / f"{_PREFIX}{step:07d}"
+    tmp = folder / f".{path.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    state = {
+        "model": get_model_state_dict(model),
+        "optimizer": get_optimizer_state_dict(model, optimizer),
+    }
+    with _single_process_ok():
+        dcp.save(state, checkpoint_id=tmp)
+    torch.save(
+        {"step": step, "scheduler": scheduler.state_dict(), "rng": _rng_state()}, tmp / "extra.pt"
+    )
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)  # a checkpoint folder is complete or absent
+    for old in list_checkpoints(folder)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def list_checkpoints(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith(_PREFIX))
+
+
+def latest(folder: Path) -> Path | None:
+    found = list_checkpoints(folder)
+    return found[-1] if found else None
+
+
+def load(path: Path, model, optimizer, scheduler) -> int:
+    """Restore everything saved at `path`; returns the step to continue from."""
+    state = {
+        "model": get_model_state_dict(model),
+        "optimizer": get_optimizer_state_dict(model, optimizer),
+    }
+    with _single_process_ok():
+        dcp.load(state, checkpoint_id=path)
+    set_model_state_dict(model, state["model"])
+    set_optimizer_state_dict(model, optimizer, state["optimizer"])
+    extra = torch.load(path / "extra.pt", weights_only=False)
+    scheduler.load_state_dict(extra["scheduler"])
+    _set_rng_state(extra["rng"])
+    return int(extra["step"])

@@ -1,0 +1,330 @@
+"""The training loop: recipe in, metrics and checkpoints out, every event in the store.
+
+    result = train(Recipe.preset("gpt-tiny").with_overrides(["precision.preset=nvfp4"]))
+
+One process, one device here; the parallelism issue wraps the same loop. Batches
+are drawn from a generator seeded by (seed, step, micro-batch), so the data
+position is just the step and a resumed run sees exactly the batches it would have.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from nblab.precision.plan import PlanReport, apply_precision, quant_linears
+from nblab.recipe import Recipe
+from nblab.runs import RunStore
+from nblab.train import checkpoint
+from nblab.train.data import AdditionDataset, build_dataset, exact_match_accuracy
+from nblab.train.metrics import WeightHistograms, flops_per_token, peak_memory_bytes, peak_tflops
+from nblab.train.model import build_model
+from nblab.train.optim import build_optimizer, build_schedule
+
+log = logging.getLogger("nblab.train")
+
+
+class Diverged(RuntimeError):
+    """A non-finite loss or gradient: the run stops, its last good checkpoint stays."""
+
+    def __init__(self, step: int, cause: str):
+        self.step, self.cause = step, cause
+        super().__init__(f"diverged at step {step}: {cause}")
+
+
+@dataclass
+class TrainResult:
+    run_id: str | None
+    status: str  # succeeded | diverged | failed | cancelled
+    step: int  # optimizer steps completed
+    metrics: dict[str, float] = field(default_factory=dict)  # the last value of each key
+    error: str | None = None
+    plan: PlanReport | None = None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device='cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def build_data(recipe: Recipe):
+    d = recipe.data
+    extra = {"digits": d.digits} if d.name == "addition" else {}
+    return build_dataset(
+        d.name,
+        path=d.path or None,
+        tokenizer=d.tokenizer,
+        val_fraction=d.val_fraction,
+        seed=recipe.train.seed,
+        **extra,
+    )
+
+
+def _batch_generator(seed: int, step: int, micro: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1_009 + micro)
+
+
+class Trainer:
+    """Owns the model, optimizer and schedule of one run; `run()` trains to the end."""
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        *,
+        model: nn.Module | None = None,
+        dataset=None,
+        run_dir: Path | None = None,
+        writer=None,
+        progress: Callable[[int, dict], None] | None = None,
+    ):
+        recipe.validate()
+        self.recipe, self.writer, self.progress = recipe, writer, progress
+        self.run_dir = run_dir
+        t = recipe.train
+        torch.manual_seed(t.seed)
+        self.device = resolve_device(t.device)
+        self.dataset = dataset if dataset is not None else build_data(recipe)
+        if model is None:
+            model = build_model(
+                recipe.model.name,
+                recipe.model.flavour,
+                vocab_size=self.dataset.vocab_size,
+                max_seq_len=t.seq_len,
+                tie_embeddings=recipe.model.tie_embeddings,
+            )
+        self.plan = apply_precision(model, recipe.precision, backend=recipe.precision.backend)
+        self.model = model.to(self.device)
+        self.step_fn = torch.compile(self.model) if t.compile else self.model
+        self.optimizer = build_optimizer(self.model, recipe.optimizer)
+        self.scheduler = build_schedule(self.optimizer, t.steps, recipe.schedule)
+        self.step = 0
+        self.histograms = WeightHistograms()
+        self.last: dict[str, float] = {}
+        self._interval_start = (time.perf_counter(), 0)  # (time, tokens)
+        self._tokens = 0
+        self._losses: list[float] = []
+
+    # -- pieces -------------------------------------------------------------------
+
+    @property
+    def micro_batch(self) -> int:
+        t = self.recipe.train
+        return t.batch_size // t.grad_accum
+
+    def _autocast(self):
+        dtype = self.recipe.train.dtype
+        enabled = dtype == "bfloat16"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def _batch(self, split: str, generator: torch.Generator):
+        t = self.recipe.train
+        x, y = self.dataset.get_batch(split, self.micro_batch, t.seq_len, generator)
+        return x.to(self.device), y.to(self.device)
+
+    def train_step(self) -> float:
+        """One optimizer step (all micro-batches). Raises Diverged on a non-finite
+        loss or gradient norm, before the update touches the weights."""
+        t, m = self.recipe.train, self.recipe.metrics
+        record = bool(m.stats_interval) and (self.step + 1) % m.stats_interval == 0
+        qlinears = quant_linears(self.model)
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for micro in range(t.grad_accum):
+            for q in qlinears.values():
+                q.recording = record and micro == 0  # one micro-batch is a fair sample
+            x, y = self._batch("train", _batch_generator(t.seed, self.step, micro))
+            with self._autocast():
+                _, loss = self.step_fn(x, y)
+            (loss / t.grad_accum).backward()
+            total += float(loss.detach())
+        loss_value = total / t.grad_accum
+        clip = t.grad_clip if t.grad_clip > 0 else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        step = self.step + 1
+        if not math.isfinite(loss_value):
+            raise Diverged(step, f"loss is {loss_value}")
+        if not math.isfinite(grad_norm):
+            raise Diverged(step, f"gradient norm is {grad_norm} (loss {loss_value:.4f})")
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step = step
+        self._tokens += t.batch_size * t.seq_len
+        self._losses.append(loss_value)
+        self._log_step(lr, grad_norm, qlinears if record else {})
+        return loss_value
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean val loss over eval.batches fixed batches (+ accuracy for addition)."""
+        e, t = self.recipe.eval, self.recipe.train
+        self.model.eval()
+        generator = torch.Generator().manual_seed(t.seed + 7919)
+        losses = []
+        for _ in range(e.batches):
+            x, y = self._batch("val", generator)
+            with self._autocast():
+                _, loss = self.model(x, y)
+            losses.append(float(loss))
+        out = {"val_loss": sum(losses) / len(losses)}
+        if isinstance(self.dataset, AdditionDataset):
+            out["val_accuracy"] = exact_match_accuracy(self.model, self.dataset, 256, self.device)
+        self.model.train()
+        return out
+
+    # -- logging -----------------------------------------------------------------
+
+    def _emit(self, values: dict[str, float]) -> None:
+        self.last.update(values)
+        if self.writer is not None:
+            self.writer.log_metrics(self.step, values)
+
+    def _log_step(self, lr: float, grad_norm: float, recorded: dict) -> None:
+        m, t = self.recipe.metrics, self.recipe.train
+        for name, q in recorded.items():
+            for role, s in q.recorded:
+                if self.writer is not None:
+                    self.writer.log_stats(
+                        self.step, name, role, s.sqnr_db, s.saturation, s.underflow
+                    )
+            q.recorded.clear()
+        if m.histogram_interval and (self.step % m.histogram_interval == 0 or self.step == 1):
+            for name, edges, counts in self.histograms(self.model):
+                if self.writer is not None:
+                    self.writer.log_histogram(self.step, name, edges, counts)
+        if self.step % m.log_interval and self.step != t.steps:
+            return
+        now = time.perf_counter()
+        start, tokens0 = self._interval_start
+        tokens_per_s = (self._tokens - tokens0) / max(now - start, 1e-9)
+        tflops = flops_per_token(self.model, t.seq_len) * tokens_per_s / 1e12
+        values = {
+            "loss": sum(self._losses) / len(self._losses),
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "tokens": float(self._tokens),
+            "tokens_per_s": tokens_per_s,
+            "tflops": tflops,
+            "peak_memory_bytes": float(peak_memory_bytes(self.device)),
+        }
+        peak = peak_tflops(self.device)
+        if peak:
+            values["mfu"] = tflops / peak
+        self._emit(values)
+        self._losses.clear()
+        self._interval_start = (time.perf_counter(), self._tokens)
+        if self.progress is not None:
+            self.progress(self.step, self.last)
+
+    # -- the loop ----------------------------------------------------------------
+
+    def _checkpoint_folder(self) -> Path | None:
+        return None if self.run_dir is None else self.run_dir / "checkpoints"
+
+    def save_checkpoint(self) -> None:
+        folder = self._checkpoint_folder()
+        if folder is not None:
+            keep = self.recipe.checkpoint.keep
+            checkpoint.save(folder, self.step, self.model, self.optimizer, self.scheduler, keep)
+
+    def resume(self) -> bool:
+        """Continue from the latest checkpoint in the run folder, if there is one."""
+        folder = self._checkpoint_folder()
+        path = None if folder is None else checkpoint.latest(folder)
+        if path is None:
+            return False
+        self.step = checkpoint.load(path, self.model, self.optimizer, self.scheduler)
+        self._tokens = self.step * self.recipe.train.batch_size * self.recipe.train.seq_len
+        self._interval_start = (time.perf_counter(), self._tokens)
+        log.info("resumed from %s at step %d", path, self.step)
+        return True
+
+    def run(self) -> dict[str, float]:
+        t, e, c = self.recipe.train, self.recipe.eval, self.recipe.checkpoint
+        log.info("%s", self.plan)
+        while self.step < t.steps:
+            self.train_step()
+            if e.interval and (self.step % e.interval == 0 or self.step == t.steps):
+                self._emit(self.evaluate())
+            if c.interval and self.step % c.interval == 0 and self.step != t.steps:
+                self.save_checkpoint()
+            if self.writer is not None:
+                self.writer.heartbeat()
+        self.save_checkpoint()
+        return dict(self.last)
+
+
+def _file_log(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    return handler
+
+
+def train(
+    recipe: Recipe,
+    *,
+    store: RunStore | None = None,
+    run_id: str | None = None,
+    sweep: str | None = None,
+    model: nn.Module | None = None,
+    dataset=None,
+    resume: bool = False,
+    progress: Callable[[int, dict], None] | None = None,
+) -> TrainResult:
+    """Train `recipe`, recording the run in `store` (default: $NBLAB_HOME).
+
+    run_id: an existing (e.g. queued by a launcher, or interrupted) run to use;
+    resume=True continues it from its latest checkpoint. Exceptions other than
+    divergence are recorded as `failed` and raised again."""
+    recipe.validate()
+    store = store or RunStore()
+    if run_id is None:
+        run_id = store.create_run(recipe.name, recipe.to_toml(), sweep, steps=recipe.train.steps)
+    run_dir = store.run_dir(run_id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = _file_log(run_dir)
+    writer = store.writer(run_id)
+    trainer = None
+    try:
+        log.info("run %s (pid %d): %s", run_id, os.getpid(), recipe.name)
+        trainer = Trainer(
+            recipe, model=model, dataset=dataset, run_dir=run_dir, writer=writer, progress=progress
+        )
+        (run_dir / "plan.txt").write_text(str(trainer.plan) + "\n")
+        if resume:
+            trainer.resume()
+        metrics = trainer.run()
+        writer.close("succeeded")
+        return TrainResult(run_id, "succeeded", trainer.step, metrics, plan=trainer.plan)
+    except Diverged as err:
+        log.error("%s", err)
+        writer.close("diverged", error=str(err))
+        return TrainResult(
+            run_id, "diverged", err.step - 1, dict(trainer.last), str(err), trainer.plan
+        )
+    except KeyboardInterrupt:
+        log.error("cancelled")
+        writer.close("cancelled", error="cancelled by the user")
+        raise
+    except BaseException as err:
+        log.error("failed:\n%s", traceback.format_exc())
+        writer.close("failed", error=f"{type(err).__name__}: {err}")
+        raise
+    finally:
+        log.removeHandler(handler)
+        handler.close()
