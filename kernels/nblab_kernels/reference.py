@@ -529,9 +529,9 @@ def _to_grid(x: torch.Tensor, spec: QuantSpec, rbits, seed) -> _GridResult:
     bits = _rbits_for(x2, spec, rbits, seed)
     layout = GroupLayout.of(tuple(x.shape), m, k, spec)
     x4 = layout.split(x2)
-    finite = torch.isfinite(x4)
-    amax = torch.where(finite, x4.abs(), 0.0).amax(dim=(1, 3))
-    poisoned = ~finite.all(dim=(1, 3))
+    amax = x4.abs().amax(dim=(1, 3))  # amax propagates NaN, and Inf is its own amax
+    poisoned = ~torch.isfinite(amax)  # a poisoned group's amax is never used
+    amax = torch.where(poisoned, 0.0, amax)
     scales = _scales(amax, poisoned, spec)
     scaled = x4 * _per_group(scales.multiplier)
     q = round_to_grid(layout.merge(scaled), spec.element_format, spec.rounding, bits)

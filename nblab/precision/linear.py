@@ -26,8 +26,12 @@ _SWAP = {"row": "col", "col": "row"}
 
 def on_stored_layout(spec: QuantSpec | None, role: str) -> QuantSpec | None:
     """Presets state specs along the GEMM's reduction dim ("row" = one scale per
-    reduction vector); map them onto the operand as it is stored."""
+    reduction vector); map them onto the operand as it is stored. A tensor-wise
+    scale without a transform is the same along either dim: keep it as is, so equal
+    specs can share one quantization (see _shared)."""
     if spec is None or spec.is_cast or role not in _REDUCE_DIM0:
+        return spec
+    if spec.granularity == "tensor" and not spec.hadamard:
         return spec
     return spec.replace(dim=0, granularity=_SWAP.get(spec.granularity, spec.granularity))
 
@@ -36,28 +40,46 @@ def _fq(t: torch.Tensor, spec: QuantSpec | None, backend: str) -> torch.Tensor:
     return t if spec is None else nk.fake_quantize(t, spec, backend=backend)
 
 
+def _shared(specs: dict, first: str, second: str) -> bool:
+    """Whether `second` may reuse `first`'s quantization of the same tensor: the
+    same spec, deterministic rounding (SR draws afresh per role)."""
+    spec = specs[first]
+    return spec is not None and spec == specs[second] and spec.rounding == "rne"
+
+
 class _QuantLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x2, weight, bias, module):
         specs, backend = module.stored_specs, module.backend
         module._tap("fwd_x", x2)
         module._tap("fwd_w", weight)
-        y = _fq(x2, specs["fwd_x"], backend) @ _fq(weight, specs["fwd_w"], backend).t()
+        xq, wq = _fq(x2, specs["fwd_x"], backend), _fq(weight, specs["fwd_w"], backend)
+        y = xq @ wq.t()
         if bias is not None:
             y = y + bias
-        ctx.save_for_backward(x2, weight)
+        # keep the forward's quantized operands where backward would recompute them
+        ctx.save_for_backward(
+            x2,
+            weight,
+            xq if _shared(specs, "fwd_x", "wgrad_x") else None,
+            wq if _shared(specs, "fwd_w", "dgrad_w") else None,
+        )
         ctx.module, ctx.has_bias = module, bias is not None
         return y  # (T, out)
 
     @staticmethod
     def backward(ctx, dy):
-        x2, weight = ctx.saved_tensors
+        x2, weight, xq, wq = ctx.saved_tensors
         module = ctx.module
         specs, backend = module.stored_specs, module.backend
         for role, t in (("dgrad_dy", dy), ("dgrad_w", weight), ("wgrad_dy", dy), ("wgrad_x", x2)):
             module._tap(role, t)
-        dx = _fq(dy, specs["dgrad_dy"], backend) @ _fq(weight, specs["dgrad_w"], backend)
-        dw = _fq(dy, specs["wgrad_dy"], backend).t() @ _fq(x2, specs["wgrad_x"], backend)
+        dyq = _fq(dy, specs["dgrad_dy"], backend)
+        wq = wq if wq is not None else _fq(weight, specs["dgrad_w"], backend)
+        dx = dyq @ wq  # (T, out) @ (out, in)
+        dyq = dyq if _shared(specs, "dgrad_dy", "wgrad_dy") else _fq(dy, specs["wgrad_dy"], backend)
+        xq = xq if xq is not None else _fq(x2, specs["wgrad_x"], backend)
+        dw = dyq.t() @ xq  # (out, T) @ (T, in)
         db = dy.sum(0) if ctx.has_bias else None
         return dx, dw, db, None
 

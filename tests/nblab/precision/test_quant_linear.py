@@ -122,3 +122,25 @@ def test_recording_collects_stats_per_role():
 def test_unknown_role_is_rejected():
     with pytest.raises(ValueError, match="unknown roles.*fwd_q"):
         QuantLinear(8, 8, specs={"fwd_q": MX4})
+
+
+def test_equal_rne_specs_share_one_quantization(monkeypatch):
+    """fp8 tensorwise: x (fwd, wgrad) and dy (dgrad, wgrad) are each quantized once."""
+    calls = []
+    real = nk.fake_quantize
+
+    def counting(t, spec, **kw):
+        calls.append(spec)
+        return real(t, spec, **kw)
+
+    monkeypatch.setattr(nk, "fake_quantize", counting)
+    preset = get_preset("fp8_tensorwise")
+    _, q = make(preset.roles)
+    x = torch.randn(16, 64, requires_grad=True)
+    q(x).sum().backward()
+    assert len(calls) == 3  # x, W and dy, each once
+    sr = dict.fromkeys(ROLES, MX4.replace(rounding="sr"))
+    calls.clear()
+    _, q = make(sr)
+    q(x).sum().backward()
+    assert len(calls) == 6  # stochastic rounding never shares a draw
