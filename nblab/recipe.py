@@ -268,7 +268,7 @@ class Recipe:
             items = [_split_override(item, problems) for item in overrides]
         for item in items:
             if item is not None:
-                _apply_override(data, item[0], item[1], problems)
+                apply_override(data, item[0], item[1], problems)
         return _build(data, problems)
 
     # -- checks -----------------------------------------------------------------
@@ -436,7 +436,7 @@ def _split_override(item: Any, problems: list[Problem]) -> tuple[str, str] | Non
     return path.strip(), raw.strip()
 
 
-def _apply_override(data: dict[str, Any], path: Any, raw: Any, problems: list[Problem]) -> None:
+def apply_override(data: dict[str, Any], path: Any, raw: Any, problems: list[Problem]) -> None:
     if not isinstance(path, str):
         problems.append(("(override)", path, 'a dotted path such as "train.steps"'))
         return

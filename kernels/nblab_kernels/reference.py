@@ -90,6 +90,15 @@ def round_to_grid(
     a = v.abs().clamp(max=fmt.max) if saturate else v.abs()
     if fmt.kind == "int":
         step = torch.ones_like(a)
+        if rounding == "rne":
+            return torch.copysign(torch.round(a), v)  # torch.round: half to even
+    elif rounding == "rne" and saturate and _binade_trick_fits(fmt, a):
+        # RNE in one add: c = 2^(23 + spacing exponent) has an ulp of exactly the grid
+        # spacing of a's binade, so a + c rounds a onto the grid (ties to even) and
+        # subtracting c is exact. c is built from a's exponent bits.
+        exponent = (a.view(torch.int32) & _EXP_MASK).clamp(min=(fmt.emin + 127) << 23)
+        c = (exponent + ((23 - fmt.mbits) << 23)).view(torch.float32)
+        return torch.copysign((a + c) - c, v)
     else:
         e = floor_log2(torch.where(a > 0, a, torch.ones_like(a))).clamp(min=fmt.emin)
         step = pow2(e - fmt.mbits)  # grid spacing in a's binade
@@ -103,6 +112,15 @@ def round_to_grid(
         threshold = ((t - low) * _TWO_32).to(torch.int64)  # exact: frac has < 32 bits
         q = low + (rbits.to(torch.int64) < threshold).to(low.dtype)
     return torch.copysign(q * step, v)
+
+
+_EXP_MASK = 0x7F800000
+
+
+def _binade_trick_fits(fmt: ElementFormat, a: torch.Tensor) -> bool:
+    """a + 2^(e + 23 - mbits) must stay a finite fp32 for every a we round."""
+    top = math.floor(math.log2(fmt.max)) if math.isfinite(fmt.max) else 127
+    return a.dtype == torch.float32 and top + 23 - fmt.mbits <= 126
 
 
 def encode(q: torch.Tensor, fmt: ElementFormat) -> torch.Tensor:
@@ -502,8 +520,11 @@ def _rbits_for(x2: torch.Tensor, spec: QuantSpec, rbits, seed) -> torch.Tensor |
                 f"rbits has {rbits.numel()} elements; x has {x2.numel()} (one uint32 each)"
             )
         return rbits.reshape(x2.shape).to(torch.int64) & 0xFFFFFFFF
-    if seed is None:  # follow torch's global RNG, so torch.manual_seed makes runs repeatable
-        seed = int(torch.randint(0, 2**62, (1,)).item())
+    if seed is None:
+        # No stream asked for: draw from torch's global generator (repeatable under
+        # torch.manual_seed, one fast op). A seed selects the Philox stream that the
+        # Triton kernels draw too, for bit-exact comparisons.
+        return torch.randint(0, 2**32, x2.shape, dtype=torch.int64, device=x2.device)
     return random_bits(tuple(x2.shape), seed, device=x2.device)
 
 
@@ -556,8 +577,8 @@ def quantize(
     x: torch.Tensor, spec: QuantSpec, *, rbits: torch.Tensor | None = None, seed: int | None = None
 ) -> QTensor:
     """Quantize x by spec. For rounding='sr' pass rbits (one uint32 per element,
-    any integer dtype) or seed (Philox stream); with neither a seed is drawn from
-    torch's global generator."""
+    any integer dtype) or seed (the Philox stream of tl.randint); with neither, the
+    bits come from torch's global generator."""
     return _quantize(x, spec, rbits, seed)[0]
 
 

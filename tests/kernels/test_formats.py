@@ -180,3 +180,17 @@ def test_defaults_fill_in_scale_and_rule():
     assert QuantSpec("e2m1", "e8m0", "block", 32).rule == "floor"
     assert QuantSpec.from_name("mxfp4").replace(rounding="sr").rounding == "sr"
     assert math.isclose(element_format("int8").max, 127)
+
+
+@pytest.mark.parametrize("name", FLOATS + ["e3m4", "e5m7", "e1m2"])
+def test_rne_fast_path_equals_the_general_path(name):
+    """round_to_grid's one-add RNE (saturating) against its per-binade division path."""
+    fmt = element_format(name)
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(50_000, generator=g) * torch.exp2(
+        torch.randint(-30, 20, (50_000,), generator=g).float()
+    )
+    clamped = torch.copysign(v.abs().clamp(max=fmt.max), v)
+    fast = round_to_grid(v, fmt)
+    general = round_to_grid(clamped, fmt, saturate=False)
+    assert torch.equal(fast.view(torch.int32), general.view(torch.int32))
