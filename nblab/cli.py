@@ -5,8 +5,14 @@
   nblab run --resume RUN                     continue an interrupted run from its checkpoint
   nblab runs [--sweep S] [--status S]        list runs
   nblab show RUN                             a run's recipe and last metrics
+  nblab sweep FILE.toml [--jobs N] [--timeout S] [--resume] [--grid k=v1,v2 ...] [--no-wait]
+                                             run a sweep as batch jobs (FILE may be a preset
+                                             with --grid and --name)
+  nblab sweeps                               one line per sweep: counts per status
+  nblab cancel SWEEP|RUN                     stop a sweep's unfinished runs, or one run
 
-Exit codes of `run`: 0 succeeded, 1 failed or diverged, 2 bad recipe or arguments.
+Exit codes of `run` and `sweep`: 0 all succeeded, 1 a run failed, diverged or was
+cancelled, 2 bad recipe, sweep or arguments.
 """
 
 from __future__ import annotations
@@ -139,6 +145,136 @@ def cmd_demo(args) -> int:
     return EXIT_OK
 
 
+def _load_sweep(args):
+    """The sweep of `nblab sweep`: a TOML file (plus --grid axes), or a recipe preset /
+    recipe file with --grid axes."""
+    import tomllib
+
+    from nblab.recipe import RECIPE_PRESETS, Recipe, RecipeError
+    from nblab.sweep import Sweep, SweepError
+
+    path = Path(args.file)
+    if args.file in RECIPE_PRESETS and not path.exists():
+        return Sweep.from_overrides(args.file, args.grid, name=args.name)
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        problem = ("(file)", args.file, f"a readable sweep TOML: {err}")
+        raise SweepError(args.name, [problem]) from None
+    if "base" not in data and "model" in data:  # a recipe file: sweep it over --grid
+        try:
+            base = Recipe.from_toml(path)
+        except RecipeError as err:
+            raise SweepError(args.name, err.problems) from None
+        return Sweep.from_overrides(base, args.grid, name=args.name)
+    extra = Sweep.from_overrides(Recipe(), args.grid).grid if args.grid else {}
+    data["grid"] = {**data.get("grid", {}), **extra}
+    if args.name:
+        data["name"] = args.name
+    return Sweep.from_dict(data, root=path.parent)
+
+
+def _status_line(frame) -> str:
+    from nblab.runs import STATUSES
+
+    counts = frame.status.value_counts()
+    steps = int(frame.step.fillna(0).sum())
+    total = int(frame.steps.fillna(0).sum())
+    shown = ", ".join(f"{counts[s]} {s}" for s in STATUSES if s in counts)
+    return f"{shown}  (steps {steps}/{total})"
+
+
+def cmd_sweep(args) -> int:
+    import time
+
+    from nblab.batch.sweeps import run_sweep
+    from nblab.runs import TERMINAL_STATUSES
+    from nblab.sweep import SweepError
+
+    try:
+        sweep = _load_sweep(args)
+        sweep.expand()
+    except SweepError as err:
+        print(f"nblab sweep: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.jobs < 1 or (args.timeout is not None and args.timeout <= 0):
+        print("nblab sweep: --jobs must be >= 1 and --timeout > 0", file=sys.stderr)
+        return EXIT_USAGE
+    # --no-wait: the scheduler must outlive this process, so it runs detached
+    handle = run_sweep(
+        sweep,
+        jobs=args.jobs,
+        timeout=args.timeout,
+        resume=args.resume,
+        wait=False,
+        detach=args.no_wait,
+    )
+    print(f"sweep {sweep.name}: {len(handle.run_ids)} runs", flush=True)
+    if handle.skipped:
+        print(f"  left alone (succeeded or running): {', '.join(handle.skipped)}")
+    for run_id, row in zip(handle.run_ids, handle.status().itertuples(), strict=True):
+        print(f"  {run_id}  {row.name}", flush=True)
+    if args.no_wait or not handle.run_ids:
+        return EXIT_OK
+    _cancel_on_sigterm()
+    try:
+        while True:
+            frame = handle.status()
+            done = frame.status.isin(TERMINAL_STATUSES).all()
+            if sys.stderr.isatty():
+                print(f"\r{_status_line(frame)}\033[K", end="", file=sys.stderr, flush=True)
+            if done:
+                break
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        print(f"\ncancelling sweep {sweep.name}", file=sys.stderr)
+        handle.cancel()
+        handle.wait(timeout=30)
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    frame = handle.wait()
+    shown = frame[["run_id", "name", "status", "step", "error"]].astype(object).fillna("")
+    print(shown.to_string(index=False, max_colwidth=80))
+    return EXIT_OK if (frame.status == "succeeded").all() else EXIT_FAILED
+
+
+def cmd_sweeps(args) -> int:
+    from nblab.batch.sweeps import latest_runs
+    from nblab.runs import STATUSES, RunStore
+
+    store = RunStore()
+    frame = store.runs()
+    names = [s for s in dict.fromkeys(frame.sweep.dropna())]
+    if not names:
+        print("no sweeps")
+        return EXIT_OK
+    width = max(len(n) for n in names)
+    for name in names:
+        latest = latest_runs(store, name)
+        counts = latest.status.value_counts()
+        shown = ", ".join(f"{counts[s]} {s}" for s in STATUSES if s in counts)
+        runs = int((frame.sweep == name).sum())
+        extra = f"  ({runs} runs in all)" if runs != len(latest) else ""
+        print(f"{name:<{width}}  {len(latest)} points: {shown}{extra}")
+    return EXIT_OK
+
+
+def cmd_cancel(args) -> int:
+    from nblab.batch.sweeps import cancel
+    from nblab.runs import RunStore
+
+    try:
+        result = cancel(args.target, store=RunStore())
+    except KeyError as err:
+        print(f"nblab cancel: {err.args[0]}", file=sys.stderr)
+        return EXIT_USAGE
+    if not result:
+        print(f"{args.target}: nothing to cancel (every run has ended)")
+    for run_id, status in result.items():
+        print(f"{run_id} {status}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nblab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -171,6 +307,29 @@ def build_parser() -> argparse.ArgumentParser:
     show = commands.add_parser("show", help="a run's recipe and last metrics")
     show.add_argument("run")
     show.set_defaults(func=cmd_show)
+
+    sweep = commands.add_parser("sweep", help="run a sweep as batch jobs")
+    sweep.add_argument("file", help="a sweep .toml (or a recipe / preset swept over --grid)")
+    sweep.add_argument("--jobs", type=int, default=1, help="jobs at once (default 1)")
+    sweep.add_argument("--timeout", type=float, help="seconds per job")
+    sweep.add_argument("--resume", action="store_true", help="rerun only unsucceeded points")
+    sweep.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="a grid axis, added to the file's (repeatable)",
+    )
+    sweep.add_argument("--name", help="the sweep's name (default: the file's)")
+    sweep.add_argument("--no-wait", action="store_true", help="start the jobs and return")
+    sweep.set_defaults(func=cmd_sweep)
+
+    sweeps = commands.add_parser("sweeps", help="one line per sweep with counts per status")
+    sweeps.set_defaults(func=cmd_sweeps)
+
+    cancel = commands.add_parser("cancel", help="cancel a sweep's unfinished runs, or one run")
+    cancel.add_argument("target", metavar="SWEEP|RUN")
+    cancel.set_defaults(func=cmd_cancel)
     return parser
 
 

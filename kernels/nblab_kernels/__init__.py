@@ -1,5 +1,5 @@
-"""nblab_kernels: number formats, the plain-torch reference quantizers and (soon)
-the Triton kernels that match them bit for bit. Imports only torch, triton, numpy."""
+"""nblab_kernels: number formats, the plain-torch reference quantizers and the
+Triton kernels that match them bit for bit. Imports only torch, triton, numpy."""
 
 from .formats import (
     ELEMENT_FORMATS,
@@ -11,7 +11,7 @@ from .formats import (
     element_format,
     scale_format,
 )
-from .ops import BACKENDS, fake_quantize, quant_stats, quantize
+from .ops import BACKENDS, TritonFallbackWarning, fake_quantize, quant_stats, quantize
 from .reference import (
     QTensor,
     QuantStats,
@@ -30,6 +30,7 @@ __all__ = [
     "QuantSpec",
     "QuantStats",
     "ScaleFormat",
+    "TritonFallbackWarning",
     "element_format",
     "fake_quantize",
     "hadamard_matrix",

@@ -1,0 +1,33 @@
+"""Batch execution: sweeps -> runs -> jobs (papermill executions of notebooks/train.ipynb).
+
+    from nblab.batch import run_sweep, cancel, LocalLauncher
+    handle = run_sweep(sweep, jobs=2, wait=False)
+
+`job` runs one notebook for one run, `launcher` starts jobs (LocalLauncher: a local
+process pool; the Slurm launcher implements the same `Launcher`), `sweeps` turns a
+sweep into queued runs and cancels runs. The run store holds every status.
+"""
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "LAUNCHERS": "nblab.batch.launcher",
+    "Launcher": "nblab.batch.launcher",
+    "LocalLauncher": "nblab.batch.launcher",
+    "get_launcher": "nblab.batch.launcher",
+    "launch_detached": "nblab.batch.launcher",
+    "SweepHandle": "nblab.batch.sweeps",
+    "cancel": "nblab.batch.sweeps",
+    "cancel_run": "nblab.batch.sweeps",
+    "latest_runs": "nblab.batch.sweeps",
+    "run_sweep": "nblab.batch.sweeps",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: `python -m nblab.batch.job` installs its signal handlers before pandas loads.
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'nblab.batch' has no attribute {name!r}")
