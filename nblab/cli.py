@@ -1,6 +1,6 @@
 """The `nblab` command line.
 
-  nblab demo                                 the main job
+  nblab demo [--jobs N]                      the main job: formats, a CPU sweep, its report
   nblab run RECIPE [--set k=v ...] [--name N] train one recipe (a TOML file or a preset)
   nblab run --resume RUN                     continue an interrupted run from its checkpoint
   nblab runs [--sweep S] [--status S]        list runs
@@ -10,6 +10,8 @@
                                              with --grid and --name)
   nblab sweeps                               one line per sweep: counts per status
   nblab cancel SWEEP|RUN                     stop a sweep's unfinished runs, or one run
+  nblab report SWEEP [--log-x]               the sweep's report.ipynb and offline report.html
+  nblab plan RECIPE --gpus N --gpu-mem 80GB  rank DP/FSDP/TP/PP layouts by memory and time
 
 Exit codes of `run` and `sweep`: 0 all succeeded, 1 a run failed, diverged or was
 cancelled, 2 bad recipe, sweep or arguments.
@@ -114,7 +116,7 @@ def cmd_runs(args) -> int:
         print("no runs")
         return EXIT_OK
     columns = ["run_id", "name", "sweep", "status", "step", "steps", "error"]
-    print(frame[columns].fillna("").to_string(index=False, max_colwidth=60))
+    print(frame[columns].astype(object).fillna("").to_string(index=False, max_colwidth=60))
     return EXIT_OK
 
 
@@ -141,7 +143,18 @@ def cmd_show(args) -> int:
 def cmd_demo(args) -> int:
     from nblab import demo
 
-    demo.main(size=args.size, seed=args.seed)
+    return demo.main(jobs=args.jobs, size=args.size, formats_only=args.formats_only)
+
+
+def cmd_report(args) -> int:
+    from nblab.report import build_report
+
+    try:
+        ipynb, html = build_report(args.sweep, log_x=args.log_x)
+    except ValueError as err:
+        print(f"nblab report: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"report: {html}\nnotebook: {ipynb}")
     return EXIT_OK
 
 
@@ -281,10 +294,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="the main job")
-    demo.add_argument("--size", type=int, default=1024, help="N of the NxN test tensor")
-    demo.add_argument("--seed", type=int, default=0)
+    demo = commands.add_parser(
+        "demo", help="the main job: format table, a CPU sweep of four formats, its report"
+    )
+    demo.add_argument("--jobs", type=int, default=2, help="sweep jobs at once (default 2)")
+    demo.add_argument("--size", type=int, default=1024, help="N of the NxN format-table tensor")
+    demo.add_argument("--formats-only", action="store_true", help="print the table, no sweep")
     demo.set_defaults(func=cmd_demo)
+
+    # listed for --help; main() hands `nblab plan ...` to the planner's own parser
+    commands.add_parser("plan", help="rank parallel layouts: RECIPE --gpus N --gpu-mem 80GB")
+
+    report = commands.add_parser("report", help="a sweep's report: report.ipynb + report.html")
+    report.add_argument("sweep")
+    report.add_argument("--log-x", action="store_true", help="log-scale step axis")
+    report.set_defaults(func=cmd_report)
 
     run = commands.add_parser("run", help="train one recipe")
     run.add_argument("recipe", nargs="?", help="a recipe .toml file or a preset name")
@@ -334,6 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["plan"]:  # the planner owns its options, --help included
+        from nblab.parallel.planner import plan_command
+
+        return plan_command(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -1,11 +1,12 @@
 """The foundation demo: every element format, and what each preset costs on N(0,1).
 
-Printed by `nblab demo` until sweeps land (then the demo becomes a sweep + report).
+`nblab demo` prints these tables, then runs the default CPU sweep and its report.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 
@@ -67,9 +68,42 @@ def render(rows: list[dict]) -> str:
     return "\n".join([line, "  ".join("-" * w for w in widths), *body])
 
 
-def main(size: int = 1024, seed: int = 0) -> None:
+DEMO_SWEEP = "formats-cpu.toml"
+
+
+def demo_sweep_path() -> Path:
+    """sweeps/formats-cpu.toml: shipped in the package, or at the checkout's root."""
+    for folder in (
+        Path(__file__).resolve().parent / "sweeps",
+        Path(__file__).resolve().parents[1] / "sweeps",
+    ):
+        if (folder / DEMO_SWEEP).is_file():
+            return folder / DEMO_SWEEP
+    raise FileNotFoundError(f"{DEMO_SWEEP} is not shipped with this nblab")
+
+
+def main(jobs: int = 2, size: int = 1024, seed: int = 0, formats_only: bool = False) -> int:
+    """The main job. 1: every format and what each preset costs on N(0,1). 2: the
+    default CPU sweep (one small GPT, four precision presets) as batch jobs. 3: its
+    report (report.ipynb + an offline report.html). Returns a process exit code."""
     x = torch.randn(size, size, generator=torch.Generator().manual_seed(seed))
     print("Element formats\n")
     print(render(format_rows()))
     print(f"\nPresets on N(0,1), {size}x{size}, seed {seed}\n")
-    print(render(preset_rows(x)))
+    print(render(preset_rows(x)), flush=True)
+    if formats_only:
+        return 0
+
+    from nblab.batch import run_sweep
+    from nblab.report import build_report, sweep_table
+    from nblab.sweep import Sweep
+
+    sweep = Sweep.from_toml(demo_sweep_path())
+    print(f"\nSweep {sweep.name}: {len(sweep)} runs, {jobs} at a time\n{sweep.describe()}")
+    handle = run_sweep(sweep, jobs=jobs, wait=True)
+    ipynb, html = build_report(sweep.name)
+    table = sweep_table(sweep.name)
+    columns = ["point", "status", "final_loss", "final_val_loss", "gap_to_bf16", "tokens_per_s"]
+    print("\n" + table[columns].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"\nreport: {html}\nnotebook: {ipynb}")
+    return 0 if handle.succeeded else 1

@@ -31,9 +31,10 @@ import pandas as pd
 import tomli_w
 from matplotlib.figure import Figure
 
+from nblab.notebooks import notebook
 from nblab.runs import RunStore
 
-REPORT_NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "report.ipynb"
+REPORT_NOTEBOOK = notebook("report.ipynb")
 HIGH_PRECISION_PRESETS = ("bf16",)  # precision.preset values the gap is measured against
 DEFAULT_PRESET = "bf16"  # what a recipe without precision.preset means (Recipe's default)
 FAILURE_STATUSES = ("failed", "diverged", "cancelled")

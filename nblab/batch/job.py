@@ -39,7 +39,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-TRAIN_NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "train.ipynb"
+from nblab.notebooks import notebook
+
+TRAIN_NOTEBOOK = notebook("train.ipynb")
 JOB_INFO = "job.json"  # pid / pgid / host of the job and its kernel
 OUTPUT_NOTEBOOK = "output.ipynb"
 JOB_LOG = "job.log"  # the job's stdout and stderr (written by the launcher)

@@ -88,17 +88,27 @@ def _n_blocks(model: nn.Module) -> int:
     return len(layers) if isinstance(layers, nn.ModuleList) else 0
 
 
-def _kept_by(name: str, preset: PrecisionPreset, n_blocks: int) -> str:
-    """The keep_high_precision entry that keeps `name`, or ''."""
+def keeping_token(name: str, preset: PrecisionPreset, n_blocks: int) -> str:
+    """The keep_high_precision entry (a glob, first:N, last:N or last:P%) that keeps
+    module `name` of a model with `n_blocks` blocks in high precision, or ''."""
     match = _BLOCK_NAME.match(name)
     for token in preset.keep_high_precision:
         parsed = parse_keep_token(token)
         if parsed.kind == "glob":
             if fnmatch.fnmatchcase(name, parsed.pattern):
-                return f"keep_high_precision {token!r}"
+                return token
         elif match and int(match.group(1)) in keep_blocks([token], n_blocks):
-            return f"block {match.group(1)} of {n_blocks} kept by keep_high_precision {token!r}"
+            return token
     return ""
+
+
+def _kept_by(name: str, preset: PrecisionPreset, n_blocks: int) -> str:
+    """Why `name` stays in high precision by a keep entry, or ''."""
+    token = keeping_token(name, preset, n_blocks)
+    if not token or parse_keep_token(token).kind == "glob":
+        return f"keep_high_precision {token!r}" if token else ""
+    block = _BLOCK_NAME.match(name).group(1)
+    return f"block {block} of {n_blocks} kept by keep_high_precision {token!r}"
 
 
 def _shape_problem(linear: nn.Linear, role: str, spec) -> str:

@@ -1,0 +1,509 @@
+"""ParallelDims: the mesh degrees of one run, and the ONE place that validates them.
+
+    dims = ParallelDims(dp_shard=-1, tp=2, world_size=8)   # dp_shard resolves to 4
+    dims.validate(recipe)                                  # raises LayoutError listing all
+    dims.mesh_shape()                                      # {"dp_shard": 4, "tp": 2}
+
+Degrees, outermost to innermost in the device mesh: pp (pipeline stages), dp_replicate
+(DDP / the replicate dim of HSDP), dp_shard (FSDP2), tp (tensor parallel, innermost so
+that a TP group sits on neighbouring ranks of one node). dp = dp_replicate x dp_shard.
+
+Rules (each message names the numbers that disagree):
+
+- every degree is an integer >= 1 (dp_shard may be -1: "the rest of world_size");
+- dp_replicate x dp_shard x tp x pp == world_size;
+- tp divides n_heads and n_kv_heads (each TP rank holds whole heads; this also splits
+  d_model = n_heads x head_dim evenly, so d_model needs no rule of its own), and tp
+  divides ffn_hidden (gate/up split out_features, down splits in_features);
+- with sequence parallelism (a validate option), tp divides seq_len;
+- train.batch_size is a multiple of dp x grad_accum (the local micro-batch is
+  batch_size / (dp x grad_accum) sequences; with pp > 1 the grad_accum micro-batches are
+  the pipeline's micro-batches);
+- pp <= n_layers and pp divides n_layers (stages hold equal numbers of blocks);
+- precision: after sharding every quantized dimension is still a multiple of its block.
+  TP_STYLES says which dim TP splits: ColwiseParallel splits out_features by tp,
+  RowwiseParallel splits in_features. A role's groups run along the GEMM's reduction dim
+  (_ROLE_DIMS); a tile needs both of its dims. The token dim (local micro-batch x seq_len)
+  is checked for the roles whose groups run along or across tokens (the weight-gradient
+  GEMM reduces over tokens). Modules in high precision are exempt: kept by
+  keep_high_precision (lm_head by default), or already unquantizable unsharded (then
+  nblab.precision.apply_precision keeps them in high precision too).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from nblab.precision.plan import keeping_token
+from nblab.precision.presets import (
+    PRECISION_PRESETS,
+    ROLES,
+    PrecisionPreset,
+    resolve_precision,
+)
+
+# The vocabulary the planner assumes when none is given: GPT-2's, the one the flavour
+# table's parameter counts use. A recipe's dataset decides the real one (byte: 256).
+DEFAULT_VOCAB_SIZE = 50257
+
+# Module-name suffix inside a block -> the torch.distributed.tensor.parallel style the TP
+# plan applies to it. lm_head is ColwiseParallel too (vocab-parallel output).
+COLWISE, ROWWISE = "ColwiseParallel", "RowwiseParallel"
+TP_STYLES: dict[str, str] = {
+    "attn.wq": COLWISE,
+    "attn.wk": COLWISE,
+    "attn.wv": COLWISE,
+    "attn.wo": ROWWISE,
+    "mlp.gate": COLWISE,
+    "mlp.up": COLWISE,
+    "mlp.down": ROWWISE,
+}
+HEAD_STYLE = COLWISE
+
+# The dims of y = x W^T each role's quantization groups run along (the GEMM's reduction
+# dim) and across (a tile's second dim): "in" / "out" features or "tokens". The same
+# table as nblab.precision.plan._shape_problem, plus the token dim.
+_ROLE_DIMS: dict[str, tuple[str, str]] = {
+    "fwd_x": ("in", "tokens"),
+    "fwd_w": ("in", "out"),
+    "dgrad_dy": ("out", "tokens"),
+    "dgrad_w": ("out", "in"),
+    "wgrad_x": ("tokens", "in"),
+    "wgrad_dy": ("tokens", "out"),
+}
+
+MESH_ORDER = ("pp", "dp_replicate", "dp_shard", "tp")
+
+
+class LayoutError(ValueError):
+    """Every problem of a layout at once; `.problems` is the list of messages."""
+
+    def __init__(self, dims: ParallelDims, problems: list[str]):
+        self.dims = dims
+        self.problems = list(problems)
+        n = len(self.problems)
+        head = f"invalid parallel layout {dims} ({n} problem{'s' if n != 1 else ''}):"
+        super().__init__(head + "\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+@dataclass(frozen=True)
+class LinearShape:
+    """One nn.Linear of the built-in GPT as TP sees it."""
+
+    name: str  # e.g. "layers.3.mlp.down"
+    in_features: int
+    out_features: int
+    style: str  # ColwiseParallel | RowwiseParallel
+    block: int | None  # the transformer block index, None for lm_head
+
+    def local(self, tp: int) -> tuple[int, int]:
+        """(in_features, out_features) on one TP rank (before any divisibility check)."""
+        if self.style == ROWWISE:
+            return self.in_features // tp, self.out_features
+        return self.in_features, self.out_features // tp
+
+
+def linear_shapes(config: Any) -> list[LinearShape]:
+    """Every Linear of a GPTConfig, in model order (names as nblab.train.model)."""
+    d, hd = config.d_model, config.head_dim
+    per_block = {
+        "attn.wq": (d, config.n_heads * hd),
+        "attn.wk": (d, config.n_kv_heads * hd),
+        "attn.wv": (d, config.n_kv_heads * hd),
+        "attn.wo": (config.n_heads * hd, d),
+        "mlp.gate": (d, config.ffn_hidden),
+        "mlp.up": (d, config.ffn_hidden),
+        "mlp.down": (config.ffn_hidden, d),
+    }
+    out = [
+        LinearShape(f"layers.{i}.{suffix}", fin, fout, TP_STYLES[suffix], i)
+        for i in range(config.n_layers)
+        for suffix, (fin, fout) in per_block.items()
+    ]
+    out.append(LinearShape("lm_head", d, config.vocab_size, HEAD_STYLE, None))
+    return out
+
+
+def _block_index(name: str) -> int | None:
+    parts = name.split(".")
+    if len(parts) > 1 and parts[0] == "layers" and parts[1].isdigit():
+        return int(parts[1])
+    return None
+
+
+def group_dims(role: str, spec: Any) -> list[tuple[str, int, str]]:
+    """(dim, size that must divide it, what) for the groups of `spec` in `role`: the dim
+    its blocks run along, a tile's second dim, a Hadamard transform's dim. [] for a
+    high-precision role, a padded spec, or tensor/row scales (no block)."""
+    if spec is None or spec.is_cast or spec.padding == "pad" or spec.block is None:
+        return []
+    along, across = _ROLE_DIMS[role]
+    b = spec.block
+    if spec.granularity == "tile":
+        out = [(along, b, f"tile {b}x{b}"), (across, b, f"tile {b}x{b}")]
+    else:
+        out = [(along, b, f"block {b}")]
+    if spec.hadamard:
+        out.append((along, spec.hadamard, f"hadamard {spec.hadamard}"))
+    return out
+
+
+def quantized_roles(shape: LinearShape, preset: PrecisionPreset, n_layers: int) -> bool:
+    """Whether apply_precision would quantize this module: the preset quantizes something,
+    no keep_high_precision entry keeps it, and its unsharded in/out dims fit every block
+    (the token dim is not part of that decision, as in nblab.precision.plan)."""
+    if preset.is_high_precision or keeping_token(shape.name, preset, n_layers):
+        return False
+    sizes = {"in": shape.in_features, "out": shape.out_features}
+    for role in ROLES:
+        for dim, b, _ in group_dims(role, preset.roles[role]):
+            if dim in sizes and sizes[dim] % b:
+                return False
+    return True
+
+
+# ---------------------------------------------------------------------------
+# The context a layout is validated against
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class LayoutContext:
+    """What validation needs from a recipe; every part is optional (None: its rules are
+    skipped). `config` is a GPTConfig (or anything with its fields)."""
+
+    config: Any = None
+    batch_size: int | None = None
+    seq_len: int | None = None
+    grad_accum: int = 1
+    precision: PrecisionPreset | None = None
+    sequence_parallel: bool = False
+
+
+def model_config(
+    flavour: str | Mapping[str, Any] | Any,
+    *,
+    vocab_size: int = DEFAULT_VOCAB_SIZE,
+    seq_len: int = 2048,
+    tie_embeddings: bool = True,
+):
+    """A GPTConfig from a flavour name, a dict of GPTConfig fields, or a GPTConfig."""
+    from nblab.train.model import FLAVOURS, GPTConfig
+
+    if isinstance(flavour, GPTConfig):
+        return flavour
+    if isinstance(flavour, str):
+        if flavour not in FLAVOURS:
+            raise ValueError(f"flavour={flavour!r} is unknown; accepted: {', '.join(FLAVOURS)}")
+        flavour = FLAVOURS[flavour]
+    kwargs = {"vocab_size": vocab_size, "max_seq_len": seq_len, "tie_embeddings": tie_embeddings}
+    return GPTConfig(**{**kwargs, **dict(flavour)})
+
+
+def context_from(recipe: Any = None, **parts: Any) -> LayoutContext:
+    """A LayoutContext from a Recipe (model flavour, train batch/seq/grad_accum, precision
+    section) and/or keyword parts: config (GPTConfig, flavour name or dict), batch_size,
+    seq_len, grad_accum, precision (preset name, PrecisionPreset or [precision] section),
+    vocab_size, sequence_parallel. Parts override what the recipe says."""
+    values: dict[str, Any] = {}
+    vocab_size = parts.pop("vocab_size", DEFAULT_VOCAB_SIZE)
+    if isinstance(recipe, Mapping):
+        parts = {**recipe, **parts}
+        recipe = None
+    if recipe is not None:
+        if recipe.model.name != "gpt":
+            raise ValueError(
+                f"model.name={recipe.model.name!r}: ParallelDims knows the layout of the "
+                f"built-in 'gpt' only"
+            )
+        values["config"] = model_config(
+            recipe.model.flavour,
+            vocab_size=vocab_size,
+            seq_len=recipe.train.seq_len,
+            tie_embeddings=recipe.model.tie_embeddings,
+        )
+        values["batch_size"] = recipe.train.batch_size
+        values["seq_len"] = recipe.train.seq_len
+        values["grad_accum"] = recipe.train.grad_accum
+        values["precision"] = resolve_precision(recipe.precision)
+    unknown = set(parts) - {f.name for f in dataclasses.fields(LayoutContext)}
+    if unknown:
+        raise ValueError(
+            f"unknown layout part {sorted(unknown)[0]!r}; accepted: config, batch_size, "
+            f"seq_len, grad_accum, precision, vocab_size, sequence_parallel"
+        )
+    values.update(parts)
+    if values.get("config") is not None:
+        values["config"] = model_config(
+            values["config"], vocab_size=vocab_size, seq_len=values.get("seq_len") or 2048
+        )
+    precision = values.get("precision")
+    if isinstance(precision, str):
+        if precision not in PRECISION_PRESETS:
+            raise ValueError(
+                f"precision={precision!r} is unknown; accepted: {', '.join(PRECISION_PRESETS)}"
+            )
+        values["precision"] = PRECISION_PRESETS[precision]
+    elif precision is not None and not isinstance(precision, PrecisionPreset):
+        values["precision"] = resolve_precision(precision)
+    return LayoutContext(**values)
+
+
+# ---------------------------------------------------------------------------
+# ParallelDims
+# ---------------------------------------------------------------------------
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+@dataclass(frozen=True)
+class ParallelDims:
+    """Degrees of one layout. dp_shard=-1 takes the rest of world_size (resolved here
+    when world_size is a multiple of the other degrees; validate() reports it otherwise).
+    world_size=None means the product of the degrees."""
+
+    dp_replicate: int = 1
+    dp_shard: int = 1
+    tp: int = 1
+    pp: int = 1
+    world_size: int | None = None
+
+    def __post_init__(self) -> None:
+        others = (self.dp_replicate, self.tp, self.pp)
+        if not all(_is_int(v) and v >= 1 for v in others):
+            return  # validate() names the bad degree
+        if self.dp_shard == -1 and _is_int(self.world_size) and self.world_size >= 1:
+            rest = math.prod(others)
+            if self.world_size % rest == 0:
+                object.__setattr__(self, "dp_shard", self.world_size // rest)
+        elif self.world_size is None and _is_int(self.dp_shard) and self.dp_shard >= 1:
+            object.__setattr__(self, "world_size", math.prod(others) * self.dp_shard)
+
+    # -- construction -------------------------------------------------------------
+    @classmethod
+    def from_recipe(cls, recipe: Any, world_size: int | None = None) -> ParallelDims:
+        """The [parallel] section's degrees; world_size defaults to parallel.nproc."""
+        p = recipe.parallel
+        return cls(p.dp_replicate, p.dp_shard, p.tp, p.pp, world_size or p.nproc)
+
+    # -- derived ------------------------------------------------------------------
+    @property
+    def dp(self) -> int:
+        """Data-parallel degree: dp_replicate x dp_shard (the batch splits this many ways)."""
+        return self.dp_replicate * self.dp_shard
+
+    @property
+    def fsdp(self) -> bool:
+        return self.dp_shard > 1
+
+    def degrees(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in MESH_ORDER}
+
+    def mesh_shape(self) -> OrderedDict[str, int]:
+        """Named mesh dims with size > 1, outermost first (pp, dp_replicate, dp_shard, tp),
+        for init_device_mesh(device, tuple(shape.values()), mesh_dim_names=tuple(shape))."""
+        return OrderedDict((k, v) for k, v in self.degrees().items() if v > 1)
+
+    def __str__(self) -> str:
+        shape = [f"{k} {v}" for k, v in self.mesh_shape().items()]
+        return " x ".join(shape) if shape else "single process"
+
+    # -- validation -----------------------------------------------------------------
+    def problems(self, recipe: Any = None, /, **parts: Any) -> list[str]:
+        """Every problem of this layout for a recipe and/or parts (see context_from);
+        [] when it is valid. With neither, only the degrees and their product are checked."""
+        ctx = parts.pop("context", None) or context_from(recipe, **parts)
+        out = self._degree_problems()
+        if self.dp_shard == -1 or not all(
+            _is_int(v) and v >= 1 for v in (*self.degrees().values(), self.world_size)
+        ):
+            return out  # the other rules need whole degrees
+        out += self._model_problems(ctx)
+        out += self._batch_problems(ctx)
+        out += self._precision_problems(ctx)
+        return out
+
+    def validate(self, recipe: Any = None, /, **parts: Any) -> ParallelDims:
+        """Raise one LayoutError listing every problem; return self when valid."""
+        problems = self.problems(recipe, **parts)
+        if problems:
+            raise LayoutError(self, problems)
+        return self
+
+    def _degree_problems(self) -> list[str]:
+        out = []
+        for name in ("dp_replicate", "tp", "pp"):
+            v = getattr(self, name)
+            if not _is_int(v) or v < 1:
+                out.append(f"{name} {v!r} must be an integer >= 1")
+        ws = self.world_size
+        if not _is_int(ws) or ws < 1:
+            out.append(f"world_size {ws!r} must be an integer >= 1")
+        if not _is_int(self.dp_shard) or (self.dp_shard < 1 and self.dp_shard != -1):
+            out.append(f"dp_shard {self.dp_shard!r} must be an integer >= 1, or -1 for the rest")
+        if out:
+            return out
+        others = self.dp_replicate * self.tp * self.pp
+        if self.dp_shard == -1:
+            return [
+                f"dp_shard -1 (the rest) cannot be resolved: world_size {ws} is not a multiple "
+                f"of dp_replicate {self.dp_replicate} x tp {self.tp} x pp {self.pp} = {others}"
+            ]
+        product = others * self.dp_shard
+        if product != ws:
+            out.append(
+                f"dp_replicate {self.dp_replicate} x dp_shard {self.dp_shard} x tp {self.tp} "
+                f"x pp {self.pp} = {product}, but world_size is {ws}"
+            )
+        return out
+
+    def _model_problems(self, ctx: LayoutContext) -> list[str]:
+        cfg, tp, pp, out = ctx.config, self.tp, self.pp, []
+        if cfg is not None:
+            if cfg.n_heads % tp:
+                out.append(
+                    f"tp {tp} does not divide n_heads {cfg.n_heads} (each TP rank holds whole "
+                    f"query heads; tp in {_divisors(cfg.n_heads)})"
+                )
+            if cfg.n_kv_heads % tp:
+                out.append(
+                    f"tp {tp} does not divide n_kv_heads {cfg.n_kv_heads} (wk/wv are split by "
+                    f"heads; tp in {_divisors(cfg.n_kv_heads)})"
+                )
+            if cfg.ffn_hidden % tp:
+                out.append(
+                    f"tp {tp} does not divide ffn_hidden {cfg.ffn_hidden} (gate/up split "
+                    f"out_features, down splits in_features; tp in {_divisors(cfg.ffn_hidden)})"
+                )
+            if pp > cfg.n_layers:
+                out.append(
+                    f"pp {pp} stages > n_layers {cfg.n_layers}: each stage needs at least one block"
+                )
+            elif cfg.n_layers % pp:
+                split = _split(cfg.n_layers, pp)
+                out.append(
+                    f"pp {pp} does not divide n_layers {cfg.n_layers} (stages would hold "
+                    f"{'+'.join(map(str, split))} blocks); pp in {_divisors(cfg.n_layers)}"
+                )
+        if ctx.sequence_parallel and ctx.seq_len is not None and ctx.seq_len % tp:
+            out.append(
+                f"seq_len {ctx.seq_len} is not a multiple of tp {tp} (sequence parallelism "
+                f"splits the sequence across the TP ranks)"
+            )
+        return out
+
+    def _batch_problems(self, ctx: LayoutContext) -> list[str]:
+        if ctx.batch_size is None:
+            return []
+        micro = self.dp * ctx.grad_accum
+        if ctx.batch_size % micro == 0:
+            return []
+        return [
+            f"train.batch_size {ctx.batch_size} is not a multiple of dp {self.dp} (dp_replicate "
+            f"{self.dp_replicate} x dp_shard {self.dp_shard}) x grad_accum {ctx.grad_accum} "
+            f"= {micro}: each rank's micro-batch must be a whole number of sequences"
+        ]
+
+    def local_batch(self, ctx: LayoutContext) -> int | None:
+        """Sequences per micro-batch on one rank, or None when it is not whole."""
+        if ctx.batch_size is None or ctx.batch_size % (self.dp * ctx.grad_accum):
+            return None
+        return ctx.batch_size // (self.dp * ctx.grad_accum)
+
+    def _precision_problems(self, ctx: LayoutContext) -> list[str]:
+        preset, cfg = ctx.precision, ctx.config
+        if preset is None or cfg is None or preset.is_high_precision:
+            return []
+        micro = self.local_batch(ctx)
+        tokens = micro * ctx.seq_len if micro is not None and ctx.seq_len is not None else None
+        # (suffix, dim, full, local, what, style) -> [(module, role)], to list a repeated
+        # problem once with the blocks it occurs in
+        found: dict[tuple, list[tuple[str, str]]] = {}
+        token_found: dict[str, list[str]] = {}
+        for shape in linear_shapes(cfg):
+            if not quantized_roles(shape, preset, cfg.n_layers):
+                continue
+            local_in, local_out = shape.local(self.tp)
+            full = {"in": shape.in_features, "out": shape.out_features}
+            local = {"in": local_in, "out": local_out}
+            for role in ROLES:
+                for dim, b, what in group_dims(role, preset.roles[role]):
+                    if dim == "tokens":
+                        if tokens is not None and tokens % b:
+                            token_found.setdefault(f"{what}|{b}", []).append(role)
+                        continue
+                    if local[dim] == full[dim] or full[dim] % self.tp or local[dim] % b == 0:
+                        continue  # unsharded, or not evenly split (a model rule says so)
+                    suffix = shape.name.split(".", 2)[-1] if shape.block is not None else ""
+                    key = (suffix or shape.name, dim, full[dim], local[dim], what, shape.style)
+                    found.setdefault(key, []).append((shape.name, role))
+        out = []
+        for (_, dim, full_n, local_n, what, style), hits in found.items():
+            modules = list(dict.fromkeys(m for m, _ in hits))
+            roles = list(dict.fromkeys(r for _, r in hits))
+            msg = (
+                f"{modules[0]}: {dim}_features {full_n} / tp {self.tp} = {local_n} is not a "
+                f"multiple of {preset.name} {what} ({', '.join(roles)}, {style})"
+            )
+            if len(modules) > 1:
+                blocks = [_block_index(m) for m in modules[1:]]
+                msg += f"; also in layers {_ranges(blocks)}"
+            out.append(msg)
+        for key, roles in token_found.items():
+            what = key.split("|")[0]
+            roles = list(dict.fromkeys(roles))
+            out.append(
+                f"tokens per micro-batch: local batch {micro} x seq_len {ctx.seq_len} = "
+                f"{tokens} is not a multiple of {preset.name} {what} ({', '.join(roles)}: "
+                f"the weight-gradient GEMM reduces over tokens)"
+            )
+        return out
+
+
+def _divisors(n: int) -> str:
+    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
+
+
+def _split(n: int, parts: int) -> list[int]:
+    base, extra = divmod(n, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def _ranges(values: list[int | None]) -> str:
+    """[1, 2, 3, 7] -> '1-3, 7'."""
+    nums = sorted(v for v in values if v is not None)
+    out: list[str] = []
+    start = prev = None
+    for v in [*nums, None]:
+        if v is not None and prev is not None and v == prev + 1:
+            prev = v
+            continue
+        if start is not None:
+            out.append(str(start) if start == prev else f"{start}-{prev}")
+        start = prev = v
+    return ", ".join(out)
+
+
+__all__ = [
+    "COLWISE",
+    "DEFAULT_VOCAB_SIZE",
+    "MESH_ORDER",
+    "ROWWISE",
+    "TP_STYLES",
+    "LayoutContext",
+    "LayoutError",
+    "LinearShape",
+    "ParallelDims",
+    "context_from",
+    "group_dims",
+    "linear_shapes",
+    "model_config",
+    "quantized_roles",
+]
