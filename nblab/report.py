@@ -315,6 +315,54 @@ class SweepData:
         ax.grid(axis="x", alpha=0.3)
         return fig
 
+    # -- weights ------------------------------------------------------------------
+
+    def weight_module(self) -> str | None:
+        """The module whose weights the report shows: the last block's down
+        projection when the model has one (where low precision hurts most), else the
+        last module with histograms."""
+        hist = self.store.histograms(list(self.runs.run_id))
+        if hist.empty:
+            return None
+        modules = sorted(set(hist.module))
+        downs = [m for m in modules if m.endswith("mlp.down")]
+        return downs[-1] if downs else modules[-1]
+
+    def plot_weights(self, module: str | None = None) -> Figure:
+        """Weight histograms of `module`, one panel per point: the first and the last
+        recorded step overlaid (bins are fixed per run, so they compare directly)."""
+        module = module or self.weight_module()
+        points = list(self.runs.point)
+        cols = min(4, max(1, len(points)))
+        rows = -(-len(points) // cols)
+        fig = Figure(figsize=(3.2 * cols, 2.4 * rows), layout="constrained")
+        axes = fig.subplots(rows, cols, squeeze=False).flatten()
+        hist = (
+            pd.DataFrame()
+            if module is None
+            else self.store.histograms(list(self.runs.run_id), module=module)
+        )
+        for ax, (run_id, point) in zip(axes, self._points.items(), strict=False):
+            mine = hist[hist.run_id == run_id] if not hist.empty else hist
+            if mine.empty:
+                _no_data(ax, "no histograms")
+            for (_, row), style in zip(
+                mine.iloc[[0, -1]].iterrows() if len(mine) > 1 else mine.iterrows(),
+                ("--", "-"),
+                strict=False,
+            ):
+                edges = np.asarray(row.edges)
+                centers = (edges[1:] + edges[:-1]) / 2
+                ax.plot(centers, row.counts, style, label=f"step {row.step}")
+            ax.set_title(point, fontsize="small")
+            ax.set_yscale("log")
+            if not mine.empty:
+                ax.legend(fontsize="x-small")
+        for ax in axes[len(points) :]:
+            ax.set_visible(False)
+        fig.suptitle(f"weights of {module}" if module else "no weight histograms recorded")
+        return fig
+
     # -- quantization error -----------------------------------------------------
 
     def quantized_stats(self) -> pd.DataFrame:
