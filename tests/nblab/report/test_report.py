@@ -188,8 +188,8 @@ def test_html_has_the_sweep_points_failures_recipes_and_versions(built):
 def test_html_is_self_contained(built):
     _, _, nb, text = built
     pngs = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(pngs) == 3  # curves, throughput, SQNR heatmap
-    assert text.count('<img src="data:image/png;base64,') == 3
+    assert len(pngs) == 4  # curves, throughput, weights, SQNR heatmap
+    assert text.count('<img src="data:image/png;base64,') == 4
     assert report.remote_references(text) == []
     assert not re.search(r"""<(script|link)[^>]*(src|href)=["']?https?:""", text)
     assert not re.search(r"""<(script|link)[^>]*(src|href)=["']?(?!data:)[^"'#>]+""", text)
@@ -233,7 +233,7 @@ def test_report_of_a_real_two_point_sweep(tmp_path, monkeypatch):
     assert not [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
     text = html_path.read_text()
     assert "preset=bf16" in text and "preset=nvfp4" in text
-    assert text.count('<img src="data:image/png;base64,') == 3  # nvfp4 recorded stats
+    assert text.count('<img src="data:image/png;base64,') == 4  # with weights; nvfp4 has stats
     assert report.remote_references(text) == []
     assert html.escape("mean SQNR (dB) by role") in text
     assert json.loads(json.dumps(report.environment()))["nblab"] == importlib.metadata.version(
