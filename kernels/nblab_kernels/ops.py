@@ -6,10 +6,13 @@
   set before triton is imported); without it this raises.
 - "auto": Triton for CUDA tensors, the reference everywhere else.
 
-A (spec, device, dtype) the kernels do not cover (a Hadamard spec, a plain cast,
-an fp64 input, ...) runs on the reference instead, with one TritonFallbackWarning
-per distinct reason per process: the numbers are the reference's either way.
-quant_stats has no Triton kernel yet and always runs on the reference.
+A (spec, device, dtype) the kernels do not cover (a plain cast, an fp64 input, a
+block that is not a power of two, ...) runs on the reference instead, with one
+TritonFallbackWarning per distinct reason per process: the numbers are the
+reference's either way. Hadamard specs (n in 16..128, dim -1 or 0) run fused.
+quant_stats on Triton is one quantize pass that also sums the statistics: the
+counts equal the reference's, SQNR and relative errors agree to float tolerance
+(fp32 partial sums in another order).
 """
 
 from __future__ import annotations
@@ -69,8 +72,6 @@ def _impl(x: torch.Tensor, spec: QuantSpec, backend: str, op: str):
             f"TRITON_INTERPRET=1 before triton is imported, move x to a CUDA device, or use "
             f"backend='auto' or 'reference' (op {op}, x {tuple(x.shape)} {x.dtype})"
         )
-    if op == "quant_stats":
-        return _fallback("quant_stats has no Triton kernel yet")
     from .triton.plan import unsupported_reason  # imports no triton
 
     reason = unsupported_reason(x, spec)

@@ -10,6 +10,8 @@ B, or the whole dim (tensor / row / col). A program owns a BM x BK tile:
   then reads the group amax from there (two passes over x).
 
 NVFP4 always takes the first pass for the tensor amax; its blocks live in the tile.
+A Hadamard transform of n along dim -1 (dim 0) needs n | BK (n | BM): its chunks are
+transformed inside the tile, in both passes, before any amax.
 """
 
 from __future__ import annotations
@@ -36,8 +38,6 @@ def unsupported_reason(x: torch.Tensor, spec: QuantSpec) -> str | None:
     names the offending field so that a fallback warning says what to change."""
     if spec.is_cast:
         return f"plain cast element={spec.element!r} has no Triton kernel (it is a dtype cast)"
-    if spec.hadamard:
-        return f"hadamard={spec.hadamard} is not fused into the Triton kernels yet"
     if x.dtype not in INPUT_DTYPES:
         return f"input dtype {x.dtype} is not supported; Triton kernels take fp32, bf16, fp16"
     if x.device.type not in DEVICE_TYPES:
@@ -97,8 +97,10 @@ class TilePlan:
         else:
             ext = (1, b) if spec.dim == -1 else (b, 1)
         gm, gk = (e or 1 for e in ext)
-        bk = max(gk, min(full_k, MAX_TILE_K))
-        bm = max(gm, min(full_m, max(1, TILE_ELEMS // bk)))
+        # a Hadamard chunk of n along its dim lies whole inside one tile
+        had_m, had_k = (spec.hadamard, 1) if spec.dim == 0 else (1, spec.hadamard or 1)
+        bk = max(gk, had_k, min(full_k, MAX_TILE_K))
+        bm = max(gm, had_m, min(full_m, max(1, TILE_ELEMS // bk)))
         return TilePlan(
             bm=bm,
             bk=bk,

@@ -1,6 +1,6 @@
 """Triton quantize / fake_quantize, bit for bit equal to `nblab_kernels.reference`.
 
-One kernel family for every spec without a Hadamard transform. x is read through
+One kernel family for every spec (plain casts aside). x is read through
 its strides as the (M, K) view (no copy for transposed or sliced 2-D inputs). Each
 program owns a BM x BK tile (see `plan.TilePlan`):
 
@@ -12,6 +12,18 @@ program owns a BM x BK tile (see `plan.TilePlan`):
     the spec's rule -> scaled = x * multiplier -> clamp -> round (rne or sr) ->
     codes (fp4 packed two per byte) and scales, or, for fake_quantize, the
     dequantized value written in x's dtype.
+
+Hadamard specs transform the tile right after the load, in both passes (the plan
+makes n divide the tile along the transform dim): signs, then `_fwht_rows`, the
+reference's butterfly stage by stage (reshape / permute / split / join, no tl.dot,
+so every output is the same chain of fp32 adds), then the fp32 1/sqrt(n). For
+fake_quantize the dequantized fp32 tile goes through the inverse before the store.
+
+Statistics (quant_stats): the quantize launch with STATS also dequantizes and
+writes one fp32 row per program (`_stats`): sum x^2, sum (x - dq)^2, saturated and
+underflowed counts, amax, nonzero count, relative-error sum and max. The host sums
+the rows in fp64; counts are exact, the sums agree with the reference's fp64 sums
+to float tolerance.
 
 Exactness: every step mirrors reference.py. Divisions use `tl.math.div_rn` (IEEE);
 floor(log2) and powers of two come from the fp32 bits; rne of t >= 0 is
@@ -29,8 +41,9 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import reference
 from ..formats import E8M0_BIAS, E8M0_EXP_RANGE, POW2_EXP_RANGE, QuantSpec
-from ..reference import GroupLayout, QTensor
+from ..reference import GroupLayout, QTensor, QuantStats
 from .plan import TilePlan
 
 _NAN_BITS: tl.constexpr = tl.constexpr(0x7FC00000)  # the NaN torch writes
@@ -158,6 +171,46 @@ def _tile(pid_m, pid_k, M, K, BM: tl.constexpr, BK: tl.constexpr):
     return rm.to(tl.int64), rk.to(tl.int64), mask
 
 
+@triton.jit
+def _fwht_rows(x, ROWS: tl.constexpr, COLS: tl.constexpr, LOG2N: tl.constexpr):
+    """reference._fwht in chunks of 2^LOG2N along the last axis of a (ROWS, COLS) tile:
+    the same stages in the same order, stage h mapping the pair (lo, hi) = (x[i],
+    x[i + h]) of each 2h-run to (lo + hi, lo - hi). No tl.dot: each output is the
+    same chain of fp32 additions as the reference's, so the result is bit for bit."""
+    for s in tl.static_range(LOG2N):
+        H: tl.constexpr = 1 << s
+        t = tl.permute(tl.reshape(x, [ROWS, COLS // (2 * H), 2, H]), (0, 1, 3, 2))
+        lo, hi = tl.split(t)  # (ROWS, COLS / 2H, H) each
+        t = tl.permute(tl.join(lo + hi, lo - hi), (0, 1, 3, 2))
+        x = tl.reshape(t, [ROWS, COLS])
+    return x
+
+
+@triton.jit
+def _hadamard(x, signs_ptr, BM: tl.constexpr, BK: tl.constexpr, LOG2N: tl.constexpr,
+              DIM0: tl.constexpr, INV_SQRT: tl.constexpr, INVERSE: tl.constexpr):  # fmt: skip
+    """reference._hadamard_2d on a (BM, BK) tile whose chunks of n = 2^LOG2N along the
+    transform dim (K, or M when DIM0) are whole: forward fwht(x * s) * (1/sqrt n),
+    inverse fwht(y) * (1/sqrt n) * s. INV_SQRT is fp32 1/sqrt(n), exactly as stored."""
+    if DIM0:
+        t = tl.trans(x)  # (BK, BM): the chunks run along the last axis
+        signs = tl.load(signs_ptr + tl.arange(0, BM) % (1 << LOG2N))
+        if not INVERSE:
+            t = t * signs[None, :]
+        t = _fwht_rows(t, BK, BM, LOG2N) * INV_SQRT
+        if INVERSE:
+            t = t * signs[None, :]
+        return tl.trans(t)
+    else:
+        signs = tl.load(signs_ptr + tl.arange(0, BK) % (1 << LOG2N))
+        if not INVERSE:
+            x = x * signs[None, :]
+        x = _fwht_rows(x, BM, BK, LOG2N) * INV_SQRT
+        if INVERSE:
+            x = x * signs[None, :]
+        return x
+
+
 # ---------------------------------------------------------------------------
 # Scale rules (reference._scales), on (RM, RK) group amax bits
 # ---------------------------------------------------------------------------
@@ -230,14 +283,19 @@ def _scales(abits, tbits, SCALE_KIND: tl.constexpr, RULE: tl.constexpr,
 
 
 @triton.jit
-def _amax_kernel(x_ptr, sxm, sxk, M, K, amax_ptr, GK_N,
+def _amax_kernel(x_ptr, sxm, sxk, M, K, amax_ptr, GK_N, signs_ptr,
                  BM: tl.constexpr, BK: tl.constexpr, RM: tl.constexpr, RK: tl.constexpr,
-                 SPAN_M: tl.constexpr, SPAN_K: tl.constexpr, X_BF16: tl.constexpr):  # fmt: skip
-    """Pass 1: atomic max of each tile's group amax bits into amax_ptr[(gm, gk)]."""
+                 SPAN_M: tl.constexpr, SPAN_K: tl.constexpr, X_BF16: tl.constexpr,
+                 HAD_LOG2N: tl.constexpr, HAD_DIM0: tl.constexpr,
+                 HAD_INV_SQRT: tl.constexpr):  # fmt: skip
+    """Pass 1: atomic max of each tile's group amax bits into amax_ptr[(gm, gk)]
+    (of the Hadamard-transformed values when HAD_LOG2N > 0)."""
     pid_m = tl.program_id(0)
     pid_k = tl.program_id(1)
     rm, rk, mask = _tile(pid_m, pid_k, M, K, BM, BK)
     x = _load_f32(x_ptr + rm[:, None] * sxm + rk[None, :] * sxk, mask, X_BF16)
+    if HAD_LOG2N > 0:
+        x = _hadamard(x, signs_ptr, BM, BK, HAD_LOG2N, HAD_DIM0, HAD_INV_SQRT, False)
     g = _group_max(_amax_bits(x), BM, BK, RM, RK)
     gi_m = _group_index(pid_m, RM, SPAN_M)
     gi_k = _group_index(pid_k, RK, SPAN_K)
@@ -249,12 +307,13 @@ def _quantize_kernel(
     x_ptr, sxm, sxk, M, K,
     rbits_ptr, seed,
     gamax_ptr, tamax_ptr,  # pass-1 group amax bits (spanning groups), tensor amax bits
-    codes_ptr, scale_ptr, ts_ptr, out_ptr,
+    codes_ptr, scale_ptr, ts_ptr, out_ptr, signs_ptr, stats_ptr,
     GM_N, GK_N,  # scales shape (gm, gk)
     BM: tl.constexpr, BK: tl.constexpr, RM: tl.constexpr, RK: tl.constexpr,
     SPAN_M: tl.constexpr, SPAN_K: tl.constexpr,
-    X_BF16: tl.constexpr, FAKE: tl.constexpr, OUT_KIND: tl.constexpr,
+    X_BF16: tl.constexpr, FAKE: tl.constexpr, STATS: tl.constexpr, OUT_KIND: tl.constexpr,
     SR: tl.constexpr, SEEDED: tl.constexpr,
+    HAD_LOG2N: tl.constexpr, HAD_DIM0: tl.constexpr, HAD_INV_SQRT: tl.constexpr,
     ELEM_MAX: tl.constexpr, ELEM_EMIN: tl.constexpr, ELEM_MBITS: tl.constexpr,
     ELEM_EMAX: tl.constexpr, IS_INT: tl.constexpr, SIGN_SHIFT: tl.constexpr,
     NAN_CODE: tl.constexpr, PACKED: tl.constexpr,
@@ -267,7 +326,10 @@ def _quantize_kernel(
     pid_m = tl.program_id(0)
     pid_k = tl.program_id(1)
     rm, rk, mask = _tile(pid_m, pid_k, M, K, BM, BK)
-    x = _load_f32(x_ptr + rm[:, None] * sxm + rk[None, :] * sxk, mask, X_BF16)
+    x_in = _load_f32(x_ptr + rm[:, None] * sxm + rk[None, :] * sxk, mask, X_BF16)
+    x = x_in
+    if HAD_LOG2N > 0:  # quantize the transformed values (codes live in that domain)
+        x = _hadamard(x, signs_ptr, BM, BK, HAD_LOG2N, HAD_DIM0, HAD_INV_SQRT, False)
 
     # -- group amax (RM, RK) and scales ------------------------------------------
     gi_m = _group_index(pid_m, RM, SPAN_M)
@@ -314,7 +376,7 @@ def _quantize_kernel(
         rbits = 0
     q, e = _round_magnitude(a, rbits, ELEM_EMIN, ELEM_MBITS, IS_INT, SR)
 
-    if FAKE:  # dequantize in the same pass, as reference.fake_quantize
+    if FAKE or STATS:  # dequantize in the same pass, as reference.fake_quantize
         nan = tl.full([BM, BK], _NAN_BITS, tl.int32).to(tl.float32, bitcast=True)
         value = q * _pow2(e - ELEM_MBITS)
         value = tl.where(negative, -value, value)
@@ -326,11 +388,17 @@ def _quantize_kernel(
             if SCALE_KIND == 3:
                 out = out * _expand(s_t, BM, BK, RM, RK)
         out = tl.where(poisoned, nan, out)
+        if HAD_LOG2N > 0:  # back to x's domain (NaN spreads over a poisoned chunk)
+            out = _hadamard(out, signs_ptr, BM, BK, HAD_LOG2N, HAD_DIM0, HAD_INV_SQRT, True)
+    if STATS:  # reference.quant_stats' sums and counts, one row per program
+        _stats(x_in, out, v, poisoned, mask, stats_ptr + (pid_m * tl.num_programs(1) + pid_k) * 8,
+               ELEM_MAX, ELEM_EMIN, ELEM_MBITS, IS_INT)  # fmt: skip
+    if FAKE:
         optrs = out_ptr + offs
         if OUT_KIND == 2:  # bf16 through its bits, round to nearest even
             bits = out.to(tl.int32, bitcast=True)
             bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-            bits = tl.where(poisoned, 0x7FC0, bits)
+            bits = tl.where(out != out, 0x7FC0, bits)
             tl.store(optrs, bits.to(tl.int16), mask=mask)
         elif OUT_KIND == 1:
             tl.store(optrs, out.to(tl.float16), mask=mask)
@@ -354,6 +422,41 @@ def _quantize_kernel(
                          mask=pmask)  # fmt: skip
             else:
                 tl.store(codes_ptr + offs, code.to(tl.uint8), mask=mask)
+
+
+# Columns of the per-program statistics rows (fp32): sums over the tile's elements.
+STAT_SIGNAL, STAT_NOISE, STAT_SATURATED, STAT_UNDERFLOW = 0, 1, 2, 3
+STAT_AMAX, STAT_NONZERO, STAT_REL_SUM, STAT_REL_MAX = 4, 5, 6, 7
+N_STATS = 8
+
+
+@triton.jit
+def _stats(x, dq, v, poisoned, mask, row_ptr, ELEM_MAX: tl.constexpr, ELEM_EMIN: tl.constexpr,
+           ELEM_MBITS: tl.constexpr, IS_INT: tl.constexpr):  # fmt: skip
+    """One program's share of reference.quant_stats, in fp32 (the host sums in fp64).
+
+    x: the input, dq: the dequantized fp32 value (inverse-transformed), v: the scaled
+    value before clipping. saturated: rne of |v| on the grid continued past max lands
+    above max (round_to_grid(saturate=False)); underflow: x != 0 but dq == 0. The
+    maxima are taken on the int32 bits of non-negative floats, so NaN wins as in torch."""
+    err = x - dq
+    nonzero = (x != 0) & mask
+    q, e = _round_magnitude(tl.where(poisoned, 0.0, tl.abs(v)), 0, ELEM_EMIN, ELEM_MBITS,
+                            IS_INT, False)  # fmt: skip
+    saturated = (q * _pow2(e - ELEM_MBITS) > ELEM_MAX) & mask
+    rel = tl.where(nonzero, tl.math.div_rn(tl.abs(err), tl.abs(tl.where(nonzero, x, 1.0))), 0.0)
+    zero = tl.zeros_like(x)
+    tl.store(row_ptr + 0, tl.sum(tl.sum(tl.where(mask, x * x, zero), axis=1), axis=0))
+    tl.store(row_ptr + 1, tl.sum(tl.sum(tl.where(mask, err * err, zero), axis=1), axis=0))
+    tl.store(row_ptr + 2, tl.sum(tl.sum(saturated.to(tl.float32), axis=1), axis=0))
+    tl.store(row_ptr + 3, tl.sum(tl.sum((nonzero & (dq == 0)).to(tl.float32), axis=1), axis=0))
+    amax = tl.max(tl.max(tl.where(mask, x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, 0), axis=1),
+                  axis=0)  # fmt: skip
+    tl.store(row_ptr + 4, amax.to(tl.float32, bitcast=True))
+    tl.store(row_ptr + 5, tl.sum(tl.sum(nonzero.to(tl.float32), axis=1), axis=0))
+    tl.store(row_ptr + 6, tl.sum(tl.sum(rel, axis=1), axis=0))
+    rel_max = tl.max(tl.max(rel.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=1), axis=0)
+    tl.store(row_ptr + 7, rel_max.to(tl.float32, bitcast=True))
 
 
 # ---------------------------------------------------------------------------
@@ -444,15 +547,34 @@ def _sr_bits(x2: torch.Tensor, spec: QuantSpec, rbits, seed):
     return None, seed - 2**64 if seed >= 2**63 else seed
 
 
-def _launch(x: torch.Tensor, spec: QuantSpec, rbits, seed, fake: bool):
+_SIGNS: dict[tuple[int, int, torch.device], torch.Tensor] = {}
+
+
+def _hadamard_args(spec: QuantSpec, dev: torch.device) -> tuple[torch.Tensor | None, dict]:
+    """(signs of hadamard(n) as fp32 on dev, the kernels' Hadamard constexprs)."""
+    n = spec.hadamard
+    if not n:
+        return None, dict(HAD_LOG2N=0, HAD_DIM0=False, HAD_INV_SQRT=1.0)
+    key = (n, spec.hadamard_seed, dev)
+    if key not in _SIGNS:
+        _SIGNS[key] = reference.hadamard_signs(n, spec.hadamard_seed).to(dev)
+    # the reference multiplies by torch.tensor(1 / sqrt(n), float32): that fp32 value
+    inv_sqrt = float(np.float32(1 / math.sqrt(n)))
+    return _SIGNS[key], dict(HAD_LOG2N=n.bit_length() - 1, HAD_DIM0=spec.dim == 0,
+                             HAD_INV_SQRT=inv_sqrt)  # fmt: skip
+
+
+def _launch(x: torch.Tensor, spec: QuantSpec, rbits, seed, fake: bool, stats: bool = False):
     """Validate as the reference does, then run pass 1 (if needed) and pass 2.
-    Returns (codes, scale, tensor_scale) for quantize, or the dequantized (M, K)
-    tensor in x's dtype for fake_quantize."""
+    Returns (codes, scale, tensor_scale, stats rows or None) for quantize, or the
+    dequantized (M, K) tensor in x's dtype for fake_quantize."""
     if x.numel() == 0:
         raise ValueError(f"cannot quantize an empty tensor of shape {tuple(x.shape)}")
     shape = tuple(x.shape)
     x2 = _as_2d(x)
     m, k = x2.shape
+    if spec.hadamard:
+        reference._check_hadamard((m, k), spec.hadamard, spec.dim)
     layout = GroupLayout.of(shape, m, k, spec)  # raises on a block that does not divide
     fmt = spec.element_format
     if fmt.packed and (x.dim() == 0 or k % 2):
@@ -465,10 +587,11 @@ def _launch(x: torch.Tensor, spec: QuantSpec, rbits, seed, fake: bool):
     consts = _constants(spec)
     two_level = consts["SCALE_KIND"] == 3
     dev = x.device
+    signs, had = _hadamard_args(spec, dev)
     xk = _bits_view(x2)
     args = (xk, x2.stride(0), x2.stride(1), m, k)  # read through the strides: no copy
     grid = plan.grid(m, k)
-    common = dict(BM=plan.bm, BK=plan.bk, X_BF16=x2.dtype == torch.bfloat16)
+    common = dict(BM=plan.bm, BK=plan.bk, X_BF16=x2.dtype == torch.bfloat16, **had)
     # launch options; exactness does not rest on fp fusion (every product that could
     # fuse into an fma is exact), it is off so that no backend default can matter
     common.update(num_warps=plan.num_warps, enable_fp_fusion=False)
@@ -477,6 +600,8 @@ def _launch(x: torch.Tensor, spec: QuantSpec, rbits, seed, fake: bool):
     gamax = torch.zeros(layout.gm * layout.gk if plan.spans else 1, dtype=torch.int32, device=dev)
     tamax = torch.zeros(1, dtype=torch.int32, device=dev)
     dummy = torch.empty(1, dtype=torch.int64, device=dev)
+    signs = dummy if signs is None else signs
+    rows = torch.empty((grid[0] * grid[1], N_STATS), dtype=torch.float32, device=dev)
     if fake:
         out = torch.empty((m, k), dtype=x.dtype, device=dev)
         codes = scale = ts = dummy
@@ -495,12 +620,12 @@ def _launch(x: torch.Tensor, spec: QuantSpec, rbits, seed, fake: bool):
 
     # The interpreter runs on numpy, which warns where IEEE overflows on purpose
     # (max / subnormal amax -> inf, then clamped as the reference does).
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):
         if plan.spans:  # pass 1: amax of the groups that span tiles
-            _amax_kernel[grid](*args, gamax, layout.gk, **span, **common)
+            _amax_kernel[grid](*args, gamax, layout.gk, signs, **span, **common)
         if two_level:  # pass 1: the tensor amax under NVFP4's s_t
             whole = dict(RM=1, RK=1, SPAN_M=True, SPAN_K=True)
-            _amax_kernel[grid](*args, tamax, 1, **whole, **common)
+            _amax_kernel[grid](*args, tamax, 1, signs, **whole, **common)
         _quantize_kernel[grid](
             *args,
             bits if bits is not None else dummy,
@@ -511,9 +636,12 @@ def _launch(x: torch.Tensor, spec: QuantSpec, rbits, seed, fake: bool):
             scale,
             ts,
             _bits_view(out),
+            signs,
+            rows,
             layout.gm,
             layout.gk,
             FAKE=fake,
+            STATS=stats,
             OUT_KIND=_OUT_KINDS[x.dtype],
             SR=spec.rounding == "sr",
             SEEDED=seed is not None,
@@ -523,14 +651,17 @@ def _launch(x: torch.Tensor, spec: QuantSpec, rbits, seed, fake: bool):
         )
     if fake:
         return out
-    return codes, scale, ts if two_level else None
+    return codes, scale, ts if two_level else None, rows if stats else None
 
 
 def quantize(
     x: torch.Tensor, spec: QuantSpec, *, rbits: torch.Tensor | None = None, seed: int | None = None
 ) -> QTensor:
     """Triton reference.quantize: the same QTensor, bit for bit."""
-    codes, scale, tensor_scale = _launch(x, spec, rbits, seed, fake=False)
+    return _qtensor(x, spec, *_launch(x, spec, rbits, seed, fake=False)[:3])
+
+
+def _qtensor(x, spec: QuantSpec, codes, scale, tensor_scale) -> QTensor:
     fmt, sfmt = spec.element_format, spec.scale_format
     if fmt.torch_dtype is not None:  # e4m3 / e5m2 codes were written as their bytes
         codes = codes.view(fmt.torch_dtype)
@@ -546,3 +677,36 @@ def fake_quantize(
 ) -> torch.Tensor:
     """Triton reference.fake_quantize: quantize + dequantize in one pass, in x's dtype."""
     return _launch(x, spec, rbits, seed, fake=True).reshape(x.shape)
+
+
+def quant_stats(
+    x: torch.Tensor, spec: QuantSpec, *, rbits: torch.Tensor | None = None, seed: int | None = None
+) -> QuantStats:
+    """reference.quant_stats from one quantize pass: the kernel writes codes and scales
+    and, per program, the fp32 sums and counts (`_stats`); they are summed here in fp64.
+    Counts (saturation, underflow) are exact; SQNR and relative errors agree with the
+    reference to float tolerance (fp32 products, another summation order)."""
+    codes, scale, tensor_scale, rows = _launch(x, spec, rbits, seed, fake=False, stats=True)
+    qt = _qtensor(x, spec, codes, scale, tensor_scale)
+    return stats_from_rows(rows, x.numel(), reference._scale_exponents(qt))
+
+
+def stats_from_rows(rows: torch.Tensor, numel: int, exponents: dict[int, int]) -> QuantStats:
+    """Per-program rows (P, N_STATS) -> QuantStats, with the reference's SQNR cases."""
+    sums = rows.double().sum(dim=0).tolist()
+    signal, noise = sums[STAT_SIGNAL], sums[STAT_NOISE]
+    if noise == 0:
+        sqnr = math.inf
+    elif signal == 0 or math.isnan(noise):
+        sqnr = -math.inf if signal == 0 else math.nan
+    else:
+        sqnr = 10 * math.log10(signal / noise)
+    nonzero = sums[STAT_NONZERO]
+    return QuantStats(
+        sqnr_db=sqnr,
+        saturation=sums[STAT_SATURATED] / numel,
+        underflow=sums[STAT_UNDERFLOW] / numel,
+        scale_exponents=exponents,
+        rel_err_mean=sums[STAT_REL_SUM] / nonzero if nonzero else 0.0,
+        rel_err_max=float(rows[:, STAT_REL_MAX].double().max()) if nonzero else 0.0,
+    )

@@ -81,7 +81,6 @@ def test_interpreter_flag_is_read_from_the_environment(monkeypatch, value):
 
 
 UNSUPPORTED = {
-    "hadamard": (X, QuantSpec("e2m1", "e8m0", "block", 32, hadamard=32), "hadamard=32"),
     "cast": (X, QUANT_PRESETS["bf16"], "plain cast"),
     "fp64 input": (X.double(), QUANT_PRESETS["mxfp8"], "float64"),
     "block 48": (torch.randn(4, 96), QuantSpec("e4m3", "fp32", "block", 48), "power of two"),
@@ -116,11 +115,31 @@ def test_each_distinct_reason_warns_once():
 
 
 @pytest.mark.usefixtures("fresh_warnings")
-def test_quant_stats_is_reference_only():
+def test_quant_stats_runs_the_kernel_and_cast_stats_fall_back(monkeypatch):
+    calls = []
+    original = tq.quant_stats
+    monkeypatch.setattr(tq, "quant_stats", lambda *a, **k: calls.append(1) or original(*a, **k))
     spec = QUANT_PRESETS["mxfp4"]
-    with pytest.warns(ops.TritonFallbackWarning, match="quant_stats"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         stats = nk.quant_stats(X, spec, backend="triton")
-    assert stats == reference.quant_stats(X, spec)
+    ref = reference.quant_stats(X, spec)
+    assert calls == [1]
+    assert (stats.saturation, stats.underflow) == (ref.saturation, ref.underflow)
+    assert stats.sqnr_db == pytest.approx(ref.sqnr_db, rel=1e-6)
+    with pytest.warns(ops.TritonFallbackWarning, match="plain cast"):
+        assert nk.quant_stats(X, "bf16", backend="triton") == reference.quant_stats(
+            X, QUANT_PRESETS["bf16"]
+        )
+
+
+def test_hadamard_runs_the_kernel(triton_calls):
+    spec = QuantSpec("e2m1", "e8m0", "block", 32, hadamard=32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = nk.fake_quantize(X, spec, backend="triton")
+    assert triton_calls == ["fake_quantize"]
+    assert torch.equal(out, reference.fake_quantize(X, spec))
 
 
 def test_sr_through_dispatch_matches_reference():
