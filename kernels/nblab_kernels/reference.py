@@ -507,19 +507,28 @@ def _dequantize(values, layout, how, scale, tensor_scale, spec, shape, dtype, tr
     return out.reshape(shape).to(dtype)
 
 
-def _rbits_for(x2: torch.Tensor, spec: QuantSpec, rbits, seed) -> torch.Tensor | None:
+def given_rbits(x2: torch.Tensor, spec: QuantSpec, rbits, seed) -> torch.Tensor | None:
+    """Validate the SR arguments (one place for every backend); return the given
+    random bits as uint32 values in int64, shaped like x2, or None."""
     if spec.rounding != "sr":
         if rbits is not None:
             raise ValueError(f"rbits given but QuantSpec.rounding={spec.rounding!r}; use 'sr'")
         return None
-    if rbits is not None:
-        if seed is not None:
-            raise ValueError("pass rbits or seed, not both")
-        if rbits.numel() != x2.numel():
-            raise ValueError(
-                f"rbits has {rbits.numel()} elements; x has {x2.numel()} (one uint32 each)"
-            )
-        return rbits.reshape(x2.shape).to(torch.int64) & 0xFFFFFFFF
+    if rbits is None:
+        return None
+    if seed is not None:
+        raise ValueError("pass rbits or seed, not both")
+    if rbits.numel() != x2.numel():
+        raise ValueError(
+            f"rbits has {rbits.numel()} elements; x has {x2.numel()} (one uint32 each)"
+        )
+    return rbits.reshape(x2.shape).to(device=x2.device, dtype=torch.int64) & 0xFFFFFFFF
+
+
+def _rbits_for(x2: torch.Tensor, spec: QuantSpec, rbits, seed) -> torch.Tensor | None:
+    bits = given_rbits(x2, spec, rbits, seed)
+    if bits is not None or spec.rounding != "sr":
+        return bits
     if seed is None:
         # No stream asked for: draw from torch's global generator (repeatable under
         # torch.manual_seed, one fast op). A seed selects the Philox stream that the

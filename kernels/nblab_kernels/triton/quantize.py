@@ -521,26 +521,16 @@ def _bits_view(x2: torch.Tensor) -> torch.Tensor:
 
 
 def _sr_bits(x2: torch.Tensor, spec: QuantSpec, rbits, seed):
-    """(rbits as contiguous int64 uint32 values or None, seed or None), validated as
-    reference._rbits_for does.
+    """(rbits as contiguous int64 uint32 values or None, seed or None), validated by
+    reference.given_rbits.
 
     With neither, one Philox seed is drawn from torch's global generator (repeatable
     under torch.manual_seed) and the kernel draws its bits in place. The reference
     instead draws a full tensor of bits from that generator, so the two backends pick
     different (equally distributed) streams there; pass rbits or seed to compare."""
-    if spec.rounding != "sr":
-        if rbits is not None:
-            raise ValueError(f"rbits given but QuantSpec.rounding={spec.rounding!r}; use 'sr'")
-        return None, None
-    if rbits is not None:
-        if seed is not None:
-            raise ValueError("pass rbits or seed, not both")
-        if rbits.numel() != x2.numel():
-            raise ValueError(
-                f"rbits has {rbits.numel()} elements; x has {x2.numel()} (one uint32 each)"
-            )
-        bits = rbits.reshape(x2.shape).to(device=x2.device, dtype=torch.int64) & 0xFFFFFFFF
-        return bits.contiguous(), None
+    bits = reference.given_rbits(x2, spec, rbits, seed)
+    if bits is not None or spec.rounding != "sr":
+        return (None if bits is None else bits.contiguous()), None
     if seed is None:
         seed = int(torch.randint(0, 2**62, (1,)).item())
     seed %= 2**64
