@@ -1,5 +1,6 @@
-"""Parallel layouts: ParallelDims (the degrees and the one place that validates them) and
-the planner (which layouts fit N GPUs, with memory and communication estimates)."""
+"""Parallel layouts: ParallelDims (the degrees and the one place that validates them),
+the planner (which layouts fit N GPUs, with memory and communication estimates), the
+runtime (mesh, TP / FSDP2 / DDP plan) and the torchrun launcher."""
 
 from nblab.parallel.dims import (
     TP_STYLES,
@@ -9,6 +10,7 @@ from nblab.parallel.dims import (
     context_from,
     linear_shapes,
 )
+from nblab.parallel.launch import check_layout, launch
 from nblab.parallel.planner import (
     Hardware,
     LayoutEstimate,
@@ -19,6 +21,7 @@ from nblab.parallel.planner import (
     plan,
     plan_command,
 )
+from nblab.parallel.runtime import ParallelContext, apply_parallelism, init_distributed
 
 __all__ = [
     "TP_STYLES",
@@ -26,10 +29,15 @@ __all__ = [
     "LayoutContext",
     "LayoutError",
     "LayoutEstimate",
+    "ParallelContext",
     "ParallelDims",
+    "apply_parallelism",
+    "check_layout",
     "context_from",
     "estimate_layout",
     "format_plan",
+    "init_distributed",
+    "launch",
     "layouts",
     "linear_shapes",
     "parse_bytes",

@@ -3,6 +3,10 @@
 A checkpoint holds the model, the optimizer, the scheduler, the step (the data
 position: batches are drawn per step) and every RNG state, so a resumed CPU run
 reproduces the uninterrupted one exactly.
+
+Under a process group every rank calls save() and load() (DCP writes and reads each
+rank's shards); rank 0 alone touches the folders and writes extra.pt (its RNG state).
+A checkpoint saved under one layout loads under another (FSDP 2 -> 1 process, ...).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
@@ -32,6 +37,15 @@ def _single_process_ok():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         yield
+
+
+def _rank0() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
 
 
 def _rng_state() -> dict:
@@ -57,20 +71,24 @@ def save(folder: Path, step: int, model, optimizer, scheduler, keep: int) -> Pat
     """Write checkpoint `step` under folder/step_NNNNNNN and keep only the last `keep`."""
     path = folder / f"{_PREFIX}{step:07d}"
     tmp = folder / f".{path.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
+    if _rank0():
+        shutil.rmtree(tmp, ignore_errors=True)
+    _barrier()
     state = {
         "model": get_model_state_dict(model),
         "optimizer": get_optimizer_state_dict(model, optimizer),
     }
     with _single_process_ok():
         dcp.save(state, checkpoint_id=tmp)
-    torch.save(
-        {"step": step, "scheduler": scheduler.state_dict(), "rng": _rng_state()}, tmp / "extra.pt"
-    )
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)  # a checkpoint folder is complete or absent
-    for old in list_checkpoints(folder)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    _barrier()  # every rank's shards are written
+    if _rank0():
+        extra = {"step": step, "scheduler": scheduler.state_dict(), "rng": _rng_state()}
+        torch.save(extra, tmp / "extra.pt")
+        shutil.rmtree(path, ignore_errors=True)
+        tmp.rename(path)  # a checkpoint folder is complete or absent
+        for old in list_checkpoints(folder)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    _barrier()
     return path
 
 

@@ -2,9 +2,14 @@
 
     result = train(Recipe.preset("gpt-tiny").with_overrides(["precision.preset=nvfp4"]))
 
-One process, one device here; the parallelism issue wraps the same loop. Batches
-are drawn from a generator seeded by (seed, step, micro-batch), so the data
+Batches are drawn from a generator seeded by (seed, step, micro-batch), so the data
 position is just the step and a resumed run sees exactly the batches it would have.
+
+Under torchrun (WORLD_SIZE > 1; see nblab.parallel.launch) the same loop runs on every
+rank: nblab.parallel.runtime builds the mesh and applies TP / FSDP2 / DDP, each dp rank
+takes its rows of the same global micro-batch, the loss is divided by grad_accum x dp
+before backward (gradients are SUM-reduced), and only rank 0 writes to the store.
+`train()` of a recipe with parallel.nproc > 1 from a single process launches torchrun.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nblab.parallel import runtime
 from nblab.precision.plan import PlanReport, apply_precision, quant_linears
 from nblab.recipe import Recipe
 from nblab.runs import RunStore
@@ -93,8 +99,11 @@ class Trainer:
         self.recipe, self.writer, self.progress = recipe, writer, progress
         self.run_dir = run_dir
         t = recipe.train
-        torch.manual_seed(t.seed)
-        self.device = resolve_device(t.device)
+        torch.manual_seed(t.seed)  # the same on every rank: TP / FSDP shard one init
+        self.parallel = runtime.init_distributed(recipe)  # None in a single process
+        self.device = self.parallel.device if self.parallel else resolve_device(t.device)
+        self.rank0 = self.parallel is None or self.parallel.is_rank0
+        self.writer = writer if self.rank0 else None  # metrics from rank 0 only
         self.dataset = dataset if dataset is not None else build_data(recipe)
         if model is None:
             model = build_model(
@@ -106,8 +115,13 @@ class Trainer:
             )
         self.plan = apply_precision(model, recipe.precision, backend=recipe.precision.backend)
         self.model = model.to(self.device)
+        if self.parallel is not None:
+            p = self.parallel
+            p.dims.validate(recipe, vocab_size=self.dataset.vocab_size)
+            runtime.apply_parallelism(self.model, p.dims, p.mesh, recipe)
+            log.info("parallel layout: %s on %d processes (%s)", p.dims, p.world_size, p.device)
         self.step_fn = torch.compile(self.model) if t.compile else self.model
-        self.optimizer = build_optimizer(self.model, recipe.optimizer)
+        self.optimizer = runtime.unmix_optimizer(build_optimizer(self.model, recipe.optimizer))
         self.scheduler = build_schedule(self.optimizer, t.steps, recipe.schedule)
         self.step = 0
         self.histograms = WeightHistograms()
@@ -128,10 +142,21 @@ class Trainer:
         enabled = dtype == "bfloat16"
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
+    @property
+    def dp(self) -> int:
+        return self.parallel.dp if self.parallel else 1
+
     def _batch(self, split: str, generator: torch.Generator):
+        """The global micro-batch (the same draw on every rank), then this dp rank's rows."""
         t = self.recipe.train
         x, y = self.dataset.get_batch(split, self.micro_batch, t.seq_len, generator)
+        if self.parallel is not None:
+            x, y = self.parallel.dp_slice(x), self.parallel.dp_slice(y)
         return x.to(self.device), y.to(self.device)
+
+    def _mean(self, value: float) -> float:
+        """The mean over dp ranks of a per-rank loss (itself when single-process)."""
+        return self.parallel.mean_over_dp(value) if self.parallel else value
 
     def train_step(self) -> float:
         """One optimizer step (all micro-batches). Raises Diverged on a non-finite
@@ -144,15 +169,20 @@ class Trainer:
         total = 0.0
         for micro in range(t.grad_accum):
             for q in qlinears.values():
-                q.recording = record and micro == 0  # one micro-batch is a fair sample
+                # one micro-batch is a fair sample; rank 0's local shards under TP
+                q.recording = record and micro == 0 and self.rank0
             x, y = self._batch("train", _batch_generator(t.seed, self.step, micro))
             with self._autocast():
                 _, loss = self.step_fn(x, y)
-            (loss / t.grad_accum).backward()
+            # gradients are SUM-reduced over dp ranks: dividing by dp gives the global mean
+            (loss / (t.grad_accum * self.dp)).backward()
             total += float(loss.detach())
-        loss_value = total / t.grad_accum
+        loss_value = self._mean(total / t.grad_accum)
         clip = t.grad_clip if t.grad_clip > 0 else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        if self.parallel is not None:
+            grad_norm = float(runtime.clip_grad_norm_(self.model.parameters(), clip))
+        else:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
         step = self.step + 1
         if not math.isfinite(loss_value):
             raise Diverged(step, f"loss is {loss_value}")
@@ -179,7 +209,7 @@ class Trainer:
             with self._autocast():
                 _, loss = self.model(x, y)
             losses.append(float(loss))
-        out = {"val_loss": sum(losses) / len(losses)}
+        out = {"val_loss": self._mean(sum(losses) / len(losses))}
         if isinstance(self.dataset, AdditionDataset):
             out["val_accuracy"] = exact_match_accuracy(self.model, self.dataset, 256, self.device)
         self.model.train()
@@ -202,7 +232,9 @@ class Trainer:
                     )
             q.recorded.clear()
         if m.histogram_interval and (self.step % m.histogram_interval == 0 or self.step == 1):
-            for name, edges, counts in self.histograms(self.model):
+            # sharded weights are gathered whole first (a collective: every rank takes part)
+            source = runtime.gathered_linears(self.model) if self.parallel else self.model
+            for name, edges, counts in self.histograms(source) if self.rank0 else ():
                 if self.writer is not None:
                     self.writer.log_histogram(self.step, name, edges, counts)
         if self.step % m.log_interval and self.step != t.steps:
@@ -222,11 +254,11 @@ class Trainer:
         }
         peak = peak_tflops(self.device)
         if peak:
-            values["mfu"] = tflops / peak
+            values["mfu"] = tflops / (peak * (self.parallel.world_size if self.parallel else 1))
         self._emit(values)
         self._losses.clear()
         self._interval_start = (time.perf_counter(), self._tokens)
-        if self.progress is not None:
+        if self.progress is not None and self.rank0:
             self.progress(self.step, self.last)
 
     # -- the loop ----------------------------------------------------------------
@@ -262,14 +294,19 @@ class Trainer:
             if c.interval and self.step % c.interval == 0 and self.step != t.steps:
                 self.save_checkpoint()
             if self.writer is not None:
-                self.writer.heartbeat()
+                self.writer.flush()  # the step's events and the heartbeat, one transaction
         self.save_checkpoint()
         return dict(self.last)
 
 
 def _file_log(run_dir: Path) -> logging.Handler:
+    """train.log: everything from rank 0; from the other ranks of a parallel run only
+    errors (their tracebacks), marked with the rank."""
     handler = logging.FileHandler(run_dir / "train.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    tag = f" [rank {runtime.rank()}]" if runtime.world_size() > 1 else ""
+    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s{tag} %(message)s"))
+    if not runtime.is_rank0():
+        handler.setLevel(logging.ERROR)
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     return handler
@@ -290,40 +327,59 @@ def train(
 
     run_id: an existing (e.g. queued by a launcher, or interrupted) run to use;
     resume=True continues it from its latest checkpoint. Exceptions other than
-    divergence are recorded as `failed` and raised again."""
+    divergence are recorded as `failed` and raised again.
+
+    parallel.nproc > 1 from a single process: torchrun is started (nblab.parallel.launch)
+    and this call waits for it. Under torchrun every rank calls train() with the same
+    run_id; rank 0 alone writes the run's events and status."""
     recipe.validate()
     store = store or RunStore()
+    if recipe.parallel.nproc > 1 and runtime.world_size() == 1:
+        if model is not None or dataset is not None:
+            raise ValueError("a parallel run (parallel.nproc > 1) builds its own model and data")
+        from nblab.parallel.launch import launch
+
+        return launch(
+            recipe, store=store, run_id=run_id, sweep=sweep, resume=resume, progress=progress
+        )
+    if run_id is None and runtime.world_size() > 1:
+        raise ValueError("under torchrun every rank needs the same run_id (nblab.parallel.launch)")
     if run_id is None:
         run_id = store.create_run(recipe.name, recipe.to_toml(), sweep, steps=recipe.train.steps)
     run_dir = store.run_dir(run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = _file_log(run_dir)
-    writer = store.writer(run_id)
+    writer = store.writer(run_id) if runtime.is_rank0() else None
     trainer = None
     try:
         log.info("run %s (pid %d): %s", run_id, os.getpid(), recipe.name)
         trainer = Trainer(
             recipe, model=model, dataset=dataset, run_dir=run_dir, writer=writer, progress=progress
         )
-        (run_dir / "plan.txt").write_text(str(trainer.plan) + "\n")
+        if trainer.rank0:
+            (run_dir / "plan.txt").write_text(str(trainer.plan) + "\n")
         if resume:
             trainer.resume()
         metrics = trainer.run()
-        writer.close("succeeded")
+        if writer is not None:
+            writer.close("succeeded")
         return TrainResult(run_id, "succeeded", trainer.step, metrics, plan=trainer.plan)
     except Diverged as err:
         log.error("%s", err)
-        writer.close("diverged", error=str(err))
+        if writer is not None:
+            writer.close("diverged", error=str(err))
         return TrainResult(
             run_id, "diverged", err.step - 1, dict(trainer.last), str(err), trainer.plan
         )
     except KeyboardInterrupt:
         log.error("cancelled")
-        writer.close("cancelled", error="cancelled by the user")
+        if writer is not None:
+            writer.close("cancelled", error="cancelled by the user")
         raise
     except BaseException as err:
         log.error("failed:\n%s", traceback.format_exc())
-        writer.close("failed", error=f"{type(err).__name__}: {err}")
+        if writer is not None:
+            writer.close("failed", error=f"{type(err).__name__}: {err}")
         raise
     finally:
         log.removeHandler(handler)

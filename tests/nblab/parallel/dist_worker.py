@@ -1,0 +1,139 @@
+"""Run by test_runtime.py under `torchrun --standalone --nproc-per-node 2` (gloo, CPU).
+
+    python -m torch.distributed.run --standalone --nproc-per-node 2 dist_worker.py OUT
+
+One process group, several layouts one after another (each builds its own mesh). Rank 0
+saves what it measured to OUT/*.pt; the test compares it with single-process runs.
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+
+import nblab_kernels as nk
+from nblab.parallel import runtime
+from nblab.precision.linear import QuantLinear, on_stored_layout
+from nblab.recipe import Recipe
+from nblab.train.trainer import Trainer, build_data
+
+LAYOUTS = {
+    "fsdp": (["parallel.dp_shard=2", "parallel.nproc=2"], "bf16"),
+    "ddp": (["parallel.dp_replicate=2", "parallel.nproc=2"], "bf16"),
+    "tp": (["parallel.tp=2", "parallel.nproc=2"], "mxfp8"),
+}
+
+
+def recipe_for(layout: str | None, preset: str = "bf16") -> Recipe:
+    """gpt-debug, 3 steps, no eval; `layout` None is the single-process recipe."""
+    base = Recipe.preset("gpt-debug").with_overrides(
+        [
+            "train.steps=3",
+            "eval.interval=0",
+            "metrics.histogram_interval=0",
+            "metrics.stats_interval=0",
+            f"precision.preset={preset}",
+        ]
+    )
+    return base.with_overrides(LAYOUTS[layout][0]) if layout else base
+
+
+def full_grads(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: runtime.full_tensor(p.grad).clone() for n, p in model.named_parameters()}
+
+
+def full_params(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: runtime.full_tensor(p.detach()).clone() for n, p in model.named_parameters()}
+
+
+def fixed_batch(vocab: int):
+    g = torch.Generator().manual_seed(123)
+    return torch.randint(0, vocab, (4, 32), generator=g)
+
+
+def quant_tp(out: Path, name: str, spec) -> None:
+    """Colwise QuantLinear then Rowwise QuantLinear (64 -> 64 -> 64) on tp 2, against the
+    same math done shard by shard and against quantizing the whole tensors."""
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        RowwiseParallel,
+        parallelize_module,
+    )
+
+    specs = {"fwd_x": spec, "fwd_w": spec}
+    torch.manual_seed(0)
+    seq = nn.Sequential(
+        QuantLinear(64, 64, bias=False, specs=specs), QuantLinear(64, 64, bias=False, specs=specs)
+    )
+    w0, w1 = seq[0].weight.detach().clone(), seq[1].weight.detach().clone()
+    x = torch.randn(2, 8, 64, generator=torch.Generator().manual_seed(1))
+    mesh = init_device_mesh("cpu", (2,), mesh_dim_names=("tp",))
+    parallelize_module(seq, mesh, {"0": ColwiseParallel(), "1": RowwiseParallel()})
+    for m in seq:
+        runtime.quantize_local_shards(m)
+    y = seq(x)  # (2, 8, 64), replicated
+    y.sum().backward()
+
+    def fq(t, role="fwd_x"):
+        return nk.fake_quantize(t, on_stored_layout(spec, role))
+
+    x2 = x.reshape(-1, 64)
+    # shard by shard: rank r holds rows r*32.. of w0 and columns r*32.. of w1
+    per_shard = sum(
+        fq(fq(x2) @ fq(w0[r * 32 : (r + 1) * 32], "fwd_w").t())
+        @ fq(w1[:, r * 32 : (r + 1) * 32], "fwd_w").t()
+        for r in range(2)
+    )
+    whole = fq(fq(x2) @ fq(w0, "fwd_w").t()) @ fq(w1, "fwd_w").t()
+    grad_w0 = runtime.full_tensor(seq[0].weight.grad)
+    if dist.get_rank() == 0:
+        torch.save(
+            {
+                "y": y.detach().reshape(-1, 64),
+                "per_shard": per_shard,
+                "whole": whole,
+                "grad_w0_shape": tuple(grad_w0.shape),
+            },
+            out / f"quant_{name}.pt",
+        )
+
+
+def main(out: Path) -> None:
+    dist.init_process_group("gloo")
+    rank0 = dist.get_rank() == 0
+    quant_tp(out, "mxfp8", nk.QuantSpec.from_name("mxfp8"))
+    quant_tp(out, "tensorwise", nk.QuantSpec.from_name("fp8_e4m3_tensor"))
+
+    dataset = build_data(recipe_for(None))
+    for layout, (_, preset) in LAYOUTS.items():
+        recipe = recipe_for(layout, preset)
+        trainer = Trainer(recipe, dataset=dataset, run_dir=out / f"run_{layout}")
+        x = fixed_batch(dataset.vocab_size)
+        with torch.no_grad():
+            logits, _ = trainer.model(x)  # the whole batch on every rank: TP needs it so
+        losses = [trainer.train_step(), trainer.train_step()]
+        grads = full_grads(trainer.model)
+        params = full_params(trainer.model)
+        if layout == "fsdp":
+            trainer.save_checkpoint()  # step 2, sharded over 2 ranks
+        losses.append(trainer.train_step())
+        result = {"losses": losses, "grads": grads, "params": params}
+        result["logits"] = runtime.full_tensor(logits)
+        result["world_params"] = sum(p.numel() for p in trainer.model.parameters())
+        if rank0:
+            torch.save(result, out / f"{layout}.pt")
+
+    # 1 -> 2: resume the single-process checkpoint the test wrote under FSDP 2
+    trainer = Trainer(recipe_for("fsdp"), dataset=dataset, run_dir=out / "run_single")
+    resumed = trainer.resume()
+    loss = trainer.train_step()
+    if rank0:
+        torch.save({"resumed": resumed, "step": trainer.step, "loss": loss}, out / "from_1.pt")
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

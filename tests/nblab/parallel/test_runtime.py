@@ -1,0 +1,196 @@
+"""The parallel runtime on CPU with gloo, 2 processes: each layout against one process.
+
+One torchrun job (dist_worker.py) runs FSDP 2, DDP 2 and TP 2 through the real Trainer and
+the QuantLinear TP check; the tests here compare what it saved with single-process runs of
+the same recipe, seed and global batch. Two more jobs run `nblab run --nproc 2` end to end
+and a run whose rank 1 raises.
+"""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from nblab.parallel import ParallelDims, runtime
+from nblab.parallel.launch import check_layout, launch
+from nblab.runs import RunStore
+from nblab.runs.liveness import pid_alive
+from nblab.train.trainer import Trainer, build_data
+
+sys.path.insert(0, str(Path(__file__).parent))
+from dist_worker import LAYOUTS, fixed_batch, full_grads, full_params, recipe_for  # noqa: E402
+
+WORKER = Path(__file__).parent / "dist_worker.py"
+# fp32 on CPU: only the order of the sums differs between 1 and 2 ranks
+ATOL = 1e-5
+
+
+def _env(**extra):
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    return {**env, "OMP_NUM_THREADS": "1", **extra}
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return build_data(recipe_for(None))
+
+
+@pytest.fixture(scope="module")
+def single(dataset, tmp_path_factory):
+    """1-process runs of each layout's recipe (2 steps, then a checkpoint, then step 3)."""
+    out = tmp_path_factory.mktemp("single")
+    results = {}
+    for layout, (_, preset) in LAYOUTS.items():
+        trainer = Trainer(recipe_for(None, preset), dataset=dataset, run_dir=out / layout)
+        with torch.no_grad():
+            logits, _ = trainer.model(fixed_batch(dataset.vocab_size))
+        losses = [trainer.train_step(), trainer.train_step()]
+        grads, params = full_grads(trainer.model), full_params(trainer.model)
+        trainer.save_checkpoint()
+        losses.append(trainer.train_step())
+        results[layout] = {"losses": losses, "grads": grads, "params": params, "logits": logits}
+    return out, results
+
+
+@pytest.fixture(scope="module")
+def parallel(single, tmp_path_factory):
+    """What the 2-rank torchrun job measured (it also resumes `single`'s fsdp checkpoint)."""
+    out = tmp_path_factory.mktemp("parallel")
+    single_dir, _ = single
+    (out / "run_single").symlink_to(single_dir / "fsdp")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [*cmd, str(WORKER), str(out)], capture_output=True, text=True, timeout=300, env=_env()
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    print(f"torchrun job: {time.perf_counter() - start:.1f} s")
+    return out
+
+
+def _load(out: Path, name: str) -> dict:
+    return torch.load(out / f"{name}.pt", weights_only=False)
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+@pytest.mark.parametrize("layout", ["fsdp", "ddp", "tp"])
+def test_two_rank_grads_and_steps_equal_one_rank(parallel, single, layout):
+    """Same seed, same global batch: the gradients of step 2 (clipped by the full norm),
+    the weights after it and the losses of steps 1-3 equal the single process's within
+    fp32 summation-order error. FSDP reduces with SUM and divides the loss by dp itself."""
+    got, ref = _load(parallel, layout), single[1][layout]
+    assert _max_diff(got["grads"], ref["grads"]) < ATOL
+    assert _max_diff(got["params"], ref["params"]) < ATOL
+    assert got["losses"] == pytest.approx(ref["losses"], abs=1e-5)
+    # the gradient is not trivially zero, so equality means something
+    assert max(float(g.abs().max()) for g in ref["grads"].values()) > 1e-3
+
+
+def test_tp_forward_equals_one_rank_forward(parallel, single):
+    got, ref = _load(parallel, "tp"), single[1]["tp"]
+    assert got["logits"].shape == ref["logits"].shape
+    assert torch.allclose(got["logits"], ref["logits"], atol=ATOL, rtol=0)
+    assert got["world_params"] == sum(p.numel() for p in ref["params"].values())
+
+
+def test_quant_linear_under_tp_quantizes_local_shards(parallel):
+    """mxfp8 blocks of 32 never straddle the 2 x 32 shards: the TP result is the shard by
+    shard math, which equals quantizing the whole tensors. A per-tensor fp8 scale shows
+    that the shards really are quantized on their own: TP equals the shard by shard math
+    and differs from quantizing the whole tensors with one scale."""
+    mx = _load(parallel, "quant_mxfp8")
+    assert torch.allclose(mx["y"], mx["per_shard"], atol=1e-6, rtol=0)
+    assert torch.allclose(mx["y"], mx["whole"], atol=1e-6, rtol=0)
+    assert mx["grad_w0_shape"] == (64, 64)
+    tw = _load(parallel, "quant_tensorwise")
+    assert torch.allclose(tw["y"], tw["per_shard"], atol=1e-6, rtol=0)
+    assert float((tw["y"] - tw["whole"]).abs().max()) > 1e-4
+
+
+def test_checkpoint_reshards_between_two_ranks_and_one(parallel, single, dataset):
+    """Saved under FSDP 2 at step 2, resumed by one process: step 3's loss is the
+    uninterrupted run's. And the single process's checkpoint resumed under FSDP 2."""
+    fsdp = _load(parallel, "fsdp")
+    trainer = Trainer(recipe_for(None), dataset=dataset, run_dir=parallel / "run_fsdp")
+    assert trainer.resume() and trainer.step == 2
+    assert trainer.train_step() == pytest.approx(fsdp["losses"][2], abs=1e-5)
+    from_1 = _load(parallel, "from_1")
+    assert from_1["resumed"] and from_1["step"] == 3
+    assert from_1["loss"] == pytest.approx(single[1]["fsdp"]["losses"][2], abs=1e-5)
+
+
+def test_pp_is_refused_before_launch():
+    recipe = recipe_for(None).with_overrides(["parallel.pp=2", "parallel.nproc=2"])
+    with pytest.raises(NotImplementedError, match="pp > 1 is not supported yet"):
+        check_layout(recipe)
+    with pytest.raises(NotImplementedError, match="pp > 1"):
+        runtime.check_supported(ParallelDims(pp=2, dp_shard=2))
+
+
+def test_invalid_layout_is_refused_before_launch(tmp_path):
+    recipe = recipe_for(None).with_overrides(["parallel.tp=4", "parallel.nproc=4"])
+    with pytest.raises(ValueError, match="tp 4 does not divide n_heads 2"):
+        launch(recipe, store=RunStore(tmp_path))
+    assert RunStore(tmp_path).runs().empty  # nothing was created or started
+
+
+def test_nblab_run_nproc_2_writes_metrics_from_rank_0_only(tmp_path):
+    env = _env(NBLAB_HOME=str(tmp_path))
+    args = ["run", "gpt-debug", "--nproc", "2", "--set", "train.steps=3"]
+    args += ["--set", "eval.interval=3", "--set", "metrics.histogram_interval=2"]
+    args += ["--set", "metrics.stats_interval=2", "--set", "precision.preset=mxfp8"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "nblab.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
+    store = RunStore(tmp_path)
+    run = store.runs().iloc[0]
+    assert run.status == "succeeded" and run.step == 3
+    metrics = store.metrics(run.run_id)
+    loss = metrics[metrics.key == "loss"]
+    assert sorted(loss.step) == [1, 2, 3]  # one row per step: rank 1 wrote nothing
+    assert not metrics.duplicated(["key", "step"]).any()
+    assert (metrics.key == "val_loss").sum() == 1
+    hist = store.histograms(run.run_id)
+    # histograms of whole (gathered) weights: every Linear, both steps 1 and 2
+    assert set(hist.step) == {1, 2}
+    assert not hist.duplicated(["module", "step"]).any()
+    assert set(hist.module) >= {"layers.0.attn.wq", "layers.1.mlp.down"}
+    wq = hist[(hist.module == "layers.0.attn.wq") & (hist.step == 1)].iloc[0]
+    assert sum(wq.counts) == 64 * 64  # the whole weight, not one rank's shard
+    stats = store.stats(run.run_id)
+    assert len(stats) > 0 and not stats.duplicated(["step", "module", "role"]).any()
+    log = (store.run_dir(run.run_id) / "train.log").read_text()
+    assert "parallel layout: dp_shard 2 on 2 processes" in log
+    pids = sorted(f.name for f in (store.run_dir(run.run_id) / "pids").iterdir())
+    assert pids == ["rank0", "rank1"]
+
+
+def test_failed_rank_fails_the_run_with_its_traceback_and_leaves_no_process(tmp_path):
+    store = RunStore(tmp_path)
+    recipe = recipe_for("fsdp")
+    result = launch(recipe, store=store, env=_env(NBLAB_FAULT="1:2"))
+    assert result.status == "failed"
+    run = store.run(result.run_id)
+    assert run["status"] == "failed"
+    assert run["error"].startswith("rank 1: RuntimeError: injected fault on rank 1 at step 2")
+    run_dir = store.run_dir(result.run_id)
+    log = (run_dir / "train.log").read_text()
+    assert "[rank 1]" in log and "Traceback" in log and "injected fault on rank 1" in log
+    pids = [int(f.read_text()) for f in (run_dir / "pids").iterdir()]
+    assert len(pids) == 2
+    assert not any(pid_alive(p) for p in pids)
+    # step 1 was trained and recorded before the fault
+    assert sorted(store.metrics(result.run_id).query("key == 'loss'").step) == [1]
