@@ -1,0 +1,373 @@
+"""RunMonitor: live loss curves of many runs, read incrementally from the run store.
+
+    monitor = RunMonitor("fp4-study", keys=("loss", "val_loss"), x="tokens")
+    monitor                     # panel layout: bokeh figure + smoothing / axis controls
+    monitor.refresh()           # what the periodic callback calls: read new rows, redraw
+
+A panel periodic callback (an asyncio task on the kernel's own event loop, no thread)
+calls `refresh()` every `interval_ms`. Each refresh reads only the rows past the last
+step it has of each live run, keeps the full series in memory, and draws a min-max
+downsample of about `points` points per run and key. It stops once every run has ended.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from nblab.runs import TERMINAL_STATUSES, RunStore
+from nblab.widgets.runset import resolve_runs
+from nblab.widgets.sampling import downsample_indices, smooth
+
+X_AXES = ("step", "tokens", "time")
+BADGES = {
+    "queued": "○",
+    "running": "▶",
+    "succeeded": "✓",
+    "failed": "✗",
+    "diverged": "⚠",
+    "cancelled": "■",
+}
+DASHES = ("solid", "dashed", "dotted", "dotdash", "dashdot")
+
+
+@dataclass
+class _Series:
+    """One run's one key, growing: numpy arrays doubled as needed."""
+
+    step: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    value: np.ndarray = field(default_factory=lambda: np.empty(0))
+    time: np.ndarray = field(default_factory=lambda: np.empty(0))
+
+    def extend(self, step, value, time) -> None:
+        self.step = np.concatenate([self.step, step])
+        self.value = np.concatenate([self.value, value])
+        self.time = np.concatenate([self.time, time])
+
+
+class RunMonitor:
+    """Live overlay of metric `keys` for the runs of `runs_or_sweep` (a run id, run ids,
+    a SweepHandle or a sweep name). x: "step", "tokens" (from the `tokens` metric) or
+    "time" (seconds since the run started). `.data[run_id]`: the frame drawn for that
+    run (key, step, x, value), downsampled and smoothed."""
+
+    def __init__(
+        self,
+        runs_or_sweep: Any,
+        keys: tuple[str, ...] | list[str] = ("loss", "val_loss"),
+        x: str = "step",
+        smoothing: float = 0.0,
+        log_x: bool = False,
+        log_y: bool = False,
+        interval_ms: int = 1000,
+        store: RunStore | None = None,
+        points: int = 2000,
+        autostart: bool = True,
+        title: str | None = None,
+    ):
+        if x not in X_AXES:
+            raise ValueError(f"x={x!r}; accepted: {', '.join(X_AXES)}")
+        self.source = resolve_runs(runs_or_sweep, store)
+        self.store = self.source.store
+        self.keys = [keys] if isinstance(keys, str) else list(keys)
+        self.points = int(points)
+        self.interval_ms = int(interval_ms)
+        self.title = title or self.source.describe()
+        self._x, self._smoothing, self._log_x, self._log_y = x, float(smoothing), log_x, log_y
+        self._drawn: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+        self.status: dict[str, str] = {}
+        self.names: dict[str, str] = {}
+        self._reset()
+        self._figure_parts: dict[str, Any] | None = None
+        self._panel = None
+        self._callback = None
+        self.refresh()
+        if autostart and self.interval_ms > 0:
+            self.start()
+
+    # -- reading ----------------------------------------------------------------
+    def _reset(self) -> None:
+        self._series: dict[tuple[str, str], _Series] = {}
+        self._last: dict[str, tuple[int, set[str]]] = {}  # run -> (last step, keys there)
+        self._done: set[str] = set()  # ended and read after they ended: never read again
+        self._started: dict[str, float] = {}
+
+    def _fetch_keys(self) -> list[str]:
+        return self.keys + (["tokens"] if self._x == "tokens" and "tokens" not in self.keys else [])
+
+    def _read(self, run_ids: list[str]) -> pd.DataFrame:
+        """New metric rows of `run_ids`: one query for runs with no rows yet, one from the
+        lowest last step of the others (rows at a run's last step whose key it already
+        has, and rows before it, are dropped)."""
+        fresh = [r for r in run_ids if r not in self._last]
+        going = [r for r in run_ids if r in self._last]
+        frames = []
+        keys = self._fetch_keys()
+        if fresh:
+            frames.append(self.store.metrics(fresh, keys))
+        if going:
+            since = min(self._last[r][0] for r in going) - 1
+            rows = self.store.metrics(going, keys, since_step=since)
+            last = rows.run_id.map({r: self._last[r][0] for r in going}).to_numpy()
+            keep = rows.step.to_numpy() > last
+            at_last = np.flatnonzero(rows.step.to_numpy() == last)
+            for i in at_last:  # a key logged at the last step after that step was read
+                keep[i] = rows.key.iat[i] not in self._last[rows.run_id.iat[i]][1]
+            frames.append(rows[keep])
+        frames = [f for f in frames if not f.empty]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    def refresh(self) -> int:
+        """Read new rows from the store, redraw what changed; return the new row count."""
+        runs = self.source.runs()
+        run_ids = list(runs.run_id)
+        self.status = dict(zip(runs.run_id, runs.status, strict=True))
+        self.names = dict(zip(runs.run_id, runs.name, strict=True))
+        for row in runs.itertuples():
+            if pd.notna(row.started):
+                self._started[row.run_id] = float(row.started)
+        ended = {r for r in run_ids if self.status[r] in TERMINAL_STATUSES}
+        new = self._read([r for r in run_ids if r not in self._done])
+        self._done |= ended  # read once more after ending (its last flush), then never
+        changed = set()
+        if not new.empty:
+            ids, steps, keys = new.run_id.to_numpy(), new.step.to_numpy(), new.key.to_numpy()
+            values, times = new.value.to_numpy(), new.time.to_numpy()
+            starts = np.flatnonzero(np.concatenate([[True], ids[1:] != ids[:-1]]))
+            for lo, hi in zip(starts, [*starts[1:], len(ids)], strict=True):
+                run_id = ids[lo]  # rows come ordered by run_id, step
+                for key in set(keys[lo:hi]):
+                    at = lo + np.flatnonzero(keys[lo:hi] == key)
+                    series = self._series.setdefault((run_id, key), _Series())
+                    series.extend(steps[at], values[at], times[at])
+                top = int(steps[hi - 1])
+                at_top = set(keys[lo:hi][steps[lo:hi] == top])
+                prev_step, prev_keys = self._last.get(run_id, (-1, set()))
+                self._last[run_id] = (top, (prev_keys | at_top) if top == prev_step else at_top)
+                changed.add(run_id)
+        for run_id in changed | (set(run_ids) - set(self._drawn)):
+            self._drawn[run_id] = self._curves(run_id)
+        self._draw(run_ids, changed)
+        if self._callback is not None and run_ids and len(ended) == len(run_ids):
+            self.stop()  # everything ended and was read
+        return len(new)
+
+    def _x_values(self, run_id: str, series: _Series) -> np.ndarray:
+        if self._x == "step":
+            return series.step.astype(np.float64)
+        if self._x == "time":
+            origin = self._started.get(run_id)
+            if origin is None:
+                origin = min(s.time[0] for (r, _), s in self._series.items() if r == run_id)
+            return series.time - origin
+        tokens = self._series.get((run_id, "tokens"))
+        if tokens is None or not len(tokens.step) or tokens.step[-1] <= 0:
+            return np.full(len(series.step), np.nan)
+        per_step = tokens.value[-1] / tokens.step[-1]  # batch_size * seq_len, constant
+        return series.step * per_step
+
+    def _curves(self, run_id: str) -> dict[str, dict[str, np.ndarray]]:
+        """key -> {"step", "x", "y"}: smoothed, then downsampled to about `points`."""
+        out = {}
+        for key in self.keys:
+            series = self._series.get((run_id, key))
+            if series is None or not len(series.step):
+                continue
+            y = smooth(series.value, self._smoothing)
+            keep = downsample_indices(y, self.points)
+            x = self._x_values(run_id, series)
+            out[key] = {"step": series.step[keep], "x": x[keep], "y": y[keep]}
+        return out
+
+    @property
+    def data(self) -> dict[str, pd.DataFrame]:
+        """run_id -> the frame drawn for it: key, step, x, value (downsampled, smoothed)."""
+        out = {}
+        for run_id, curves in self._drawn.items():
+            parts = [
+                pd.DataFrame({"key": key, "step": c["step"], "x": c["x"], "value": c["y"]})
+                for key, c in curves.items()
+            ]
+            empty = pd.DataFrame({"key": [], "step": [], "x": [], "value": []})
+            out[run_id] = pd.concat(parts, ignore_index=True) if parts else empty
+        return out
+
+    def raw(self, run_id: str, key: str) -> pd.DataFrame:
+        """Every row read so far of one run's key (not downsampled): step, value, time."""
+        s = self._series.get((run_id, key), _Series())
+        return pd.DataFrame({"step": s.step, "value": s.value, "time": s.time})
+
+    # -- settings (the controls call these) ---------------------------------------
+    def set_view(
+        self,
+        *,
+        x: str | None = None,
+        smoothing: float | None = None,
+        log_x: bool | None = None,
+        log_y: bool | None = None,
+    ) -> None:
+        """Change the view; recomputes every run's frame (and reads tokens if needed)."""
+        if x is not None and x not in X_AXES:
+            raise ValueError(f"x={x!r}; accepted: {', '.join(X_AXES)}")
+        refetch = x == "tokens" and self._x != "tokens" and "tokens" not in self.keys
+        self._x = x or self._x
+        self._smoothing = self._smoothing if smoothing is None else float(smoothing)
+        axes = (log_x, log_y) != (None, None)
+        self._log_x = self._log_x if log_x is None else log_x
+        self._log_y = self._log_y if log_y is None else log_y
+        if refetch:
+            self._reset()
+            self._drawn = {}
+        else:
+            self._drawn = {r: self._curves(r) for r in self._drawn}
+        if axes:
+            self._figure_parts = None  # bokeh fixes the axis type when a figure is made
+        if refetch:
+            self.refresh()
+        else:
+            self._draw(list(self._drawn), set(self._drawn))
+
+    # -- drawing (bokeh) --------------------------------------------------------
+    def _label(self, run_id: str) -> str:
+        status = self.status.get(run_id, "?")
+        return f"{BADGES.get(status, '?')} {self.names.get(run_id, run_id)} ({status})"
+
+    def _new_figure(self) -> dict[str, Any]:
+        from bokeh.models import HoverTool, Legend
+        from bokeh.plotting import figure
+
+        fig = figure(
+            height=380,
+            sizing_mode="stretch_width",
+            x_axis_type="log" if self._log_x else "linear",
+            y_axis_type="log" if self._log_y else "linear",
+            x_axis_label=self._x,
+            y_axis_label=", ".join(self.keys),
+            title=self.title,
+            tools="pan,wheel_zoom,box_zoom,reset,save",
+        )
+        fig.add_tools(
+            HoverTool(
+                tooltips=[
+                    ("run", "$name"),
+                    ("step", "@step"),
+                    (self._x, "@x{0,0.[00]}"),
+                    ("value", "@y{0.0000}"),
+                ]
+            )
+        )
+        legend = Legend(items=[], click_policy="hide", location="top_right")
+        fig.add_layout(legend, "right")
+        return {"figure": fig, "legend": legend, "sources": {}, "items": {}, "labels": {}}
+
+    def _draw(self, run_ids: list[str], changed: set[str]) -> None:
+        if self._figure_parts is None:
+            self._figure_parts = self._new_figure()
+            changed = set(self._drawn)
+            if self._panel is not None:
+                self._panel_parts["plot"].object = self._figure_parts["figure"]
+        parts = self._figure_parts
+        from bokeh.models import ColumnDataSource, LegendItem
+        from bokeh.palettes import Category10_10, Category20_20
+
+        palette = Category10_10 if len(run_ids) <= 10 else Category20_20
+        for i, run_id in enumerate(run_ids):
+            curves = self._drawn.get(run_id, {})
+            color = palette[i % len(palette)]
+            renderers = []
+            for k, key in enumerate(self.keys):
+                source = parts["sources"].get((run_id, key))
+                if source is None:
+                    source = ColumnDataSource({"x": [], "y": [], "step": []})
+                    parts["sources"][(run_id, key)] = source
+                    line = parts["figure"].line(
+                        "x",
+                        "y",
+                        source=source,
+                        color=color,
+                        line_width=1.6,
+                        line_dash=DASHES[k % len(DASHES)],
+                        name=f"{self.names.get(run_id, run_id)} {key}",
+                    )
+                    renderers.append(line)
+                if run_id in changed and key in curves:
+                    source.data = dict(curves[key])
+            label = self._label(run_id)
+            item = parts["items"].get(run_id)
+            if item is None:
+                item = LegendItem(label=label, renderers=renderers)
+                parts["items"][run_id] = item
+                parts["legend"].items = [*parts["legend"].items, item]
+            elif parts["labels"][run_id] != label:
+                item.label = label
+            parts["labels"][run_id] = label
+        if self._panel is not None:
+            self._panel_parts["status"].object = self._summary(run_ids)
+
+    def _summary(self, run_ids: list[str]) -> str:
+        counts = pd.Series([self.status.get(r, "?") for r in run_ids]).value_counts()
+        dashes = ", ".join(f"{k}: {DASHES[i % len(DASHES)]}" for i, k in enumerate(self.keys))
+        text = ", ".join(f"{n} {s}" for s, n in counts.items()) or "no runs yet"
+        return f"**{len(run_ids)} runs**: {text} · lines {dashes}"
+
+    @property
+    def legend(self) -> dict[str, str]:
+        """run_id -> its legend label (status badge, name, status)."""
+        return dict(self._figure_parts["labels"])
+
+    @property
+    def figure(self):
+        """The bokeh figure (rebuilt when log axes change)."""
+        return self._figure_parts["figure"]
+
+    # -- panel layout and the periodic callback -----------------------------------
+    @property
+    def panel(self):
+        if self._panel is None:
+            import panel as pn
+
+            smoothing = pn.widgets.FloatSlider(
+                label="smoothing", start=0, end=0.99, step=0.01, value=self._smoothing
+            )
+            x = pn.widgets.RadioButtonGroup(label="x", options=list(X_AXES), value=self._x)
+            log_x = pn.widgets.Checkbox(label="log x", value=self._log_x)
+            log_y = pn.widgets.Checkbox(label="log y", value=self._log_y)
+            smoothing.param.watch(lambda e: self.set_view(smoothing=e.new), "value_throttled")
+            x.param.watch(lambda e: self.set_view(x=e.new), "value")
+            log_x.param.watch(lambda e: self.set_view(log_x=e.new), "value")
+            log_y.param.watch(lambda e: self.set_view(log_y=e.new), "value")
+            plot = pn.pane.Bokeh(self.figure, sizing_mode="stretch_width")
+            status = pn.pane.Markdown(self._summary(list(self._drawn)))
+            self._panel_parts = {"plot": plot, "status": status, "smoothing": smoothing}
+            self._panel = pn.Column(
+                pn.Row(x, smoothing, log_x, log_y), plot, status, sizing_mode="stretch_width"
+            )
+        return self._panel
+
+    def __panel__(self):
+        return self.panel
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return self.panel._repr_mimebundle_(include, exclude)
+
+    def start(self) -> None:
+        """Refresh every interval_ms on the kernel's event loop (a no-op without one)."""
+        import panel as pn
+
+        if self._callback is None:
+            self._callback = pn.state.add_periodic_callback(self.refresh, period=self.interval_ms)
+
+    def stop(self) -> None:
+        if self._callback is not None:
+            self._callback.stop()
+            self._callback = None
+
+    @property
+    def running(self) -> bool:
+        return self._callback is not None
+
+    def __repr__(self) -> str:
+        return f"RunMonitor({self.source.describe()!r}, keys={self.keys}, x={self._x!r})"
