@@ -300,6 +300,43 @@ class SweepData:
             fig.legend(handles, labels, loc="outside right upper", fontsize="small")
         return fig
 
+    def interactive_curves(self, log_x: bool = False) -> str:
+        """Loss and val loss as an interactive holoviews (bokeh) plot: zoom, hover,
+        a clickable legend. Returns HTML with BokehJS inlined, so report.html stays
+        readable offline; the static PNG above serves where scripts do not run."""
+        import holoviews as hv
+        from bokeh.embed import components
+        from bokeh.resources import Resources
+
+        hv.extension("bokeh", logo=False)
+        m = self.metrics
+        panels = []
+        for key in ("loss", "val_loss"):
+            curves = [
+                hv.Curve(m[(m.run_id == r) & (m.key == key)], "step", ("value", key), label=p)
+                for r, p, _ in self._styled()
+                if not m[(m.run_id == r) & (m.key == key)].empty
+            ]
+            if curves:
+                overlay = hv.Overlay(curves).opts(
+                    hv.opts.Curve(tools=["hover"], line_width=2),
+                    hv.opts.Overlay(
+                        title=key, width=520, height=340, logx=log_x, legend_position="top_right"
+                    ),
+                )
+                panels.append(overlay)
+        if not panels:
+            return "<p>No loss curves recorded.</p>"
+        model = hv.render(hv.Layout(panels).cols(2), backend="bokeh")
+        script, div = components(model)
+        # BokehJS core inlined; nothing else: extensions that other packages register
+        # (panel's module shims) would add <script src> tags that cannot load offline
+        bokeh_js = "".join(
+            f'<script type="text/javascript">{raw}</script>'
+            for raw in Resources(mode="inline", components=["bokeh"]).js_raw
+        )
+        return bokeh_js + script + div
+
     def plot_throughput(self) -> Figure:
         """Median tokens/s of each point (horizontal bars, in table order)."""
         table = self.table()
@@ -618,6 +655,10 @@ def notebook_to_html(notebook: str | Path, html_path: str | Path, title: str | N
         extra_loaders=[jinja2.DictLoader({"nblab_offline.html.j2": _OFFLINE_TEMPLATE})],
         template_file="nblab_offline.html.j2",
         embed_images=True,
+        # a reader wants results, not the helper calls; report.ipynb keeps the code
+        exclude_input=True,
+        exclude_input_prompt=True,
+        exclude_output_prompt=True,
     )
     body, _ = exporter.from_notebook_node(nb)
     body = _src_first(_REMOTE_TAG.sub("", body))

@@ -191,6 +191,7 @@ def test_html_is_self_contained(built):
     assert len(pngs) == 4  # curves, throughput, weights, SQNR heatmap
     assert text.count('<img src="data:image/png;base64,') == 4
     assert report.remote_references(text) == []
+    assert "BEGIN bokeh.min.js" in text and "data-root-id" in text  # interactive, inlined
     assert not re.search(r"""<(script|link)[^>]*(src|href)=["']?https?:""", text)
     assert not re.search(r"""<(script|link)[^>]*(src|href)=["']?(?!data:)[^"'#>]+""", text)
 
