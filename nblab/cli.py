@@ -2,6 +2,8 @@
 
   nblab demo [--jobs N]                      the main job: formats, a CPU sweep, its report
   nblab run RECIPE [--set k=v ...] [--name N] train one recipe (a TOML file or a preset)
+  nblab run RECIPE --nproc N                 ... on N processes with torchrun (FSDP over the
+                                             rest when the recipe sets no [parallel] degrees)
   nblab run --resume RUN                     continue an interrupted run from its checkpoint
   nblab runs [--sweep S] [--status S]        list runs
   nblab show RUN                             a run's recipe and last metrics
@@ -61,6 +63,15 @@ def _cancel_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def _with_nproc(recipe, nproc: int):
+    """parallel.nproc = nproc; when the recipe's degrees are all 1, dp_shard = nproc."""
+    p = recipe.parallel
+    overrides = [f"parallel.nproc={nproc}"]
+    if p.dp_replicate * p.dp_shard * p.tp * p.pp == 1:
+        overrides.append(f"parallel.dp_shard={nproc}")
+    return recipe.with_overrides(overrides)
+
+
 def cmd_run(args) -> int:
     from nblab.recipe import Recipe, RecipeError
     from nblab.runs import RunStore
@@ -78,7 +89,16 @@ def cmd_run(args) -> int:
             return EXIT_USAGE
         else:
             recipe = _load_recipe(args.recipe, args.set, args.name)
-    except (RecipeError, KeyError, ValueError) as err:
+        if args.nproc is not None:
+            if args.resume:
+                print("--resume runs with the run's own parallel.nproc", file=sys.stderr)
+                return EXIT_USAGE
+            recipe = _with_nproc(recipe, args.nproc)
+        if recipe.parallel.nproc > 1:
+            from nblab.parallel.launch import check_layout
+
+            check_layout(recipe)
+    except (RecipeError, KeyError, ValueError, NotImplementedError) as err:
         print(f"nblab run: {err}", file=sys.stderr)
         return EXIT_USAGE
     _cancel_on_sigterm()
@@ -187,21 +207,9 @@ def _load_sweep(args):
     return Sweep.from_dict(data, root=path.parent)
 
 
-def _status_line(frame) -> str:
-    from nblab.runs import STATUSES
-
-    counts = frame.status.value_counts()
-    steps = int(frame.step.fillna(0).sum())
-    total = int(frame.steps.fillna(0).sum())
-    shown = ", ".join(f"{counts[s]} {s}" for s in STATUSES if s in counts)
-    return f"{shown}  (steps {steps}/{total})"
-
-
 def cmd_sweep(args) -> int:
-    import time
-
+    from nblab.batch.progress import watch
     from nblab.batch.sweeps import run_sweep
-    from nblab.runs import TERMINAL_STATUSES
     from nblab.sweep import SweepError
 
     try:
@@ -231,20 +239,11 @@ def cmd_sweep(args) -> int:
         return EXIT_OK
     _cancel_on_sigterm()
     try:
-        while True:
-            frame = handle.status()
-            done = frame.status.isin(TERMINAL_STATUSES).all()
-            if sys.stderr.isatty():
-                print(f"\r{_status_line(frame)}\033[K", end="", file=sys.stderr, flush=True)
-            if done:
-                break
-            time.sleep(1.0)
+        watch(handle)  # a bar per run on a terminal, plain lines otherwise
     except KeyboardInterrupt:
         print(f"\ncancelling sweep {sweep.name}", file=sys.stderr)
         handle.cancel()
         handle.wait(timeout=30)
-    if sys.stderr.isatty():
-        print(file=sys.stderr)
     frame = handle.wait()
     shown = frame[["run_id", "name", "status", "step", "error"]].astype(object).fillna("")
     print(shown.to_string(index=False, max_colwidth=80))
@@ -321,6 +320,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--name", help="the run's name (default: the recipe's)")
     run.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint")
+    run.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="processes (torchrun --standalone); sets parallel.nproc, and parallel.dp_shard "
+        "when the recipe sets no degree",
+    )
     run.set_defaults(func=cmd_run)
 
     runs = commands.add_parser("runs", help="list runs")

@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import math
+import sys
+import time
 from pathlib import Path
 
 import torch
@@ -86,6 +88,7 @@ def main(jobs: int = 2, size: int = 1024, seed: int = 0, formats_only: bool = Fa
     """The main job. 1: every format and what each preset costs on N(0,1). 2: the
     default CPU sweep (one small GPT, four precision presets) as batch jobs. 3: its
     report (report.ipynb + an offline report.html). Returns a process exit code."""
+    started = time.perf_counter()
     x = torch.randn(size, size, generator=torch.Generator().manual_seed(seed))
     print("Element formats\n")
     print(render(format_rows()))
@@ -95,15 +98,28 @@ def main(jobs: int = 2, size: int = 1024, seed: int = 0, formats_only: bool = Fa
         return 0
 
     from nblab.batch import run_sweep
+    from nblab.batch.progress import watch
     from nblab.report import build_report, sweep_table
     from nblab.sweep import Sweep
 
     sweep = Sweep.from_toml(demo_sweep_path())
     print(f"\nSweep {sweep.name}: {len(sweep)} runs, {jobs} at a time\n{sweep.describe()}")
-    handle = run_sweep(sweep, jobs=jobs, wait=True)
+    handle = run_sweep(sweep, jobs=jobs, wait=False)
+    try:
+        watch(handle)  # a bar per run on a terminal, plain lines otherwise
+    except KeyboardInterrupt:  # the jobs live in sessions of their own: stop them
+        print(f"\ncancelling sweep {sweep.name}", file=sys.stderr)
+        handle.cancel()
+        handle.wait(timeout=30)
+        return 1
+    handle.wait()
+    swept = time.perf_counter()
+    print(f"\nsweep done, {swept - started:.0f}s since the start; building the report", flush=True)
     ipynb, html = build_report(sweep.name)
     table = sweep_table(sweep.name)
     columns = ["point", "status", "final_loss", "final_val_loss", "gap_to_bf16", "tokens_per_s"]
     print("\n" + table[columns].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"\nreport: {html}\nnotebook: {ipynb}")
+    ended = time.perf_counter()
+    print(f"demo took {ended - started:.0f}s (the report {ended - swept:.0f}s)")
     return 0 if handle.succeeded else 1

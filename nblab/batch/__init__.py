@@ -5,7 +5,8 @@
 
 `job` runs one notebook for one run, `launcher` starts jobs (LocalLauncher: a local
 process pool; the Slurm launcher implements the same `Launcher`), `sweeps` turns a
-sweep into queued runs and cancels runs. The run store holds every status.
+sweep into queued runs and cancels runs, `progress.watch` shows runs as they go (a
+bar per run). The run store holds every status.
 """
 
 import importlib
@@ -22,6 +23,7 @@ _EXPORTS = {
     "cancel_run": "nblab.batch.sweeps",
     "latest_runs": "nblab.batch.sweeps",
     "run_sweep": "nblab.batch.sweeps",
+    "watch": "nblab.batch.progress",
 }
 __all__ = list(_EXPORTS)
 
