@@ -163,6 +163,7 @@ def cmd_show(args) -> int:
 def cmd_demo(args) -> int:
     from nblab import demo
 
+    _cancel_on_sigterm()  # the demo cancels its jobs on Ctrl-C; SIGTERM means the same
     return demo.main(jobs=args.jobs, size=args.size, formats_only=args.formats_only)
 
 
