@@ -11,6 +11,7 @@ from .formats import (
     element_format,
     scale_format,
 )
+from .matmul import scaled_matmul
 from .ops import BACKENDS, TritonFallbackWarning, fake_quantize, quant_stats, quantize
 from .reference import (
     QTensor,
@@ -39,4 +40,5 @@ __all__ = [
     "quant_stats",
     "quantize",
     "scale_format",
+    "scaled_matmul",
 ]
