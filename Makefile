@@ -4,12 +4,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test lint venv clean labextension ui-test ui-test-e2e
 
 venv: $(STAMP)
 
 # torch first, by exact version, so pip takes the local CPU wheel and never a CUDA build.
-$(STAMP): pyproject.toml
+# `pip install -e` also builds the labextension (hatch-jupyter-builder runs jlpm, which
+# jupyter-builder brings into pip's build environment; needs Node >= 20).
+$(STAMP): pyproject.toml package.json
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
@@ -25,6 +27,45 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(PY) -m pytest
+	$(MAKE) -j3 ui-test
+
+# -- JupyterLab extension: rebuild after labext/ changes; galata tests ---------------
+LABEXT := nblab/labextension/package.json
+LABEXT_SRC := $(wildcard labext/src/*.ts labext/style/* labext/schema/*) tsconfig.json
+JLPM := PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(CURDIR)/$(VENV)/bin/jlpm
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+CHROMIUM := /usr/bin/chromium
+UI_DEPS := ui-tests/node_modules/.yarn-state.yml
+
+labextension: $(LABEXT)
+
+# jlpm rebuilds nblab/labextension; pip copies it into the venv's share/jupyter again
+$(LABEXT): $(LABEXT_SRC) | $(STAMP)
+	$(JLPM) install
+	$(JLPM) build:prod
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(LABEXT)
+
+# Debian's chromium (galata drives it; no Playwright browser download). Installed in
+# parallel with the ui-tests packages by `make -j3 ui-test`.
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq -o DPkg::Lock::Timeout=300
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq -o DPkg::Lock::Timeout=300 chromium
+
+$(UI_DEPS): ui-tests/package.json | $(STAMP)
+	cd ui-tests && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(JLPM) install
+	touch $(UI_DEPS)
+
+# the sidebar model's unit tests (node --test), then galata; screenshots land in
+# ui-tests/screenshots and ui-tests/test-results (not committed)
+ui-test: $(LABEXT) $(CHROMIUM) $(UI_DEPS)
+	$(JLPM) test
+	cd ui-tests && NBLAB_PYTHON=$(CURDIR)/$(PY) $(JLPM) playwright test
+
+# also starts a real sweep (papermill jobs) from the context menu and opens its report
+ui-test-e2e: $(LABEXT) $(CHROMIUM) $(UI_DEPS)
+	cd ui-tests && NBLAB_UI_E2E=1 NBLAB_PYTHON=$(CURDIR)/$(PY) $(JLPM) playwright test
 
 clean:
 	rm -rf $(VENV)

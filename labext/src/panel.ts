@@ -1,0 +1,229 @@
+/**
+ * The "nblab" left-sidebar panel: sweeps with their runs, status badges, progress,
+ * loss sparklines and actions. Rendering is plain DOM from RunsModel.tree(); the
+ * actions are callbacks the plugin supplies.
+ */
+import { Widget } from '@lumino/widgets';
+
+import { ISweepNode, RunsModel } from './model';
+import { sparkline } from './sparkline';
+import { IRun, RERUNNABLE, STATUSES, Status, TERMINAL } from './types';
+
+export interface IPanelActions {
+  openOutput(run: IRun): void;
+  openReport(sweep: string): Promise<void>;
+  cancel(run: IRun): Promise<void>;
+  rerun(run: IRun): Promise<void>;
+  rerunSweep(sweep: string): Promise<void>;
+  copyRunId(run: IRun): void;
+  refresh(): Promise<void>;
+}
+
+function el<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  className = '',
+  text = ''
+): HTMLElementTagNameMap[K] {
+  const node = document.createElement(tag);
+  if (className) {
+    node.className = className;
+  }
+  if (text) {
+    node.textContent = text;
+  }
+  return node;
+}
+
+export class NblabPanel extends Widget {
+  constructor(
+    readonly model: RunsModel,
+    private readonly actions: IPanelActions
+  ) {
+    super();
+    this.id = 'nblab-sidebar';
+    this.addClass('nblab-panel');
+    this.title.caption = 'nblab: sweeps and runs';
+
+    const header = el('div', 'nblab-header');
+    header.appendChild(el('span', 'nblab-title', 'nblab'));
+    this._filter = el('select', 'nblab-filter');
+    this._filter.title = 'Show runs with this status';
+    for (const option of ['all', ...STATUSES]) {
+      const item = el('option', '', option);
+      item.value = option;
+      this._filter.appendChild(item);
+    }
+    this._filter.onchange = () => this._render();
+    header.appendChild(this._filter);
+    const refresh = el('button', 'nblab-button', '⟳');
+    refresh.title = 'Refresh';
+    refresh.onclick = () => void this.actions.refresh();
+    header.appendChild(refresh);
+    this.node.appendChild(header);
+
+    this._list = el('div', 'nblab-list');
+    this.node.appendChild(this._list);
+    this._footer = el('div', 'nblab-footer');
+    this.node.appendChild(this._footer);
+
+    model.changed.connect(this._scheduleRender, this);
+    this._render();
+  }
+
+  set filter(value: Status | 'all') {
+    this._filter.value = value;
+    this._render();
+  }
+
+  /** The footer: where the store is, and whether updates are live. */
+  setFooter(home: string, mode: string): void {
+    this._footer.textContent = '';
+    this._footer.appendChild(el('div', 'nblab-store', `store: ${home}`));
+    this._footer.appendChild(el('div', 'nblab-mode', `updates: ${mode}`));
+    this._footer.title = home;
+  }
+
+  private _scheduleRender(): void {
+    if (this._pending) {
+      return;
+    }
+    this._pending = true;
+    requestAnimationFrame(() => {
+      this._pending = false;
+      this._render();
+    });
+  }
+
+  private _render(): void {
+    const nodes = this.model.tree(this._filter.value as Status | 'all');
+    this._list.textContent = '';
+    if (nodes.length === 0) {
+      const empty =
+        this.model.size === 0
+          ? 'No runs yet. Right-click a sweep .toml file: "Run sweep from this TOML".'
+          : 'No runs with this status.';
+      this._list.appendChild(el('div', 'nblab-empty', empty));
+      return;
+    }
+    for (const node of nodes) {
+      this._list.appendChild(this._sweep(node));
+    }
+  }
+
+  private _sweep(node: ISweepNode): HTMLElement {
+    const details = el('details', 'nblab-sweep');
+    details.dataset.sweep = node.name;
+    details.open = !this._collapsed.has(node.name);
+    details.ontoggle = () => {
+      if (details.open) {
+        this._collapsed.delete(node.name);
+      } else {
+        this._collapsed.add(node.name);
+      }
+    };
+    const summary = el('summary', 'nblab-sweep-header');
+    summary.appendChild(el('span', 'nblab-sweep-name', node.name));
+    const counts = el('span', 'nblab-counts');
+    for (const status of STATUSES) {
+      const n = node.counts[status];
+      if (n) {
+        const badge = el('span', `nblab-badge nblab-status-${status}`, `${n}`);
+        badge.title = `${n} ${status}`;
+        counts.appendChild(badge);
+      }
+    }
+    summary.appendChild(counts);
+    if (node.sweep !== null) {
+      const sweep = node.sweep;
+      summary.appendChild(
+        this._button('report', 'Open the report (built if missing)', () =>
+          this.actions.openReport(sweep)
+        )
+      );
+      if (node.rerunnable > 0) {
+        summary.appendChild(
+          this._button('rerun failed', 'Rerun every failed or cancelled point', () =>
+            this.actions.rerunSweep(sweep)
+          )
+        );
+      }
+    }
+    details.appendChild(summary);
+    for (const run of node.runs) {
+      details.appendChild(this._run(run));
+    }
+    return details;
+  }
+
+  private _run(run: IRun): HTMLElement {
+    const row = el('div', 'nblab-run');
+    row.dataset.runId = run.run_id;
+    row.dataset.status = run.status;
+    // line 1: status, name, loss sparkline; line 2: progress, actions
+    const top = el('div', 'nblab-run-line');
+    const badge = el('span', `nblab-badge nblab-run-status nblab-status-${run.status}`, run.status);
+    if (run.error) {
+      badge.title = run.error;
+    }
+    top.appendChild(badge);
+    const name = el('span', 'nblab-run-name', run.name);
+    name.title = `${run.name} (${run.run_id})`;
+    top.appendChild(name);
+    top.appendChild(sparkline(this.model.loss(run.run_id)));
+    row.appendChild(top);
+
+    const bottom = el('div', 'nblab-run-line nblab-run-detail');
+    const progress = el('span', 'nblab-progress');
+    const step = run.step ?? 0;
+    progress.appendChild(
+      el('span', 'nblab-progress-text', run.steps ? `${step}/${run.steps}` : `step ${step}`)
+    );
+    if (run.steps) {
+      const bar = el('span', 'nblab-bar');
+      const fill = el('span', 'nblab-bar-fill');
+      fill.style.width = `${Math.min(100, (100 * step) / run.steps).toFixed(0)}%`;
+      bar.appendChild(fill);
+      progress.appendChild(bar);
+    }
+    bottom.appendChild(progress);
+
+    const actions = el('span', 'nblab-actions');
+    actions.appendChild(
+      this._button('notebook', 'Open the output notebook', async () => this.actions.openOutput(run))
+    );
+    if (!TERMINAL.includes(run.status)) {
+      actions.appendChild(this._button('cancel', 'Cancel this run', () => this.actions.cancel(run)));
+    }
+    if (RERUNNABLE.includes(run.status)) {
+      actions.appendChild(
+        this._button('rerun', 'Rerun with the same recipe', () => this.actions.rerun(run))
+      );
+    }
+    actions.appendChild(
+      this._button('copy id', `Copy the run id ${run.run_id}`, async () =>
+        this.actions.copyRunId(run)
+      )
+    );
+    bottom.appendChild(actions);
+    row.appendChild(bottom);
+    return row;
+  }
+
+  private _button(label: string, title: string, action: () => Promise<void>): HTMLElement {
+    const button = el('button', `nblab-button nblab-action-${label.replace(/ /g, '-')}`, label);
+    button.title = title;
+    button.onclick = event => {
+      event.preventDefault();
+      event.stopPropagation();
+      button.disabled = true;
+      action().finally(() => (button.disabled = false));
+    };
+    return button;
+  }
+
+  private _filter: HTMLSelectElement;
+  private _list: HTMLElement;
+  private _footer: HTMLElement;
+  private _collapsed = new Set<string>();
+  private _pending = false;
+}

@@ -1,0 +1,80 @@
+"""The POST routes' work: start a sweep, cancel, rerun, build a report.
+
+Blocking calls into nblab (handlers run them in a worker thread). Jobs are started
+detached (`run_sweep(..., detach=True)`, `launch_detached`), so they outlive the
+server, and every command is an argument list: no request value reaches a shell.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from nblab.runs import RunStore
+from nblab.server.api import RERUNNABLE, ApiError, report_files
+
+
+def start_sweep(store: RunStore, toml: Path, jobs: int, resume: bool) -> dict[str, Any]:
+    from nblab.batch.sweeps import run_sweep
+    from nblab.sweep import Sweep, SweepError
+
+    if toml.suffix != ".toml" or not toml.is_file():
+        raise ApiError(400, f'"path" must name a .toml sweep file, got {toml.name!r}')
+    try:
+        sweep = Sweep.from_toml(toml)
+        handle = run_sweep(sweep, jobs=jobs, resume=resume, wait=False, detach=True, store=store)
+    except SweepError as err:
+        raise ApiError(400, f'"path" {toml.name}: {err}') from None
+    return {"sweep": handle.sweep, "run_ids": handle.run_ids, "skipped": handle.skipped}
+
+
+def cancel_run(store: RunStore, run_id: str, wait: float) -> dict[str, Any]:
+    from nblab.batch.sweeps import cancel
+
+    try:
+        store.run(run_id)
+    except KeyError:
+        raise ApiError(404, f"unknown run_id {run_id!r}") from None
+    return {"statuses": cancel(run_id, store=store, wait=wait)}
+
+
+def rerun(store: RunStore, run_ids: list[str]) -> dict[str, Any]:
+    """A new queued run (same name, sweep, recipe, steps) for each run, launched detached."""
+    from nblab.batch.launcher import launch_detached
+
+    runs = [store.run(run_id) for run_id in run_ids]
+    new = [store.create_run(r["name"], r["recipe"], r["sweep"], steps=r["steps"]) for r in runs]
+    if new:
+        launch_detached(new, jobs=1, store=store)
+    return {"run_ids": new, "rerun_of": run_ids}
+
+
+def rerun_run(store: RunStore, run_id: str) -> dict[str, Any]:
+    try:
+        status = store.run(run_id)["status"]
+    except KeyError:
+        raise ApiError(404, f"unknown run_id {run_id!r}") from None
+    if status not in RERUNNABLE:
+        raise ApiError(409, f"run {run_id} is {status}; only {', '.join(RERUNNABLE)} runs rerun")
+    return rerun(store, [run_id])
+
+
+def rerun_sweep(store: RunStore, sweep: str) -> dict[str, Any]:
+    """Rerun every point of `sweep` whose latest run failed, diverged or was cancelled."""
+    from nblab.batch.sweeps import latest_runs
+
+    latest = latest_runs(store, sweep)
+    if latest.empty:
+        raise ApiError(404, f"unknown sweep {sweep!r}")
+    return rerun(store, list(latest.run_id[latest.status.isin(RERUNNABLE)]))
+
+
+def build_report(store: RunStore, root_dir: Path, sweep: str) -> dict[str, Any]:
+    from nblab.report import build_report as build
+
+    try:
+        build(sweep, store=store)
+    except ValueError as err:  # unknown sweep, or a name that cannot be a folder
+        status = 404 if str(err).startswith("unknown sweep") else 400
+        raise ApiError(status, str(err)) from None
+    return report_files(store, root_dir, sweep)
