@@ -10,6 +10,8 @@
   nblab sweep FILE.toml [--jobs N] [--timeout S] [--resume] [--grid k=v1,v2 ...] [--no-wait]
                                              run a sweep as batch jobs (FILE may be a preset
                                              with --grid and --name)
+  nblab sweep FILE.toml --launcher slurm [--partition P] [--time-min N]
+                                             ... as Slurm jobs (one per point)
   nblab sweeps                               one line per sweep: counts per status
   nblab cancel SWEEP|RUN                     stop a sweep's unfinished runs, or one run
   nblab report SWEEP [--log-x]               the sweep's report.ipynb and offline report.html
@@ -195,6 +197,12 @@ def _load_sweep(args):
     except (OSError, tomllib.TOMLDecodeError) as err:
         problem = ("(file)", args.file, f"a readable sweep TOML: {err}")
         raise SweepError(args.name, [problem]) from None
+    from nblab.batch.slurm import split_launcher_settings
+
+    try:  # `launcher = "slurm"` and [slurm] are the launcher's, not the sweep's
+        args.toml_launcher = split_launcher_settings(data)
+    except ValueError as err:
+        raise SweepError(args.name, [("launcher", args.file, str(err))]) from None
     if "base" not in data and "model" in data:  # a recipe file: sweep it over --grid
         try:
             base = Recipe.from_toml(path)
@@ -210,6 +218,7 @@ def _load_sweep(args):
 
 def cmd_sweep(args) -> int:
     from nblab.batch.progress import watch
+    from nblab.batch.slurm import SlurmError
     from nblab.batch.sweeps import run_sweep
     from nblab.sweep import SweepError
 
@@ -222,15 +231,27 @@ def cmd_sweep(args) -> int:
     if args.jobs < 1 or (args.timeout is not None and args.timeout <= 0):
         print("nblab sweep: --jobs must be >= 1 and --timeout > 0", file=sys.stderr)
         return EXIT_USAGE
-    # --no-wait: the scheduler must outlive this process, so it runs detached
-    handle = run_sweep(
-        sweep,
-        jobs=args.jobs,
-        timeout=args.timeout,
-        resume=args.resume,
-        wait=False,
-        detach=args.no_wait,
-    )
+    launcher = _sweep_launcher(args)
+    if isinstance(launcher, str):
+        print(f"nblab sweep: {launcher}", file=sys.stderr)
+        return EXIT_USAGE
+    # --no-wait: a local scheduler must outlive this process, so it runs detached
+    # (Slurm jobs outlive it anyway)
+    try:
+        handle = run_sweep(
+            sweep,
+            launcher=launcher,
+            jobs=args.jobs,
+            timeout=args.timeout,
+            resume=args.resume,
+            wait=False,
+            detach=args.no_wait and launcher is None,
+        )
+    except SlurmError as err:  # sbatch refused the jobs (their runs are marked failed)
+        print(f"nblab sweep: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    if launcher is not None and not args.no_wait:
+        _refresh_in_background(launcher)
     print(f"sweep {sweep.name}: {len(handle.run_ids)} runs", flush=True)
     if handle.skipped:
         print(f"  left alone (succeeded or running): {', '.join(handle.skipped)}")
@@ -249,6 +270,42 @@ def cmd_sweep(args) -> int:
     shown = frame[["run_id", "name", "status", "step", "error"]].astype(object).fillna("")
     print(shown.to_string(index=False, max_colwidth=80))
     return EXIT_OK if (frame.status == "succeeded").all() else EXIT_FAILED
+
+
+def _sweep_launcher(args):
+    """None (the local launcher), a SlurmLauncher, or a usage error message."""
+    toml_name, options = getattr(args, "toml_launcher", (None, {}))
+    name = args.launcher or toml_name or "local"
+    if name != "slurm":
+        if args.partition is not None or args.time_min is not None:
+            return "--partition and --time-min are options of --launcher slurm"
+        return None
+    if args.timeout is not None:
+        return "--timeout limits local jobs; with --launcher slurm give --time-min"
+    from nblab.batch.slurm import SlurmError, SlurmLauncher
+
+    options = dict(options)
+    if args.partition is not None:
+        options["partition"] = args.partition
+    if args.time_min is not None:
+        options["time_min"] = args.time_min
+    try:
+        return SlurmLauncher(**options)
+    except (SlurmError, ValueError, TypeError) as err:
+        return str(err)
+
+
+def _refresh_in_background(launcher) -> None:
+    """Slurm states reach slurm.json, and a job that died unrecorded ends its run."""
+    import threading
+    import time
+
+    def loop() -> None:
+        while True:
+            launcher.refresh()
+            time.sleep(launcher.POLL_S)
+
+    threading.Thread(target=loop, name="nblab-slurm-poll", daemon=True).start()
 
 
 def cmd_sweeps(args) -> int:
@@ -353,6 +410,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--name", help="the sweep's name (default: the file's)")
     sweep.add_argument("--no-wait", action="store_true", help="start the jobs and return")
+    sweep.add_argument(
+        "--launcher",
+        choices=["local", "slurm"],
+        help="where jobs run (default: the file's `launcher`, else local)",
+    )
+    sweep.add_argument("--partition", help="Slurm partition (--launcher slurm)")
+    sweep.add_argument(
+        "--time-min", type=int, metavar="N", help="Slurm time limit per job, minutes"
+    )
     sweep.set_defaults(func=cmd_sweep)
 
     sweeps = commands.add_parser("sweeps", help="one line per sweep with counts per status")

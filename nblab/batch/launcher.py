@@ -33,7 +33,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -360,7 +360,14 @@ class LocalLauncher(Launcher):
             self.store.set_status(job.run_id, "failed", error=error)
 
 
-LAUNCHERS: dict[str, type[Launcher]] = {"local": LocalLauncher}
+def _slurm_launcher(**options: Any) -> Launcher:
+    """nblab.batch.slurm.SlurmLauncher, imported when asked for (it imports this module)."""
+    from nblab.batch.slurm import SlurmLauncher
+
+    return SlurmLauncher(**options)
+
+
+LAUNCHERS: dict[str, Callable[..., Launcher]] = {"local": LocalLauncher, "slurm": _slurm_launcher}
 
 
 def get_launcher(name: str, **options: Any) -> Launcher:
