@@ -210,6 +210,10 @@ class Job:
         return self._finish(error)
 
     def _papermill(self, recipe_toml: str) -> None:
+        # jsonschema (under nbformat) imports rfc3987_syntax when it is installed, which
+        # builds a grammar for 1.2 s per job; its IRI format checks never apply to
+        # notebooks, so the job goes without them.
+        sys.modules.setdefault("rfc3987_syntax", None)
         import papermill
 
         if not self.stop_reason:
