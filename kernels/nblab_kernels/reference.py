@@ -629,6 +629,16 @@ class QuantStats:
     rel_err_max: float
 
 
+def sqnr_db(signal: float, noise: float) -> float:
+    """10 log10(signal / noise), with the edge cases every backend shares: no noise
+    is +inf, no signal -inf, a NaN noise (a poisoned tensor) NaN."""
+    if noise == 0:
+        return math.inf
+    if signal == 0 or math.isnan(noise):
+        return -math.inf if signal == 0 else math.nan
+    return 10 * math.log10(signal / noise)
+
+
 def quant_stats(
     x: torch.Tensor, spec: QuantSpec, *, rbits: torch.Tensor | None = None, seed: int | None = None
 ) -> QuantStats:
@@ -636,13 +646,7 @@ def quant_stats(
     xf = x.detach().double().reshape(-1)
     dq = qt.dequantize(torch.float32).double().reshape(-1)
     err = xf - dq
-    signal, noise = float((xf * xf).sum()), float((err * err).sum())
-    if noise == 0:
-        sqnr = math.inf
-    elif signal == 0 or math.isnan(noise):
-        sqnr = -math.inf if signal == 0 else math.nan
-    else:
-        sqnr = 10 * math.log10(signal / noise)
+    sqnr = sqnr_db(float((xf * xf).sum()), float((err * err).sum()))
     nonzero = xf != 0
     rel = (err[nonzero].abs() / xf[nonzero].abs()) if bool(nonzero.any()) else xf.new_zeros(1)
     if grid is None:  # plain cast: no grid scale

@@ -684,13 +684,7 @@ def quant_stats(
 def stats_from_rows(rows: torch.Tensor, numel: int, exponents: dict[int, int]) -> QuantStats:
     """Per-program rows (P, N_STATS) -> QuantStats, with the reference's SQNR cases."""
     sums = rows.double().sum(dim=0).tolist()
-    signal, noise = sums[STAT_SIGNAL], sums[STAT_NOISE]
-    if noise == 0:
-        sqnr = math.inf
-    elif signal == 0 or math.isnan(noise):
-        sqnr = -math.inf if signal == 0 else math.nan
-    else:
-        sqnr = 10 * math.log10(signal / noise)
+    sqnr = reference.sqnr_db(sums[STAT_SIGNAL], sums[STAT_NOISE])
     nonzero = sums[STAT_NONZERO]
     return QuantStats(
         sqnr_db=sqnr,
