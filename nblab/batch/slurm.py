@@ -92,6 +92,24 @@ def read_slurm_info(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
+def scancel_run(store: RunStore, run_id: str, wait: float = 20.0) -> bool:
+    """`nblab cancel` for a run submitted to Slurm: scancel its job and, once Slurm has
+    ended it (at most `wait` s), make sure the run reads `cancelled`. False when the
+    run has no Slurm job (then it is a local job or `nblab run`)."""
+    job_id = read_slurm_info(store.run_dir(run_id)).get("job_id")
+    if not job_id:
+        return False
+    _run(["scancel", str(job_id)])
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and _in_queue(str(job_id)):
+        time.sleep(0.5)
+    if store.run(run_id)["status"] not in SETTLED_BY_JOB:
+        # still running, or `failed` by the reaper once Slurm's SIGTERM took the
+        # kernel: the user's cancel stands
+        store.set_status(run_id, "cancelled", error=f"cancelled (scancel {job_id})")
+    return True
+
+
 def write_slurm_info(run_dir: Path, **fields: Any) -> dict[str, Any]:
     """Merge `fields` into run_dir/slurm.json (atomically); a new `state` is appended to
     the history. Returns the merged record."""

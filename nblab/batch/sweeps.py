@@ -193,6 +193,10 @@ def _signal(store: RunStore, run_id: str) -> tuple[str, list[int]]:
     run = store.run(run_id)
     if run["status"] in TERMINAL_STATUSES:
         return run["status"], []
+    from nblab.batch.slurm import scancel_run  # a Slurm job may run on another host
+
+    if scancel_run(store, run_id):
+        return store.run(run_id)["status"], []
     groups = job_groups(read_job_info(store.run_dir(run_id)))
     if run["status"] == "queued":
         store.set_status(run_id, "cancelled", error="cancelled before it started")
