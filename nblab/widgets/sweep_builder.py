@@ -19,6 +19,7 @@ from typing import Any
 
 import ipywidgets as w
 
+from nblab.batch.launcher import LAUNCHERS, get_launcher
 from nblab.batch.sweeps import SweepHandle, run_sweep
 from nblab.precision.presets import PRECISION_PRESETS
 from nblab.recipe import Recipe
@@ -41,6 +42,7 @@ class SweepBuilder:
         presets: tuple[str, ...] = (),
         axes: str = "",
         jobs: int = 1,
+        launcher: str = "local",
         store: RunStore | None = None,
     ):
         self.recipe = Recipe.preset(recipe) if isinstance(recipe, str) else recipe.validate()
@@ -64,6 +66,8 @@ class SweepBuilder:
             layout=w.Layout(width="420px", height="90px"),
         )
         self.jobs = w.BoundedIntText(value=jobs, min=1, max=256, description="jobs")
+        # where the jobs run: this machine, or a Slurm cluster (one job per point)
+        self.launcher = w.Dropdown(options=list(LAUNCHERS), value=launcher, description="on")
         self.count = w.HTML()
         self.preview_box = w.HTML()
         self.launch_button = w.Button(description="Launch", button_style="success", icon="rocket")
@@ -74,7 +78,7 @@ class SweepBuilder:
             widget.observe(lambda _: self.preview(), names="value")
         self.widget = w.VBox(
             [
-                w.HBox([self.name, self.jobs]),
+                w.HBox([self.name, self.jobs, self.launcher]),
                 w.HBox([self.presets, self.axes]),
                 self.count,
                 self.preview_box,
@@ -124,12 +128,17 @@ class SweepBuilder:
         return n
 
     def launch(self, *, monitor: bool = True, **monitor_options: Any) -> SweepHandle:
-        """run_sweep(sweep, jobs=N, wait=False): returns the handle at once (also kept
+        """run_sweep(sweep, jobs=N, wait=False) on the chosen launcher (local, or
+        slurm: SlurmLauncher with its defaults): returns the handle at once (also kept
         as `.handle`), then shows a RunMonitor of it (`.monitor`)."""
         if not self.preview():
             raise SweepError(self.name.value, [("(sweep)", self.grid(), self.error or "")])
+        store = self.store or RunStore()
+        launcher = None
+        if self.launcher.value != "local":  # Slurm schedules its own concurrency
+            launcher = get_launcher(self.launcher.value, store=store)
         self.handle = run_sweep(
-            self.sweep, jobs=self.jobs.value, wait=False, store=self.store or RunStore()
+            self.sweep, launcher=launcher, jobs=self.jobs.value, wait=False, store=store
         )
         n = len(self.handle.run_ids)
         sweep = html.escape(self.handle.sweep)

@@ -120,17 +120,18 @@ def test_sweep_preview_counts_points_and_shows_errors(store):
 def test_launch_returns_the_handle_at_once(store, monkeypatch):
     calls = []
 
-    def fake_run_sweep(sweep, *, jobs, wait, store):
-        calls.append((sweep.name, len(sweep), jobs, wait))
+    def fake_run_sweep(sweep, *, launcher, jobs, wait, store):
+        calls.append((sweep.name, len(sweep), jobs, wait, launcher))
         ids = [store.create_run(p.name, p.recipe.to_toml(), sweep.name) for p in sweep.expand()]
         return SweepHandle(sweep.name, ids, store)
 
     monkeypatch.setattr(sweep_builder, "run_sweep", fake_run_sweep)
     builder = SweepBuilder("gpt-debug", name="s2", presets=("bf16", "nvfp4"), jobs=2)
     handle = builder.launch()
-    assert calls == [("s2", 2, 2, False)]
+    assert calls == [("s2", 2, 2, False, None)]  # None: the local launcher
     assert builder.handle is handle and len(handle.run_ids) == 2
     assert set(builder.monitor.status) == set(handle.run_ids)
+    assert builder.launcher.options == ("local", "slurm")
 
 
 def test_real_tiny_launch(store):
