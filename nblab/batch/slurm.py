@@ -124,6 +124,14 @@ def write_slurm_info(run_dir: Path, **fields: Any) -> dict[str, Any]:
     return info
 
 
+def record_slurm_job(store: RunStore, run_id: str, **fields: Any) -> dict[str, Any]:
+    """write_slurm_info, and the job id and state into the run store's runs table."""
+    info = write_slurm_info(store.run_dir(run_id), **fields)
+    job = f"slurm:{info['job_id']}" if info.get("job_id") else None
+    store.set_scheduler_job(run_id, job, info.get("state"))
+    return info
+
+
 # ---------------------------------------------------------------------------
 # The Slurm commands
 # ---------------------------------------------------------------------------
@@ -357,7 +365,6 @@ class RunJob:
 
     def __call__(self, run_id: str, resume: bool = False) -> int:
         store = RunStore(self.home)
-        run_dir = store.run_dir(run_id)
         job_id = _this_job_id()
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
         env = dict(os.environ, NBLAB_HOME=self.home)
@@ -369,7 +376,7 @@ class RunJob:
                 # attempt is gone, so the run continues from its checkpoint
                 store.set_status(run_id, "queued", error="requeued by Slurm")
                 resume = True
-            write_slurm_info(run_dir, job_id=job_id, state="RUNNING", node=_hostname())
+            record_slurm_job(store, run_id, job_id=job_id, state="RUNNING", node=_hostname())
         nnodes = int(os.environ.get("SLURM_JOB_NUM_NODES", "1") or 1)
         if nnodes > 1:
             return self._multinode(store, run_id, resume, nnodes, env, rank)
@@ -424,7 +431,7 @@ class RunJob:
             note += "; no checkpoint yet, so it starts over (set checkpoint.interval)"
         store.set_status(run_id, "queued", error=note)
         info = read_slurm_info(run_dir)
-        write_slurm_info(run_dir, state="REQUEUED", requeues=int(info.get("requeues", 0)) + 1)
+        record_slurm_job(store, run_id, state="REQUEUED", requeues=int(info.get("requeues", 0)) + 1)
         print(f"[nblab slurm] run {run_id}: {note}", flush=True)
         return DelayedSubmission(self, run_id, resume=True)
 
@@ -630,8 +637,9 @@ class SlurmLauncher(Launcher):
             for run_id, job in zip(ids, jobs, strict=True):
                 sub = _Submitted(run_id, str(job.job_id), log=str(job.paths.stdout))
                 self._jobs[run_id] = sub
-                write_slurm_info(
-                    self.store.run_dir(run_id),
+                record_slurm_job(
+                    self.store,
+                    run_id,
                     job_id=sub.job_id,
                     state="PENDING",
                     partition=resources.partition,
@@ -670,10 +678,9 @@ class SlurmLauncher(Launcher):
             state = found.get(sub.job_id)
             if state is None:
                 continue
-            run_dir = self.store.run_dir(run_id)
             if state != sub.state:
                 sub.state = state
-                write_slurm_info(run_dir, state=state)
+                record_slurm_job(self.store, run_id, state=state)
             if state == "PENDING" and self.release_requeued:
                 self._release(run_id, sub)
             self._settle(run_id, state)

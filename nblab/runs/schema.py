@@ -67,6 +67,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE runs ADD COLUMN step INTEGER",
         "ALTER TABLE runs ADD COLUMN steps INTEGER",
     ),
+    # 3: the cluster scheduler's job of a run ("slurm:1234_0") and its state (RUNNING...)
+    (
+        "ALTER TABLE runs ADD COLUMN scheduler_job TEXT",
+        "ALTER TABLE runs ADD COLUMN scheduler_state TEXT",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

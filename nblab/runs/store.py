@@ -39,6 +39,8 @@ RUN_COLUMNS = (
     "ended",
     "heartbeat",
     "error",
+    "scheduler_job",
+    "scheduler_state",
 )
 _RUN_DTYPES = {"step": "Int64", "steps": "Int64", "pid": "Int64"} | {
     t: "float64" for t in ("created", "started", "ended", "heartbeat")
@@ -156,6 +158,17 @@ class RunStore:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "recipe.toml").write_text(recipe)
         return run_id
+
+    def set_scheduler_job(self, run_id: str, job: str | None, state: str | None) -> None:
+        """Record the cluster scheduler's job of `run_id` (e.g. "slurm:1234_0") and its
+        latest state, so `nblab runs`, the widgets and the sidebar can show them."""
+
+        def body(conn: sqlite3.Connection) -> int:
+            sql = "UPDATE runs SET scheduler_job = ?, scheduler_state = ? WHERE run_id = ?"
+            return conn.execute(sql, (job, state, run_id)).rowcount
+
+        if self._write(body) == 0:
+            raise KeyError(f"unknown run_id {run_id!r}")
 
     def set_status(
         self, run_id: str, status: str, *, error: str | None = None, pid: int | None = None

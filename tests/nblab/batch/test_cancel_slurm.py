@@ -30,3 +30,13 @@ def test_cancel_of_a_slurm_run_calls_scancel_and_ends_cancelled(store, monkeypat
 def test_a_local_run_has_no_slurm_job(store):
     run_id = store.create_run("p", 'name = "p"\n')
     assert slurm.scancel_run(store, run_id) is False
+
+
+def test_slurm_job_and_state_reach_the_runs_table(store):
+    run_id = store.create_run("p", 'name = "p"\n')
+    slurm.record_slurm_job(store, run_id, job_id="77_0", state="PENDING")
+    slurm.record_slurm_job(store, run_id, state="RUNNING")
+    row = store.runs().set_index("run_id").loc[run_id]
+    assert (row.scheduler_job, row.scheduler_state) == ("slurm:77_0", "RUNNING")
+    info = slurm.read_slurm_info(store.run_dir(run_id))
+    assert [state for _, state in info["history"]] == ["PENDING", "RUNNING"]
