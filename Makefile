@@ -57,15 +57,15 @@ $(UI_DEPS): ui-tests/package.json | $(STAMP)
 	cd ui-tests && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(JLPM) install
 	touch $(UI_DEPS)
 
-# the sidebar model's unit tests (node --test), then galata; screenshots land in
-# ui-tests/screenshots and ui-tests/test-results (not committed)
+# the sidebar model's unit tests (node --test), then galata, including the end-to-end
+# test that starts a real sweep (papermill jobs) from the context menu, watches it
+# succeed and opens its report; screenshots land in ui-tests/screenshots and
+# ui-tests/test-results (not committed)
 ui-test: $(LABEXT) $(CHROMIUM) $(UI_DEPS)
 	$(JLPM) test
-	cd ui-tests && NBLAB_PYTHON=$(CURDIR)/$(PY) $(JLPM) playwright test
-
-# also starts a real sweep (papermill jobs) from the context menu and opens its report
-ui-test-e2e: $(LABEXT) $(CHROMIUM) $(UI_DEPS)
 	cd ui-tests && NBLAB_UI_E2E=1 NBLAB_PYTHON=$(CURDIR)/$(PY) $(JLPM) playwright test
+
+ui-test-e2e: ui-test
 
 clean:
 	rm -rf $(VENV)

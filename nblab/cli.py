@@ -16,6 +16,7 @@
   nblab cancel SWEEP|RUN                     stop a sweep's unfinished runs, or one run
   nblab report SWEEP [--log-x]               the sweep's report.ipynb and offline report.html
   nblab plan RECIPE --gpus N --gpu-mem 80GB  rank DP/FSDP/TP/PP layouts by memory and time
+  nblab lab [JUPYTER LAB OPTIONS]            JupyterLab here, with the sidebar and the quickstart
 
 Exit codes of `run` and `sweep`: 0 all succeeded, 1 a run failed, diverged or was
 cancelled, 2 bad recipe, sweep or arguments.
@@ -345,6 +346,23 @@ def cmd_cancel(args) -> int:
     return EXIT_OK
 
 
+def cmd_lab(lab_args: list[str]) -> int:
+    """JupyterLab in the current folder with the nblab sidebar and the quickstart open
+    (copied here as nblab-quickstart.ipynb the first time: a notebook must live inside
+    the server's root to open)."""
+    import os
+    import shutil
+
+    from nblab.notebooks import notebook
+
+    target = Path.cwd() / "nblab-quickstart.ipynb"
+    if not target.exists():
+        shutil.copyfile(notebook("quickstart.ipynb"), target)
+    argv = [sys.executable, "-m", "jupyterlab", target.name, *lab_args]
+    print(f"starting JupyterLab in {Path.cwd()} with {target.name}", flush=True)
+    os.execv(sys.executable, argv)  # JupyterLab takes over this process (and Ctrl-C)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nblab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -358,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--size", type=int, default=1024, help="N of the NxN format-table tensor")
     demo.add_argument("--formats-only", action="store_true", help="print the table, no sweep")
     demo.set_defaults(func=cmd_demo)
+
+    # listed for --help; main() passes `nblab lab ...` options on to jupyter lab
+    commands.add_parser("lab", help="JupyterLab with the sidebar and the quickstart open")
 
     # listed for --help; main() hands `nblab plan ...` to the planner's own parser
     commands.add_parser("plan", help="rank parallel layouts: RECIPE --gpus N --gpu-mem 80GB")
@@ -432,6 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["lab"]:
+        return cmd_lab(argv[1:])
     if argv[:1] == ["plan"]:  # the planner owns its options, --help included
         from nblab.parallel.planner import plan_command
 
