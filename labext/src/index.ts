@@ -35,7 +35,10 @@ export namespace CommandIDs {
   export const refresh = 'nblab:refresh';
 }
 
-export const RECIPE_CELL = 'from nblab.widgets import RecipeBuilder\n\nRecipeBuilder()';
+export const RECIPE_CELL =
+  'import panel as pn\n\nfrom nblab.widgets import RecipeBuilder\n\n' +
+  '# BokehJS from the Jupyter server, not a CDN: the live views work offline\n' +
+  'pn.extension(inline=True)\nRecipeBuilder()';
 
 export const nblabIcon = new LabIcon({
   name: 'nblab:icon',

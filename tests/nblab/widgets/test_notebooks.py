@@ -1,20 +1,81 @@
 from pathlib import Path
 
 import papermill
+import pytest
+
+from nblab.runs import RunStore
 
 NOTEBOOKS = Path(__file__).parents[3] / "notebooks"
 
 
-def test_format_explorer_notebook_runs_headless(tmp_path):
-    out = tmp_path / "out.ipynb"
+def _execute(name: str, out: Path, parameters: dict):
     nb = papermill.execute_notebook(
-        str(NOTEBOOKS / "format_explorer.ipynb"),
+        str(NOTEBOOKS / name),
         str(out),
-        parameters={"specs": ["mxfp8", "nvfp4"], "sample": "laplace", "size": 64},
+        parameters=parameters,
         kernel_name="python3",
         progress_bar=False,
     )
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
+    return nb, outputs
+
+
+def test_format_explorer_notebook_runs_headless(tmp_path):
+    out = tmp_path / "out.ipynb"
+    nb, outputs = _execute(
+        "format_explorer.ipynb",
+        out,
+        {"specs": ["mxfp8", "nvfp4"], "sample": "laplace", "size": 64},
+    )
     tables = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})]
     assert any("hadamard16 e2m1 block16" in t for t in tables)  # nvfp4 with the transform
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """A temporary NBLAB_HOME: the kernel papermill starts inherits it."""
+    monkeypatch.setenv("NBLAB_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def test_quickstart_notebook_runs_headless(tmp_path, home):
+    _execute(
+        "quickstart.ipynb",
+        tmp_path / "quickstart.ipynb",
+        {
+            "base": "gpt-debug",
+            "steps": 2,
+            "presets": ["bf16", "nvfp4"],
+            "jobs": 2,
+            "sweep_name": "qs",
+            "wait_for_jobs": True,
+        },
+    )
+    runs = RunStore(home).runs(sweep="qs")
+    assert len(runs) == 2
+    assert set(runs.status) == {"succeeded"}
+    assert set(runs.step) == {2}
+
+
+def test_fp4_recipes_notebook_runs_headless(tmp_path, home):
+    nb, outputs = _execute(
+        "fp4_recipes.ipynb",
+        tmp_path / "fp4_recipes.ipynb",
+        {"steps": 6, "jobs": 2, "flavour": "debug", "sweep_name": "fp4"},
+    )
+    runs = RunStore(home).runs(sweep="fp4")
+    assert len(runs) == 5
+    assert set(runs.status) == {"succeeded"}
+    assert set(runs.step) == {6}
+    recipes = [RunStore(home).run(r)["recipe"] for r in runs.run_id]
+    assert sum('preset = "nvfp4"' in r for r in recipes) == 3
+    assert any('rounding = "rne"' in r for r in recipes)  # the no-RHT/SR variant
+    assert any("!last:15%" in r for r in recipes)  # nvfp4 with every block in fp4
+    # the summary table names every variant; the heatmap rendered
+    html = "".join(o["data"].get("text/html", "") for o in outputs if "data" in o)
+    for variant in ("bf16", "mxfp4", "nvfp4 no RHT/SR", "nvfp4 all-fp4"):
+        assert variant in html
+    assert any(
+        "QuantErrorHeatmap" in o["data"].get("text/plain", "") for o in outputs if "data" in o
+    )
