@@ -287,8 +287,13 @@ class Trainer:
     def run(self) -> dict[str, float]:
         t, e, c = self.recipe.train, self.recipe.eval, self.recipe.checkpoint
         log.info("%s", self.plan)
+        # NBLAB_STEP_DELAY_S: a pause after every step, so that tests of time limits and
+        # preemption can make a run outlast a limit on a machine of any speed
+        delay = float(os.environ.get("NBLAB_STEP_DELAY_S", "0") or 0)
         while self.step < t.steps:
             self.train_step()
+            if delay:
+                time.sleep(delay)
             if e.interval and (self.step % e.interval == 0 or self.step == t.steps):
                 self._emit(self.evaluate())
             if c.interval and self.step % c.interval == 0 and self.step != t.steps:

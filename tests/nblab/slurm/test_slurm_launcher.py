@@ -117,16 +117,22 @@ def test_slurm_cancel_running_job(slurm_cluster, tmp_path):
     assert launcher.wait(timeout=5)
 
 
-def test_slurm_time_limit_requeues_and_resumes_from_checkpoint(slurm_cluster, tmp_path):
+def test_slurm_time_limit_requeues_and_resumes_from_checkpoint(
+    slurm_cluster, tmp_path, monkeypatch
+):
     """A 1-minute limit on a run that needs longer: Slurm signals the job, it stops at a
     checkpoint, submitit requeues it, and the next attempt resumes there. The loss curve
     has every step exactly once: nothing lost, nothing repeated."""
-    steps = 160
+    # Slurm signals an attempt 25-50 s into a 1-minute limit. At least 0.4 s a step on
+    # any machine (sbatch exports this env) makes 50 steps outlast the first attempt;
+    # up to 6 requeues leave room for a slow machine.
+    monkeypatch.setenv("NBLAB_STEP_DELAY_S", "0.4")
+    steps = 50
     store = RunStore(tmp_path)
     run_id = queue(store, tiny(steps, "checkpoint.interval=5", "checkpoint.keep=2"))
-    launcher = SlurmLauncher(store=store, time_min=1, release_requeued=True)
+    launcher = SlurmLauncher(store=store, time_min=1, release_requeued=True, max_requeues=6)
     launcher.submit([run_id])
-    assert launcher.wait(timeout=270), (launcher.states(), store.run(run_id))
+    assert launcher.wait(timeout=480), (launcher.states(), store.run(run_id))
     run = store.run(run_id)
     assert run["status"] == "succeeded", run
     info = read_slurm_info(store.run_dir(run_id))
