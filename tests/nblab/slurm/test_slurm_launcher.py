@@ -123,11 +123,12 @@ def test_slurm_time_limit_requeues_and_resumes_from_checkpoint(
     """A 1-minute limit on a run that needs longer: Slurm signals the job, it stops at a
     checkpoint, submitit requeues it, and the next attempt resumes there. The loss curve
     has every step exactly once: nothing lost, nothing repeated."""
-    # Slurm signals an attempt 25-50 s into a 1-minute limit. At least 0.4 s a step on
-    # any machine (sbatch exports this env) makes 50 steps outlast the first attempt;
-    # up to 6 requeues leave room for a slow machine.
-    monkeypatch.setenv("NBLAB_STEP_DELAY_S", "0.4")
-    steps = 50
+    # Slurm signals an attempt 20-50 s into a 1-minute limit (its check runs every
+    # ~30 s). At least 0.5 s a step on any machine (sbatch exports this env): 120 steps
+    # cannot finish inside one attempt, and each attempt still makes progress; up to 6
+    # requeues leave room for early signals and a slow machine.
+    monkeypatch.setenv("NBLAB_STEP_DELAY_S", "0.5")
+    steps = 120
     store = RunStore(tmp_path)
     run_id = queue(store, tiny(steps, "checkpoint.interval=5", "checkpoint.keep=2"))
     launcher = SlurmLauncher(store=store, time_min=1, release_requeued=True, max_requeues=6)
