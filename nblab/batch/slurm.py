@@ -424,8 +424,10 @@ class RunJob:
         run_dir = store.run_dir(run_id)
         step = self._stop_after_checkpoint(store, run_id)
         status = store.run(run_id)["status"]
-        if status in ("succeeded", "diverged"):  # it finished meanwhile: nothing to resume
-            return None
+        if status in ("succeeded", "diverged"):
+            # it finished meanwhile: end the job cleanly (exit 0, Slurm says COMPLETED);
+            # returning None would have submitit fail the job for a declined requeue
+            raise SystemExit(0)
         note = f"requeued by Slurm (time limit or preemption) at step {step or 0}"
         if _latest_checkpoint(run_dir) is None:
             note += "; no checkpoint yet, so it starts over (set checkpoint.interval)"
