@@ -159,6 +159,16 @@ class RunStore:
         (run_dir / "recipe.toml").write_text(recipe)
         return run_id
 
+    def rewind(self, run_id: str, step: int) -> None:
+        """Forget the events logged after `step`: a run resuming from its checkpoint at
+        `step` logs those steps again, and each step must appear once."""
+
+        def body(conn: sqlite3.Connection) -> None:
+            for table in ("metrics", "stats", "histograms"):
+                conn.execute(f"DELETE FROM {table} WHERE run_id = ? AND step > ?", (run_id, step))
+
+        self._write(body)
+
     def set_scheduler_job(self, run_id: str, job: str | None, state: str | None) -> None:
         """Record the cluster scheduler's job of `run_id` (e.g. "slurm:1234_0") and its
         latest state, so `nblab runs`, the widgets and the sidebar can show them."""

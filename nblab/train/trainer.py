@@ -279,6 +279,8 @@ class Trainer:
         if path is None:
             return False
         self.step = checkpoint.load(path, self.model, self.optimizer, self.scheduler)
+        if self.writer is not None:  # steps after the checkpoint are about to run again
+            self.writer.store.rewind(self.writer.run_id, self.step)
         self._tokens = self.step * self.recipe.train.batch_size * self.recipe.train.seq_len
         self._interval_start = (time.perf_counter(), self._tokens)
         log.info("resumed from %s at step %d", path, self.step)
