@@ -306,6 +306,15 @@ class RunMonitor:
             parts["labels"][run_id] = label
         if self._panel is not None:
             self._panel_parts["status"].object = self._summary(run_ids)
+            self._push()
+
+    def _push(self) -> None:
+        """Send the bokeh models' changes to the notebook page. Panel syncs its own
+        widgets, but edits made straight to bokeh models (the sources, the legend) reach
+        a notebook only through push_notebook; elsewhere (a server) it does nothing."""
+        import panel as pn
+
+        pn.io.push_notebook(self._panel)
 
     def _summary(self, run_ids: list[str]) -> str:
         counts = pd.Series([self.status.get(r, "?") for r in run_ids]).value_counts()

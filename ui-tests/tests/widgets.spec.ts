@@ -83,8 +83,8 @@ test.afterEach(() => {
 test('RecipeBuilder and a live RunMonitor render in a notebook', async ({ page, tmpPath }) => {
   test.setTimeout(180000);
   const sweep = `ui-live-${Date.now()}`;
-  // a run writing one loss row every 0.5 s for about 40 s (the monitor's run)
-  writer = spawn(PYTHON, [WRITER, HOME, sweep, '80', '0.5'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  // a run writing one loss row every 0.5 s for about 100 s (the monitor's run)
+  writer = spawn(PYTHON, [WRITER, HOME, sweep, '200', '0.5'], { stdio: ['ignore', 'pipe', 'inherit'] });
   await new Promise<void>((resolve, reject) => {
     writer!.stdout!.once('data', () => resolve());
     writer!.once('exit', code => reject(new Error(`live_writer exited with ${code}`)));
@@ -105,10 +105,8 @@ test('RecipeBuilder and a live RunMonitor render in a notebook', async ({ page, 
   await expect(form.locator('pre', { hasText: '[train]' })).toBeVisible();
   await form.screenshot({ path: path.join(SHOTS, 'widgets-recipe-builder.png') });
 
-  // the RunMonitor: a bokeh canvas whose curve holds the rows the run had written.
-  // Not asserted: that it gains points later. In this test JupyterLab the periodic
-  // refresh's updates did not reach the page within 30 s (the count stayed put), and that
-  // is left to the Python tests of RunMonitor.refresh (tests/nblab/widgets/test_monitor.py).
+  // the RunMonitor: a bokeh canvas whose curve holds the rows the run had written, and
+  // then gains the rows written after it rendered (the periodic refresh pushes them).
   // (JupyterLab renders only the cells in view: scroll the monitor's cell in)
   const monitorCell = panel.locator('.jp-Cell').nth(2);
   await monitorCell.scrollIntoViewIfNeeded();
@@ -116,5 +114,9 @@ test('RecipeBuilder and a live RunMonitor render in a notebook', async ({ page, 
   await monitor.last().scrollIntoViewIfNeeded();
   await expect(monitor.locator('canvas').first()).toBeVisible({ timeout: 30000 });
   await expect.poll(() => bokehPoints(page), { timeout: 30000 }).toBeGreaterThanOrEqual(5);
+  const before = await bokehPoints(page);
+  await expect
+    .poll(() => bokehPoints(page), { timeout: 20000, message: `more than ${before} points` })
+    .toBeGreaterThanOrEqual(before + 5);
   await monitor.screenshot({ path: path.join(SHOTS, 'widgets-monitor.png') });
 });
