@@ -1,12 +1,28 @@
-"""Where nblab's own notebooks are: inside the installed package (a wheel ships
-them as nblab/notebooks/) or at the repository root (an editable checkout)."""
+"""nblab's own notebooks: where they are, and how nblab executes notebooks (papermill
+with a kernel client that cannot miss a message).
+
+Where: inside the installed package (a wheel ships them as nblab/notebooks/) or at the
+repository root (an editable checkout).
+"""
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
+from queue import Empty
+from typing import Any
+
+from jupyter_client.asynchronous import AsyncKernelClient
+from jupyter_client.channels import AsyncZMQSocketChannel
+from jupyter_client.manager import AsyncKernelManager
+from traitlets import DottedObjectName, Type
 
 _PACKAGED = Path(__file__).resolve().parent / "notebooks"
 _CHECKOUT = Path(__file__).resolve().parents[1] / "notebooks"
+
+# Longest single wait on a kernel socket; a longer wait is made of such slices.
+POLL_SLICE_S = 1.0
 
 
 def notebook(name: str) -> Path:
@@ -16,3 +32,65 @@ def notebook(name: str) -> Path:
         if path.is_file():
             return path
     raise FileNotFoundError(f"notebook {name!r} is neither in {_PACKAGED} nor in {_CHECKOUT}")
+
+
+class SlicedPollChannel(AsyncZMQSocketChannel):
+    """A kernel channel that waits for a message in slices of at most POLL_SLICE_S.
+
+    pyzmq's asyncio sockets wake on an edge-triggered descriptor, and now and then miss
+    the wake-up of a message that has already arrived (zeromq/pyzmq#2173); a fresh poll
+    finds it at once. Polled in one piece, papermill waited forever on a cell's reply
+    that sat in its socket (here about 1 execution in 10 of a cell that started jobs).
+    """
+
+    async def get_msg(self, timeout: float | None = None) -> dict[str, Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = POLL_SLICE_S if deadline is None else deadline - time.monotonic()
+            try:
+                return await super().get_msg(timeout=max(0.0, min(POLL_SLICE_S, left)))
+            except Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+
+
+class SlicedPollKernelClient(AsyncKernelClient):
+    shell_channel_class = Type(SlicedPollChannel)
+    iopub_channel_class = Type(SlicedPollChannel)
+    stdin_channel_class = Type(SlicedPollChannel)
+    control_channel_class = Type(SlicedPollChannel)
+
+
+class KernelManager(AsyncKernelManager):
+    """papermill's default kernel manager, with the SlicedPollKernelClient."""
+
+    client_class = DottedObjectName("nblab.notebooks.SlicedPollKernelClient")
+    client_factory = Type(SlicedPollKernelClient)
+
+
+def execute(
+    source: str | Path,
+    output: str | Path,
+    parameters: dict[str, Any],
+    *,
+    kernel_manager_class: type[KernelManager] = KernelManager,
+    **options: Any,
+):
+    """papermill.execute_notebook(source, output, parameters) in the python3 kernel, with
+    nblab's KernelManager (or a subclass); `options` go to papermill as they are
+    (cwd, execution_timeout, log_output, ...). Returns the executed notebook."""
+    # jsonschema (under nbformat) imports rfc3987_syntax when it is installed, which
+    # builds a grammar for 1.2 s per call; its IRI format checks never apply to
+    # notebooks, so nblab goes without them.
+    sys.modules.setdefault("rfc3987_syntax", None)
+    import papermill
+
+    options.setdefault("kernel_name", "python3")
+    options.setdefault("progress_bar", False)
+    return papermill.execute_notebook(
+        str(source),
+        str(output),
+        parameters=parameters,
+        kernel_manager_class=kernel_manager_class,
+        **options,
+    )

@@ -31,7 +31,7 @@ import pandas as pd
 import tomli_w
 from matplotlib.figure import Figure
 
-from nblab.notebooks import notebook
+from nblab.notebooks import execute, notebook
 from nblab.runs import RunStore
 
 REPORT_NOTEBOOK = notebook("report.ipynb")
@@ -682,8 +682,6 @@ def build_report(
     Raises ValueError for an unknown sweep (before starting a kernel), and papermill's
     PapermillExecutionError if a cell fails (report.ipynb then shows where).
     """
-    import papermill
-
     store = store or RunStore()
     check_sweep(sweep, store)
     if out_dir is None:
@@ -699,13 +697,11 @@ def build_report(
     if not REPORT_NOTEBOOK.exists():
         raise FileNotFoundError(f"the report notebook is missing: {REPORT_NOTEBOOK}")
     try:
-        papermill.execute_notebook(
-            str(REPORT_NOTEBOOK),
-            str(ipynb),
-            parameters={"sweep": sweep, "nblab_home": str(store.home), "log_x": bool(log_x)},
-            kernel_name="python3",
+        execute(
+            REPORT_NOTEBOOK,
+            ipynb,
+            {"sweep": sweep, "nblab_home": str(store.home), "log_x": bool(log_x)},
             language="python",
-            progress_bar=False,
             execution_timeout=timeout,
             cwd=str(out_dir),
         )

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nblab.notebooks import notebook
+from nblab.notebooks import KernelManager, execute, notebook
 
 TRAIN_NOTEBOOK = notebook("train.ipynb")
 JOB_INFO = "job.json"  # pid / pgid / host of the job and its kernel
@@ -102,10 +102,9 @@ def signal_groups(groups: list[int], signum: int) -> list[int]:
 
 
 def _kernel_manager_class(on_start: Callable[[int, int], None]) -> type:
-    """papermill's default kernel manager, telling `on_start(pid, pgid)` its kernel."""
-    from jupyter_client.manager import AsyncKernelManager
+    """nblab's kernel manager, telling `on_start(pid, pgid)` its kernel."""
 
-    class TrackedKernelManager(AsyncKernelManager):
+    class TrackedKernelManager(KernelManager):
         async def start_kernel(self, **kw: Any) -> None:
             await super().start_kernel(**kw)
             process = getattr(self.provisioner, "process", None)
@@ -210,20 +209,12 @@ class Job:
         return self._finish(error)
 
     def _papermill(self, recipe_toml: str) -> None:
-        # jsonschema (under nbformat) imports rfc3987_syntax when it is installed, which
-        # builds a grammar for 1.2 s per job; its IRI format checks never apply to
-        # notebooks, so the job goes without them.
-        sys.modules.setdefault("rfc3987_syntax", None)
-        import papermill
-
         if not self.stop_reason:
-            papermill.execute_notebook(
-                str(self.notebook),
-                str(self.run_dir / OUTPUT_NOTEBOOK),
-                parameters=dict(recipe_toml=recipe_toml, run_id=self.run_id, resume=self.resume),
-                kernel_name="python3",
+            execute(
+                self.notebook,
+                self.run_dir / OUTPUT_NOTEBOOK,
+                dict(recipe_toml=recipe_toml, run_id=self.run_id, resume=self.resume),
                 cwd=str(self.run_dir),
-                progress_bar=False,
                 log_output=True,
                 kernel_manager_class=_kernel_manager_class(self._on_kernel_start),
             )

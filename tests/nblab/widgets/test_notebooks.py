@@ -1,23 +1,27 @@
 from pathlib import Path
 
-import papermill
 import pytest
 
+from nblab.notebooks import execute
 from nblab.runs import RunStore
 
 NOTEBOOKS = Path(__file__).parents[3] / "notebooks"
+CELL_TIMEOUT_S = 600
 
 
 def _execute(name: str, out: Path, parameters: dict):
-    nb = papermill.execute_notebook(
-        str(NOTEBOOKS / name),
-        str(out),
-        parameters=parameters,
-        kernel_name="python3",
-        progress_bar=False,
+    nb = execute(
+        NOTEBOOKS / name,
+        out,
+        parameters,
+        # A hung cell fails the test with the kernel's traceback (the interrupt's
+        # KeyboardInterrupt lands in the cell's output) instead of hanging the suite.
+        execution_timeout=CELL_TIMEOUT_S,
+        interrupt_on_timeout=True,
     )
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
+    errors = [o for o in outputs if o.output_type == "error"]
+    assert not errors, "\n".join("\n".join(o.traceback) for o in errors)
     return nb, outputs
 
 
