@@ -270,6 +270,7 @@ class RunMonitor:
             if self._panel is not None:
                 self._panel_parts["plot"].object = self._figure_parts["figure"]
         parts = self._figure_parts
+        from bokeh.core.properties import value
         from bokeh.models import ColumnDataSource, LegendItem
         from bokeh.palettes import Category10_10, Category20_20
 
@@ -302,7 +303,9 @@ class RunMonitor:
                 parts["items"][run_id] = item
                 parts["legend"].items = [*parts["legend"].items, item]
             elif parts["labels"][run_id] != label:
-                item.label = label
+                # value(): a bare string assigned later would name a data column, and the
+                # page would show "Invalid field" (the constructor converts it by itself)
+                item.label = value(label)
             parts["labels"][run_id] = label
         if self._panel is not None:
             self._panel_parts["status"].object = self._summary(run_ids)

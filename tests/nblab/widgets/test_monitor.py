@@ -83,6 +83,13 @@ def test_monitor_picks_up_new_rows_on_refresh(store):
     assert monitor.status[a] == "succeeded"
     assert monitor.legend[a] == "✓ a (succeeded)"
     assert monitor.legend[b] == "▶ b (running)"
+    # bokeh draws the labels themselves, also after a status change (a bare string set
+    # later would name a data column and show "Invalid field" in the page)
+    from bokeh.core.properties import value
+
+    items = monitor._figure_parts["items"]
+    assert items[a].label == value("✓ a (succeeded)")
+    assert items[b].label == value("▶ b (running)")
 
 
 def test_monitor_downsamples_and_switches_axes(store):
