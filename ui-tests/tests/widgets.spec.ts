@@ -1,5 +1,6 @@
 import { expect, test } from '@jupyterlab/galata';
 import { ChildProcess, spawn } from 'child_process';
+import * as fs from 'fs';
 import * as path from 'path';
 
 /** The store the test server seeded (jupyter_server_test_config.py). */
@@ -7,6 +8,7 @@ const HOME = process.env.NBLAB_UI_HOME ?? path.resolve(__dirname, '..', '.nblab-
 const PYTHON = process.env.NBLAB_PYTHON ?? path.resolve(__dirname, '..', '..', '.venv', 'bin', 'python');
 const WRITER = path.resolve(__dirname, 'live_writer.py');
 const SHOTS = path.resolve(__dirname, '..', 'screenshots');
+const QUICKSTART = path.resolve(__dirname, '..', '..', 'notebooks', 'quickstart.ipynb');
 
 /** A notebook showing a RecipeBuilder and a RunMonitor over sweep `sweep` of HOME. */
 function notebook(sweep: string): string {
@@ -40,7 +42,8 @@ function notebook(sweep: string): string {
   });
 }
 
-/** Points in the bokeh ColumnDataSources of the page (the monitor's curves). */
+/** Points in the page's RunMonitor curves: the bokeh ColumnDataSources whose columns
+ * are exactly x, y and step (the report's and the heatmap's plots have others). */
 async function bokehPoints(page: any): Promise<number> {
   return page.evaluate(() => {
     const Bokeh = (window as any).Bokeh;
@@ -60,7 +63,11 @@ async function bokehPoints(page: any): Promise<number> {
     for (const doc of docs) {
       const models = doc._all_models?.values?.() ?? doc.all_models ?? [];
       for (const model of models) {
-        if (model.type === 'ColumnDataSource' && typeof model.get_length === 'function') {
+        if (model.type !== 'ColumnDataSource' || typeof model.get_length !== 'function') {
+          continue;
+        }
+        const columns: string[] = [...(model.columns?.() ?? Object.keys(model.data ?? {}))];
+        if (columns.length === 3 && ['x', 'y', 'step'].every(c => columns.includes(c))) {
           n += model.get_length() ?? 0;
         }
       }
@@ -119,4 +126,72 @@ test('RecipeBuilder and a live RunMonitor render in a notebook', async ({ page, 
     .poll(() => bokehPoints(page), { timeout: 20000, message: `more than ${before} points` })
     .toBeGreaterThanOrEqual(before + 5);
   await monitor.screenshot({ path: path.join(SHOTS, 'widgets-monitor.png') });
+});
+
+/** notebooks/quickstart.ipynb as it ships, but for its parameters cell: two presets,
+ * runs long enough to watch (each step held >= 0.1 s), no waiting in the kernel (a busy
+ * kernel would hold back the monitor's refresh), the store of this test. */
+function quickstart(sweep: string): string {
+  const nb = JSON.parse(fs.readFileSync(QUICKSTART, 'utf-8'));
+  const params = nb.cells.find((c: any) => (c.metadata?.tags ?? []).includes('parameters'));
+  params.source = [
+    'import os',
+    `os.environ["NBLAB_HOME"] = ${JSON.stringify(HOME)}`,
+    'os.environ["NBLAB_STEP_DELAY_S"] = "0.1"  # the jobs inherit it',
+    'base = "gpt-debug"',
+    'steps = 300',
+    'presets = ["bf16", "mxfp8"]',
+    'jobs = 2',
+    `sweep_name = ${JSON.stringify(sweep)}`,
+    'wait_for_jobs = False'
+  ].join('\n');
+  return JSON.stringify(nb);
+}
+
+test('quickstart.ipynb: the builder renders, a live curve grows, the heatmap renders', async ({
+  page,
+  tmpPath
+}) => {
+  test.setTimeout(300000);
+  const sweep = `ui-qs-${Date.now()}`;
+  await page.contents.uploadContent(quickstart(sweep), 'text', `${tmpPath}/quickstart.ipynb`);
+  await page.notebook.openByPath(`${tmpPath}/quickstart.ipynb`);
+  await page.notebook.activate('quickstart.ipynb');
+  await page.notebook.run();
+
+  const cells = page.locator('.jp-NotebookPanel .jp-Cell');
+  const cell = async (source: string) => {
+    // the cell whose code starts with `source` (JupyterLab renders cells only in view)
+    const found = cells.filter({ has: page.locator('.jp-InputArea', { hasText: source }) });
+    await found.first().scrollIntoViewIfNeeded();
+    return found.first();
+  };
+
+  const builder = await cell('recipe = Recipe.preset(base)');
+  await expect(builder.locator('.widget-accordion, .jupyter-widget-Accordion').first()).toBeVisible({
+    timeout: 30000
+  });
+  await expect(builder.getByRole('button', { name: 'Save TOML' })).toBeVisible();
+  await builder.screenshot({ path: path.join(SHOTS, 'quickstart-builder.png') });
+
+  // the jobs train while the page is open: the monitor's curves gain points
+  const monitor = await cell('sweep.monitor');
+  await expect(monitor.locator('canvas').first()).toBeVisible({ timeout: 30000 });
+  await expect.poll(() => bokehPoints(page), { timeout: 60000 }).toBeGreaterThan(0);
+  const before = await bokehPoints(page);
+  await expect
+    .poll(() => bokehPoints(page), { timeout: 60000, message: `more than ${before} points` })
+    .toBeGreaterThanOrEqual(before + 10);
+  await monitor.screenshot({ path: path.join(SHOTS, 'quickstart-monitor.png') });
+
+  // once both runs succeeded (the monitor's status line says so), the heatmap cell runs
+  // again over the quantization statistics they logged, and renders
+  await expect(monitor).toContainText('2 succeeded', { timeout: 180000 });
+  const heatmap = await cell('status = handle.status()');
+  const index = await heatmap.evaluate(el => [...el.parentElement!.children].indexOf(el));
+  await page.notebook.runCell(index);
+  await heatmap.scrollIntoViewIfNeeded();
+  await expect(heatmap.locator('canvas').first()).toBeVisible({ timeout: 60000 });
+  await expect(heatmap.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')).toHaveCount(0);
+  await heatmap.screenshot({ path: path.join(SHOTS, 'quickstart-heatmap.png') });
 });
