@@ -16,6 +16,22 @@ from nblab.runs import RunStore
 from nblab.widgets.runset import holoviews, resolve_runs
 
 LAYERS = ("sqnr", "saturation", "underflow")
+# Steps are categories (one column each, evenly spaced whatever the stats interval);
+# past this many, only every k-th step is labelled so the labels do not pile up.
+MAX_STEP_LABELS = 20
+
+
+def step_labels_hook(steps: list[str]):
+    """A holoviews hook that blanks all but about MAX_STEP_LABELS of the step labels
+    (first, every k-th, last) on the categorical x axis."""
+    k = max(1, -(-len(steps) // MAX_STEP_LABELS))
+    shown = {*steps[::k], *steps[-1:]}
+    hidden = {s: "" for s in steps if s not in shown}
+
+    def hook(plot, element):
+        plot.state.xaxis.major_label_overrides = hidden
+
+    return hook
 
 
 class QuantErrorHeatmap:
@@ -73,6 +89,7 @@ class QuantErrorHeatmap:
 
         long = self.data.stack().rename("value").reset_index()
         long["step"] = long.step.astype(str)
+        steps = [str(s) for s in self.data.columns]
         cmap = "RdYlGn" if self.layer == "sqnr" else "Reds"
         heat = hv.HeatMap(long, ["step", "module"], "value").opts(
             cmap=cmap,
@@ -82,6 +99,7 @@ class QuantErrorHeatmap:
             height=max(240, 18 * len(self.data) + 80),
             invert_yaxis=True,
             xrotation=45,
+            hooks=[step_labels_hook(steps)],
             title=f"{self.names.get(self.run_id, self.run_id)}: {self.layer} of {self.role}",
         )
         tap = hv.streams.Tap(source=heat)

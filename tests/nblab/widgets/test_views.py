@@ -81,6 +81,29 @@ def test_heatmap_is_modules_by_steps(stats_run):
     assert (detail.module, detail.step) == ("layers.0.mlp.down", 10)
 
 
+def _one_module_run(store, steps: int) -> str:
+    run_id = store.create_run("w", RECIPE)
+    writer = store.writer(run_id, flush_every=None)
+    for step in range(1, steps + 1):
+        writer.log_stats(step, "layers.0.mlp.down", "fwd_x", 20.0, 0.0, 0.0)
+    writer.close()
+    return run_id
+
+
+def test_heatmap_labels_about_twenty_of_many_steps(store):
+    import holoviews as hv
+
+    def x_label_overrides(steps: int) -> dict:
+        plot = QuantErrorHeatmap(_one_module_run(store, steps)).plot()
+        return hv.render(plot, backend="bokeh").xaxis[0].major_label_overrides
+
+    hidden = x_label_overrides(300)
+    shown = [str(s) for s in range(1, 301) if str(s) not in hidden]
+    assert set(hidden.values()) == {""}
+    assert shown[0] == "1" and shown[-1] == "300" and 15 <= len(shown) <= 21
+    assert x_label_overrides(10) == {}  # few steps: every one labelled
+
+
 def test_heatmap_of_a_sweep_switches_runs(store):
     ids = [fake_sweep.write_run(store, p, s) for p, s in fake_sweep.POINTS.items()]
     view = QuantErrorHeatmap(fake_sweep.SWEEP)
