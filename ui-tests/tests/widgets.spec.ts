@@ -76,6 +76,21 @@ async function bokehPoints(page: any): Promise<number> {
   });
 }
 
+/** A RunMonitor in `output` draws a canvas, its curves hold at least `first` points,
+ * then gain at least `more` (the periodic refresh pushing new rows to the page). */
+async function expectGrowingCurves(
+  page: any,
+  output: any,
+  { first, more, timeout }: { first: number; more: number; timeout: number }
+): Promise<void> {
+  await expect(output.locator('canvas').first()).toBeVisible({ timeout: 30000 });
+  await expect.poll(() => bokehPoints(page), { timeout }).toBeGreaterThanOrEqual(first);
+  const before = await bokehPoints(page);
+  await expect
+    .poll(() => bokehPoints(page), { timeout, message: `more than ${before} points` })
+    .toBeGreaterThanOrEqual(before + more);
+}
+
 test.describe.configure({ mode: 'serial' });
 
 let writer: ChildProcess | undefined;
@@ -119,12 +134,7 @@ test('RecipeBuilder and a live RunMonitor render in a notebook', async ({ page, 
   await monitorCell.scrollIntoViewIfNeeded();
   const monitor = monitorCell.locator('.jp-OutputArea-output');
   await monitor.last().scrollIntoViewIfNeeded();
-  await expect(monitor.locator('canvas').first()).toBeVisible({ timeout: 30000 });
-  await expect.poll(() => bokehPoints(page), { timeout: 30000 }).toBeGreaterThanOrEqual(5);
-  const before = await bokehPoints(page);
-  await expect
-    .poll(() => bokehPoints(page), { timeout: 20000, message: `more than ${before} points` })
-    .toBeGreaterThanOrEqual(before + 5);
+  await expectGrowingCurves(page, monitor, { first: 5, more: 5, timeout: 30000 });
   await monitor.screenshot({ path: path.join(SHOTS, 'widgets-monitor.png') });
 });
 
@@ -176,12 +186,7 @@ test('quickstart.ipynb: the builder renders, a live curve grows, the heatmap ren
 
   // the jobs train while the page is open: the monitor's curves gain points
   const monitor = await cell('sweep.monitor');
-  await expect(monitor.locator('canvas').first()).toBeVisible({ timeout: 30000 });
-  await expect.poll(() => bokehPoints(page), { timeout: 60000 }).toBeGreaterThan(0);
-  const before = await bokehPoints(page);
-  await expect
-    .poll(() => bokehPoints(page), { timeout: 60000, message: `more than ${before} points` })
-    .toBeGreaterThanOrEqual(before + 10);
+  await expectGrowingCurves(page, monitor, { first: 1, more: 10, timeout: 60000 });
   await monitor.screenshot({ path: path.join(SHOTS, 'quickstart-monitor.png') });
 
   // once both runs succeeded (the monitor's status line says so), the heatmap cell runs
