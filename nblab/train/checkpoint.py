@@ -6,7 +6,9 @@ reproduces the uninterrupted one exactly.
 
 Under a process group every rank calls save() and load() (DCP writes and reads each
 rank's shards); rank 0 alone touches the folders and writes extra.pt (its RNG state).
-A checkpoint saved under one layout loads under another (FSDP 2 -> 1 process, ...).
+A checkpoint saved under one layout loads under another (FSDP 2 -> 1 process, ...),
+except across pipeline degrees: a checkpoint saved with parallel.pp = n (extra.pt
+records it) resumes only with pp = n (load() refuses any other pp before reading).
 """
 
 from __future__ import annotations
@@ -67,8 +69,9 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(folder: Path, step: int, model, optimizer, scheduler, keep: int) -> Path:
-    """Write checkpoint `step` under folder/step_NNNNNNN and keep only the last `keep`."""
+def save(folder: Path, step: int, model, optimizer, scheduler, keep: int, pp: int = 1) -> Path:
+    """Write checkpoint `step` under folder/step_NNNNNNN and keep only the last `keep`.
+    pp: the run's pipeline degree (each stage saves the modules it owns)."""
     path = folder / f"{_PREFIX}{step:07d}"
     tmp = folder / f".{path.name}.partial"
     if _rank0():
@@ -83,6 +86,7 @@ def save(folder: Path, step: int, model, optimizer, scheduler, keep: int) -> Pat
     _barrier()  # every rank's shards are written
     if _rank0():
         extra = {"step": step, "scheduler": scheduler.state_dict(), "rng": _rng_state()}
+        extra["pp"] = pp
         torch.save(extra, tmp / "extra.pt")
         shutil.rmtree(path, ignore_errors=True)
         tmp.rename(path)  # a checkpoint folder is complete or absent
@@ -103,8 +107,17 @@ def latest(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load(path: Path, model, optimizer, scheduler) -> int:
-    """Restore everything saved at `path`; returns the step to continue from."""
+def load(path: Path, model, optimizer, scheduler, pp: int = 1) -> int:
+    """Restore everything saved at `path`; returns the step to continue from. pp: the
+    resuming run's pipeline degree, which must be the saved one."""
+    extra = torch.load(path / "extra.pt", weights_only=False)
+    saved_pp = int(extra.get("pp", 1))
+    if saved_pp != pp:
+        raise NotImplementedError(
+            f"checkpoint {path.name} was saved with parallel.pp={saved_pp} and cannot resume "
+            f"with parallel.pp={pp}: resharding across pipeline degrees is not supported; "
+            f"resume with parallel.pp={saved_pp}"
+        )
     state = {
         "model": get_model_state_dict(model),
         "optimizer": get_optimizer_state_dict(model, optimizer),
@@ -113,7 +126,6 @@ def load(path: Path, model, optimizer, scheduler) -> int:
         dcp.load(state, checkpoint_id=path)
     set_model_state_dict(model, state["model"])
     set_optimizer_state_dict(model, optimizer, state["optimizer"])
-    extra = torch.load(path / "extra.pt", weights_only=False)
     scheduler.load_state_dict(extra["scheduler"])
     _set_rng_state(extra["rng"])
     return int(extra["step"])
