@@ -104,8 +104,9 @@ def check_layout(recipe, nproc: int | None = None):
     run yet (pp combined with dp or tp; train.grad_accum < pp)."""
     recipe.validate()
     dims = dims_for(recipe, nproc or recipe.parallel.nproc)
+    dims.validate(recipe)
     check_supported(dims, recipe)
-    return dims.validate(recipe)
+    return dims
 
 
 def torchrun_command(run_id: str, home: Path, nproc: int, resume: bool = False) -> list[str]:

@@ -177,8 +177,8 @@ def init_distributed(recipe: Any) -> ParallelContext | None:
             f"(torchrun --nproc-per-node)"
         )
     dims = dims_for(recipe, world)
-    check_supported(dims, recipe)
     dims.validate(recipe)
+    check_supported(dims, recipe)
     device = device_for(recipe)
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
