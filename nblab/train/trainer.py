@@ -329,8 +329,10 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------
 
     @property
-    def _pp(self) -> int:
-        return self.pipeline.pp if self.pipeline is not None else 1
+    def _pp(self) -> tuple[int, int]:
+        """(pipeline degree, this rank's stage): (1, 0) without a pipeline."""
+        p = self.pipeline
+        return (p.pp, p.stage_index) if p is not None else (1, 0)
 
     def _checkpoint_folder(self) -> Path | None:
         return None if self.run_dir is None else self.run_dir / "checkpoints"
@@ -339,9 +341,9 @@ class Trainer:
         folder = self._checkpoint_folder()
         if folder is not None:
             keep = self.recipe.checkpoint.keep
-            checkpoint.save(
-                folder, self.step, self.model, self.optimizer, self.scheduler, keep, self._pp
-            )
+            pp, stage = self._pp
+            args = (self.model, self.optimizer, self.scheduler)
+            checkpoint.save(folder, self.step, *args, keep, pp, stage)
 
     def resume(self) -> bool:
         """Continue from the latest checkpoint in the run folder, if there is one."""
@@ -349,7 +351,7 @@ class Trainer:
         path = None if folder is None else checkpoint.latest(folder)
         if path is None:
             return False
-        self.step = checkpoint.load(path, self.model, self.optimizer, self.scheduler, self._pp)
+        self.step = checkpoint.load(path, self.model, self.optimizer, self.scheduler, *self._pp)
         if self.writer is not None:  # steps after the checkpoint are about to run again
             self.writer.store.rewind(self.writer.run_id, self.step)
         self._tokens = self.step * self.recipe.train.batch_size * self.recipe.train.seq_len

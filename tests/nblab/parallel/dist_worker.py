@@ -41,6 +41,36 @@ def recipe_for(layout: str | None, preset: str = "bf16") -> Recipe:
     return base.with_overrides(LAYOUTS[layout][0]) if layout else base
 
 
+# pipeline layouts (pp 2 alone): name -> (parallel.pp_schedule, precision preset). The
+# pipeline's micro-batches are train.grad_accum's, so these recipes (and their
+# single-process references) use grad_accum 2; eval.batches 3 pads the last eval call.
+PP_LAYOUTS = {
+    "pp_gpipe": ("gpipe", "bf16"),
+    "pp_1f1b": ("1f1b", "bf16"),
+    "pp_gpipe_mxfp4": ("gpipe", "mxfp4"),
+    "pp_1f1b_mxfp4": ("1f1b", "mxfp4"),
+}
+
+
+def pp_recipe(layout: str | None, preset: str = "bf16") -> Recipe:
+    """recipe_for's gpt-debug with grad_accum 2; `layout` None: the single process."""
+    base = recipe_for(None, preset).with_overrides(["train.grad_accum=2", "eval.batches=3"])
+    if layout is None:
+        return base
+    schedule = PP_LAYOUTS[layout][0]
+    pp = ["parallel.pp=2", "parallel.nproc=2", f"parallel.pp_schedule={schedule}"]
+    if layout == "pp_gpipe_mxfp4":  # the stats / histogram code paths under pp, too
+        pp += ["metrics.stats_interval=1", "metrics.histogram_interval=1"]
+    return base.with_overrides(pp)
+
+
+def gathered(d: dict) -> dict:
+    """Every rank's dict merged (each pipeline stage holds its own parameters)."""
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, d)
+    return {k: v for part in parts for k, v in part.items()}
+
+
 def full_grads(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: runtime.full_tensor(p.grad).clone() for n, p in model.named_parameters()}
 
@@ -125,6 +155,28 @@ def main(out: Path) -> None:
         result["world_params"] = sum(p.numel() for p in trainer.model.parameters())
         if rank0:
             torch.save(result, out / f"{layout}.pt")
+
+    # pipeline parallelism: pp 2, GPipe and 1F1B, bf16 and mxfp4
+    for layout, (_, preset) in PP_LAYOUTS.items():
+        trainer = Trainer(pp_recipe(layout, preset), dataset=dataset, run_dir=out / f"run_{layout}")
+        losses = [trainer.train_step(), trainer.train_step()]
+        grads = gathered(full_grads(trainer.model))
+        params = gathered(full_params(trainer.model))
+        if layout == "pp_1f1b":
+            trainer.save_checkpoint()  # step 2, one stage per rank
+        losses.append(trainer.train_step())
+        val_loss = trainer.evaluate()["val_loss"]
+        every_rank = gathered({dist.get_rank(): (losses, val_loss)})
+        result = {"losses": losses, "grads": grads, "params": params, "val_loss": val_loss}
+        result["every_rank"] = every_rank
+        if rank0:
+            torch.save(result, out / f"{layout}.pt")
+    # resume the pp 2 checkpoint of step 2 in the same layout
+    trainer = Trainer(pp_recipe("pp_1f1b"), dataset=dataset, run_dir=out / "run_pp_1f1b")
+    resumed = trainer.resume()
+    loss = trainer.train_step()
+    if rank0:
+        torch.save({"resumed": resumed, "step": trainer.step, "loss": loss}, out / "pp_resume.pt")
 
     # 1 -> 2: resume the single-process checkpoint the test wrote under FSDP 2
     trainer = Trainer(recipe_for("fsdp"), dataset=dataset, run_dir=out / "run_single")
