@@ -256,17 +256,17 @@ def context_from(recipe: Any = None, **parts: Any) -> LayoutContext:
 
 def unsupported(dims: ParallelDims, grad_accum: int | None = None) -> str | None:
     """Why the runtime cannot run this (valid) layout yet, or None. Pipeline parallelism
-    runs alone (pp x dp and pp x tp are not implemented), with at least one micro-batch
-    (train.grad_accum) per stage."""
+    runs alone or with FSDP (pp x dp_shard); pp x dp_replicate and pp x tp are not
+    implemented. At least one micro-batch (train.grad_accum) per stage."""
     pp = dims.pp
     if not _is_int(pp) or pp <= 1:
         return None
-    others = {"dp_replicate": dims.dp_replicate, "dp_shard": dims.dp_shard, "tp": dims.tp}
+    others = {"dp_replicate": dims.dp_replicate, "tp": dims.tp}
     combined = [f"{k} {v}" for k, v in others.items() if v != 1]
     if combined:
         return (
             f"pp {pp} with {' x '.join(combined)} is not supported yet: pipeline parallelism "
-            f"runs alone (parallel.pp > 1 needs dp_replicate = dp_shard = tp = 1)"
+            f"runs alone or with dp_shard (parallel.pp > 1 needs dp_replicate = tp = 1)"
         )
     if grad_accum is not None and grad_accum < pp:
         return (

@@ -30,7 +30,14 @@ Eval runs schedule.eval (forward only) on grad_accum eval batches at a time, eac
 micro-batch of the training shape (the stages' p2p buffers have that shape); a short last
 group is padded with copies whose losses are dropped.
 
-Not supported yet (runtime.check_supported refuses it): pp combined with dp or tp.
+pp x dp_shard: each stage is FSDP2-sharded over its dp_shard group (apply_data_parallel,
+SUM reduction); every dp rank feeds its rows of each micro-batch, the loss_fn divides by
+dp (the gradient is then the global mean) and the reported loss is the mean over dp.
+The pipeline schedule drives FSDP's gradient sync (reduce-scatter after the last
+micro-batch's backward).
+
+Not supported yet (runtime.check_supported refuses it): pp combined with dp_replicate
+or tp.
 Under pp, weight histograms and quantization stats cover rank 0's stage only.
 """
 
@@ -104,6 +111,10 @@ def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     )
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
 class Pipeline:
     """One rank's stage of the pipeline and its schedule."""
 
@@ -119,12 +130,25 @@ class Pipeline:
         self.tied = bool(getattr(model.config, "tie_embeddings", False))
         self.tied_shape = tuple(model.tok_emb.weight.shape)
         self.model = split_model(model, self.stage_index, self.pp)
+        self.dp = ctx.dims.dp
+        self.dp_shard = ctx.dims.dp_shard
+        self.dp_shard_rank = ctx.mesh.get_local_rank("dp_shard") if self.dp_shard > 1 else 0
+        if self.dp > 1:
+            from nblab.parallel.runtime import apply_data_parallel, mp_policy
+
+            policy = mp_policy(ctx.device, recipe.train.dtype)
+            apply_data_parallel(self.model, ctx.dims, ctx.mesh, policy)
         self.stage = PipelineStage(
             self.model, self.stage_index, self.pp, ctx.device, group=self.group
         )
         name = recipe.parallel.pp_schedule
         cls = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}[name]
-        self.schedule = cls(self.stage, self.n_microbatches, loss_fn=_cross_entropy)
+        dp = self.dp
+
+        def loss_fn(logits, targets):  # gradients are SUM-reduced over dp: / dp is the mean
+            return _cross_entropy(logits, targets) / dp
+
+        self.schedule = cls(self.stage, self.n_microbatches, loss_fn=loss_fn)
         self._last_rank = dist.get_global_rank(self.group, self.pp - 1)
 
     def _share(self, value: float) -> float:
@@ -136,18 +160,18 @@ class Pipeline:
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """Forward and backward of the step's micro-batches (x, y: all of them, stacked);
-        returns the mean loss over the micro-batches, on every rank."""
+        returns this dp rank's mean loss over the micro-batches, on every stage."""
         losses: list[torch.Tensor] = []
         args = (x,) if self.is_first else ()
         target = y if self.is_last else None
         self.schedule.step(*args, target=target, losses=losses, return_outputs=False)
         mean = sum(float(v.detach()) for v in losses) / len(losses) if self.is_last else 0.0
-        return self._share(mean)
+        return self._share(mean * self.dp)
 
     @torch.no_grad()
     def eval_losses(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> list[float]:
         """The loss of each (x, y) batch (each of the training micro-batch's shape), forward
-        only, grad_accum batches per schedule call; on every rank."""
+        only, grad_accum batches per schedule call; on every stage (this dp rank's rows)."""
         out: list[float] = []
         m = self.n_microbatches
         for i in range(0, len(batches), m):
@@ -161,7 +185,7 @@ class Pipeline:
             target = y if self.is_last else None
             self.schedule.eval(*args, target=target, losses=losses)
             for j in range(real):
-                out.append(self._share(float(losses[j]) if self.is_last else 0.0))
+                out.append(self._share(float(losses[j]) * self.dp if self.is_last else 0.0))
         return out
 
     @torch.no_grad()
@@ -178,7 +202,12 @@ class Pipeline:
         device = next(self.model.buffers()).device
         if weight is not None and weight.grad is None:
             weight.grad = torch.zeros_like(weight)
-        grad = weight.grad if weight is not None else torch.zeros(self.tied_shape, device=device)
+        if weight is not None:
+            grad = _local(weight.grad)  # under FSDP: this dp_shard rank's rows, on both ends
+        else:
+            rows = torch.empty(self.tied_shape[0], device="meta").chunk(self.dp_shard)
+            n = rows[self.dp_shard_rank].numel() if self.dp_shard_rank < len(rows) else 0
+            grad = torch.zeros((n, *self.tied_shape[1:]), device=device)
         dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=self.group)
 
     def norm_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:

@@ -28,9 +28,10 @@ Order of the plan (as torchtitan): TP first, then FSDP2 / HSDP / DDP on top.
 
 Pipeline parallelism (pp > 1, parallel.pp_schedule gpipe | 1f1b): nblab.parallel.pipeline
 splits the model into stages (the trainer builds a Pipeline instead of calling
-apply_parallelism). PP runs alone for now: check_supported() refuses pp combined with
-dp_replicate, dp_shard or tp, and train.grad_accum (the pipeline's micro-batches) < pp.
-clip_grad_norm_(..., pp=pp) all-reduces the squared norms of every stage.
+apply_parallelism), with FSDP2 over dp_shard on each stage when dp_shard > 1 (pp x
+dp_shard). check_supported() refuses pp combined with dp_replicate or tp, and
+train.grad_accum (the pipeline's micro-batches) < pp. clip_grad_norm_(..., pp=pp)
+all-reduces the squared norms of every stage.
 """
 
 from __future__ import annotations
@@ -287,7 +288,8 @@ def apply_data_parallel(
         def wrap(m):
             return replicate(m, mesh=dp_mesh, mp_policy=policy)
 
-    wrapped = [wrap(block) for block in model.layers]
+    # a pipeline stage's model.layers holds parameter-free stand-ins for other stages' blocks
+    wrapped = [wrap(block) for block in model.layers if any(True for _ in block.parameters())]
     wrapped.append(wrap(model))
     for m in wrapped:
         m.set_gradient_divide_factor(1.0)

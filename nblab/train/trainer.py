@@ -228,7 +228,7 @@ class Trainer:
             xs.append(x)
             ys.append(y)
         with self._autocast():
-            loss_value = self.pipeline.train_step(torch.cat(xs), torch.cat(ys))
+            loss_value = self._mean(self.pipeline.train_step(torch.cat(xs), torch.cat(ys)))
         for q in qlinears.values():  # micro-batch 0's stats: the first record of each role
             q.recording = False
             seen = set()
@@ -267,7 +267,7 @@ class Trainer:
             with self._autocast():
                 losses = self.pipeline.eval_losses(batches)
             self.model.train()
-            return {"val_loss": sum(losses) / len(losses)}  # the same on every rank
+            return {"val_loss": self._mean(sum(losses) / len(losses))}
         losses = []
         for _ in range(e.batches):
             x, y = self._batch("val", generator)

@@ -24,6 +24,7 @@ from nblab.train.trainer import Trainer, build_data
 sys.path.insert(0, str(Path(__file__).parent))
 from dist_worker import (  # noqa: E402
     LAYOUTS,
+    PP_FSDP_LAYOUTS,
     PP_LAYOUTS,
     fixed_batch,
     full_grads,
@@ -95,6 +96,24 @@ def parallel(single, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def parallel_4(tmp_path_factory):
+    """The 4-rank torchrun job: pp 2 x dp_shard 2 (dist_worker.py OUT pp_fsdp)."""
+    out = tmp_path_factory.mktemp("parallel_4")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4"]
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [*cmd, str(WORKER), str(out), "pp_fsdp"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_env(),
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    print(f"torchrun job (4 ranks): {time.perf_counter() - start:.1f} s")
+    return out
+
+
 def _load(out: Path, name: str) -> dict:
     return torch.load(out / f"{name}.pt", weights_only=False)
 
@@ -159,15 +178,7 @@ def _tied(got: dict) -> dict:
     return got
 
 
-@pytest.mark.parametrize("layout", list(PP_LAYOUTS))
-def test_pipeline_2_stages_equal_one_process(parallel, single_pp, layout):
-    """PP 2 (GPipe / 1F1B; bf16 and mxfp4) against one process, same seed and global batch
-    of grad_accum 2 micro-batches. The micro-batches, and so every quantization group, are
-    the same; only fp32 summation order differs (the schedule divides the summed
-    micro-batch gradients by 2, one process sums the halves), so ATOL 1e-5 for gradients,
-    weights and losses. The tied embedding's two copies stay equal; every rank reports
-    the last stage's loss."""
-    got, ref = _load(parallel, layout), single_pp[PP_LAYOUTS[layout][1]]
+def _check_pipeline(got: dict, ref: dict) -> None:
     assert _max_diff(_tied(got["grads"]), ref["grads"]) < ATOL
     assert _max_diff(_tied(got["params"]), ref["params"]) < ATOL
     assert got["losses"] == pytest.approx(ref["losses"], abs=1e-5)
@@ -176,10 +187,34 @@ def test_pipeline_2_stages_equal_one_process(parallel, single_pp, layout):
     assert max(float(g.abs().max()) for g in ref["grads"].values()) > 1e-3
 
 
+@pytest.mark.parametrize("layout", list(PP_LAYOUTS))
+def test_pipeline_2_stages_equal_one_process(parallel, single_pp, layout):
+    """PP 2 (GPipe / 1F1B; bf16 and mxfp4) against one process, same seed and global batch
+    of grad_accum 2 micro-batches. The micro-batches, and so every quantization group, are
+    the same; only fp32 summation order differs (the schedule divides the summed
+    micro-batch gradients by 2, one process sums the halves), so ATOL 1e-5 for gradients,
+    weights and losses. The tied embedding's two copies stay equal; every rank reports
+    the last stage's loss."""
+    _check_pipeline(_load(parallel, layout), single_pp[PP_LAYOUTS[layout][1]])
+
+
+@pytest.mark.parametrize("layout", list(PP_FSDP_LAYOUTS))
+def test_pipeline_2_stages_x_fsdp_2_equal_one_process(parallel_4, single_pp, layout):
+    """PP 2 x dp_shard 2 on 4 ranks: each dp rank feeds one of each micro-batch's two
+    sequences, FSDP SUM-reduces, the loss_fn divides by dp. mxfp4 groups run along the
+    features (32) and the 32-token sequence, so one sequence per rank quantizes the same
+    groups as one process. Same tolerance as above (summation order only)."""
+    _check_pipeline(_load(parallel_4, layout), single_pp[PP_FSDP_LAYOUTS[layout][1]])
+    resumed = _load(parallel_4, "pp_fsdp_1f1b_resume")
+    assert resumed["resumed"] and resumed["step"] == 3
+    losses = _load(parallel_4, "pp_fsdp_1f1b")["losses"]
+    assert resumed["loss"] == pytest.approx(losses[2], abs=1e-6)
+
+
 def test_pipeline_checkpoint_resumes_in_the_same_layout_only(parallel, dataset):
     """Saved under PP 2 at step 2 and resumed under PP 2: step 3's loss is the
     uninterrupted run's. One process refuses it (no resharding across pp degrees)."""
-    resumed = _load(parallel, "pp_resume")
+    resumed = _load(parallel, "pp_1f1b_resume")
     assert resumed["resumed"] and resumed["step"] == 3
     assert resumed["loss"] == pytest.approx(_load(parallel, "pp_1f1b")["losses"][2], abs=1e-6)
     trainer = Trainer(pp_recipe(None), dataset=dataset, run_dir=parallel / "run_pp_1f1b")
@@ -192,9 +227,11 @@ def test_pp_layouts_the_runtime_cannot_run_are_refused_before_launch():
     with pytest.raises(NotImplementedError, match="train.grad_accum 1 < pp 2"):
         check_layout(pp2)
     assert check_layout(pp2.with_overrides(["train.grad_accum=2"])).pp == 2
-    both = pp2.with_overrides(["parallel.dp_shard=2", "parallel.nproc=4", "train.grad_accum=2"])
-    with pytest.raises(NotImplementedError, match="pp 2 with dp_shard 2 is not supported yet"):
-        check_layout(both)
+    ddp = ["parallel.dp_replicate=2", "parallel.nproc=4", "train.grad_accum=2"]
+    with pytest.raises(NotImplementedError, match="pp 2 with dp_replicate 2 is not supported"):
+        check_layout(pp2.with_overrides(ddp))
+    fsdp = ["parallel.dp_shard=2", "parallel.nproc=4", "train.grad_accum=2"]
+    assert check_layout(pp2.with_overrides(fsdp)).dp_shard == 2
     with pytest.raises(NotImplementedError, match="pp 2 with tp 2 is not supported yet"):
         runtime.check_supported(ParallelDims(pp=2, tp=2))
 
