@@ -50,6 +50,7 @@ PP_LAYOUTS = {
     "pp_1f1b": ("1f1b", "bf16"),
     "pp_gpipe_mxfp4": ("gpipe", "mxfp4"),
     "pp_1f1b_mxfp4": ("1f1b", "mxfp4"),
+    "pp_gpipe_untied": ("gpipe", "bf16_untied"),  # model.tie_embeddings = false
 }
 # pp 2 x dp_shard 2 on 4 processes (the second torchrun job)
 PP_FSDP_LAYOUTS = {
@@ -59,8 +60,13 @@ PP_FSDP_LAYOUTS = {
 
 
 def pp_recipe(layout: str | None, preset: str = "bf16") -> Recipe:
-    """recipe_for's gpt-debug with grad_accum 2; `layout` None: the single process."""
-    base = recipe_for(None, preset).with_overrides(["train.grad_accum=2", "eval.batches=3"])
+    """recipe_for's gpt-debug with grad_accum 2; `layout` None: the single process.
+    preset "<name>_untied": precision preset <name> with model.tie_embeddings = false."""
+    untied = preset.endswith("_untied")
+    base = recipe_for(None, preset.removesuffix("_untied")).with_overrides(
+        ["train.grad_accum=2", "eval.batches=3"]
+        + (["model.tie_embeddings=false"] if untied else [])
+    )
     if layout is None:
         return base
     if layout in PP_FSDP_LAYOUTS:
