@@ -36,9 +36,12 @@ dp (the gradient is then the global mean) and the reported loss is the mean over
 The pipeline schedule drives FSDP's gradient sync (reduce-scatter after the last
 micro-batch's backward).
 
+Checkpoints: each stage saves the modules it owns under their usual names (its optimizer
+state under its own key); a pp checkpoint resumes only with the same parallel.pp
+(nblab.train.checkpoint refuses another; tested: resuming in the same layout).
+
 Not supported yet (runtime.check_supported refuses it): pp combined with dp_replicate
-or tp.
-Under pp, weight histograms and quantization stats cover rank 0's stage only.
+or tp. Under pp, weight histograms and quantization stats cover rank 0's stage only.
 """
 
 from __future__ import annotations
