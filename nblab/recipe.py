@@ -121,6 +121,7 @@ class ParallelSection:
     tp: int = 1
     pp: int = 1
     nproc: int = 1  # processes in all; must equal dp_replicate * dp_shard * tp * pp
+    pp_schedule: str = "1f1b"  # pipeline schedule when pp > 1: gpipe | 1f1b
 
 
 @dataclass
@@ -160,6 +161,7 @@ DECAYS = ("cosine", "linear", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "bfloat16")
 BACKENDS = ("auto", "reference", "triton")
+PP_SCHEDULES = ("gpipe", "1f1b")  # as nblab.parallel.pipeline.PP_SCHEDULES
 
 # Registries owned by other modules, imported only when a recipe is validated.
 _REGISTRIES = {
@@ -668,6 +670,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "parallel.tp": _int_at_least(1),
     "parallel.pp": _int_at_least(1),
     "parallel.nproc": _int_at_least(1),
+    "parallel.pp_schedule": _choice(PP_SCHEDULES),
     "eval.interval": _int_at_least(0),
     "eval.batches": _int_at_least(1),
     "checkpoint.interval": _int_at_least(0),
@@ -770,6 +773,7 @@ __all__ = [
     "DEVICES",
     "DTYPES",
     "OPTIMIZERS",
+    "PP_SCHEDULES",
     "RECIPE_PRESETS",
     "SECTIONS",
     "CheckpointSection",

@@ -1,6 +1,7 @@
 """Parallel layouts: ParallelDims (the degrees and the one place that validates them),
 the planner (which layouts fit N GPUs, with memory and communication estimates), the
-runtime (mesh, TP / FSDP2 / DDP plan) and the torchrun launcher."""
+runtime (mesh, TP / FSDP2 / DDP plan), pipeline stages (pp, nblab.parallel.pipeline) and
+the torchrun launcher."""
 
 from nblab.parallel.dims import (
     TP_STYLES,

@@ -254,6 +254,28 @@ def context_from(recipe: Any = None, **parts: Any) -> LayoutContext:
     return LayoutContext(**values)
 
 
+def unsupported(dims: ParallelDims, grad_accum: int | None = None) -> str | None:
+    """Why the runtime cannot run this (valid) layout yet, or None. Pipeline parallelism
+    runs alone or with FSDP (pp x dp_shard); pp x dp_replicate and pp x tp are not
+    implemented. At least one micro-batch (train.grad_accum) per stage."""
+    pp = dims.pp
+    if not _is_int(pp) or pp <= 1:
+        return None
+    others = {"dp_replicate": dims.dp_replicate, "tp": dims.tp}
+    combined = [f"{k} {v}" for k, v in others.items() if v != 1]
+    if combined:
+        return (
+            f"pp {pp} with {' x '.join(combined)} is not supported yet: pipeline parallelism "
+            f"runs alone or with dp_shard (parallel.pp > 1 needs dp_replicate = tp = 1)"
+        )
+    if grad_accum is not None and grad_accum < pp:
+        return (
+            f"train.grad_accum {grad_accum} < pp {pp}: the pipeline's micro-batches are the "
+            f"grad_accum micro-batches, at least one per stage (set train.grad_accum >= {pp})"
+        )
+    return None
+
+
 # ---------------------------------------------------------------------------
 # ParallelDims
 # ---------------------------------------------------------------------------
@@ -506,4 +528,5 @@ __all__ = [
     "linear_shapes",
     "model_config",
     "quantized_roles",
+    "unsupported",
 ]

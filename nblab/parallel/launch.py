@@ -100,11 +100,13 @@ def _reap_workers(run_dir: Path, grace: float = 5.0) -> None:
 
 def check_layout(recipe, nproc: int | None = None):
     """The ParallelDims of `recipe` on `nproc` processes (default parallel.nproc), validated:
-    LayoutError lists every problem, NotImplementedError refuses pp > 1."""
+    LayoutError lists every problem, NotImplementedError refuses what the runtime cannot
+    run yet (pp combined with dp or tp; train.grad_accum < pp)."""
     recipe.validate()
     dims = dims_for(recipe, nproc or recipe.parallel.nproc)
-    check_supported(dims)
-    return dims.validate(recipe)
+    dims.validate(recipe)
+    check_supported(dims, recipe)
+    return dims
 
 
 def torchrun_command(run_id: str, home: Path, nproc: int, resume: bool = False) -> list[str]:

@@ -6,7 +6,9 @@
 `plan` enumerates every layout with dp_replicate x dp_shard x tp x pp == gpus and tp
 inside one node, validates each with ParallelDims (a rejected layout keeps the
 validation messages), estimates per-GPU memory and communication per step with the
-formulas below, rejects what does not fit, and ranks the rest by estimated step time.
+formulas below, rejects what does not fit or what the runtime cannot run yet (pp
+combined with dp or tp, grad_accum < pp: dims.unsupported), and ranks the rest by
+estimated step time.
 Everything is arithmetic on the recipe: no torch.distributed, nothing allocated.
 
 Symbols: N params; L n_layers, L_s = L / pp blocks per stage; d d_model; F ffn_hidden;
@@ -87,6 +89,7 @@ from nblab.parallel.dims import (
     context_from,
     linear_shapes,
     quantized_roles,
+    unsupported,
 )
 from nblab_kernels.formats import SCALE_FORMATS
 
@@ -149,6 +152,7 @@ class LayoutEstimate:
     reasons: list[str] = field(default_factory=list)
     rank: int | None = None  # 1 = best, None when rejected
     tokens_per_step: int = 0
+    supported: bool = True  # False: valid, but the runtime cannot run it yet
 
     @property
     def memory_bytes(self) -> float:
@@ -174,6 +178,7 @@ class LayoutEstimate:
             **self.dims.degrees(),
             "valid": self.valid,
             "fits": self.fits,
+            "supported": self.supported,
             **{f"mem_{k}": v for k, v in self.memory.items()},
             **{f"comm_{k}": v for k, v in self.comm.items()},
             "comm_total": self.comm_bytes,
@@ -308,6 +313,9 @@ def estimate_layout(
     est.times = times
     if est.fits:
         est.score = sum(times.values())
+        reason = unsupported(dims, ctx.grad_accum)
+        if reason:  # estimated, but never ranked: nblab run would refuse it
+            est.supported, est.reasons = False, [f"not runnable yet: {reason}"]
     else:
         est.reasons = [
             f"does not fit: {_gb(mem['total'])} > {_gb(gpu_mem_bytes)} (params+grads+optimizer "
@@ -346,9 +354,10 @@ def plan(
     vocab_size: int = DEFAULT_VOCAB_SIZE,
     hardware: Hardware = H100,
 ) -> list[LayoutEstimate]:
-    """Every layout of `gpus` GPUs for `recipe`: first those that are valid and fit in
-    `gpu_mem_bytes`, best first (rank 1..; at most `top` of them), then every rejected
-    layout with its reasons (valid but too big, smallest first; then invalid ones)."""
+    """Every layout of `gpus` GPUs for `recipe`: first those that are valid, fit in
+    `gpu_mem_bytes` and the runtime can run, best first (rank 1..; at most `top` of them),
+    then every rejected layout with its reasons (valid but too big, smallest first; then
+    those the runtime cannot run yet, see dims.unsupported; then invalid ones)."""
     if not isinstance(gpu_mem_bytes, int | float) or not gpu_mem_bytes > 0:
         raise ValueError(f"gpu_mem_bytes={gpu_mem_bytes!r} must be a number of bytes > 0")
     if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 1):
@@ -365,14 +374,16 @@ def plan(
         )
         for dims in layouts(gpus, hardware.gpus_per_node)
     ]
-    ranked = sorted((e for e in estimates if e.fits), key=lambda e: (e.score, e.memory_bytes))
+    runnable = [e for e in estimates if e.fits and e.supported]
+    ranked = sorted(runnable, key=lambda e: (e.score, e.memory_bytes))
     for i, e in enumerate(ranked, 1):
         e.rank = i
     too_big = sorted((e for e in estimates if e.valid and not e.fits), key=lambda e: e.memory_bytes)
+    not_yet = [e for e in estimates if e.fits and not e.supported]
     invalid = [e for e in estimates if not e.valid]
     if top is not None:
         ranked = ranked[:top]
-    return ranked + too_big + invalid
+    return ranked + too_big + not_yet + invalid
 
 
 # ---------------------------------------------------------------------------

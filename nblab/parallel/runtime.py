@@ -26,7 +26,12 @@ Order of the plan (as torchtitan): TP first, then FSDP2 / HSDP / DDP on top.
   is not relied upon, see pytorch issue 162338). The trainer divides the loss by the dp
   degree itself, so the reduced gradient is the mean over the global batch.
 
-Pipeline parallelism (pp > 1) is not supported yet: check_supported() says so.
+Pipeline parallelism (pp > 1, parallel.pp_schedule gpipe | 1f1b): nblab.parallel.pipeline
+splits the model into stages (the trainer builds a Pipeline instead of calling
+apply_parallelism), with FSDP2 over dp_shard on each stage when dp_shard > 1 (pp x
+dp_shard). check_supported() refuses pp combined with dp_replicate or tp, and
+train.grad_accum (the pipeline's micro-batches) < pp. clip_grad_norm_(..., pp=pp)
+all-reduces the squared norms of every stage.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
 
-from nblab.parallel.dims import COLWISE, TP_STYLES, ParallelDims
+from nblab.parallel.dims import COLWISE, TP_STYLES, ParallelDims, unsupported
 
 # ---------------------------------------------------------------------------
 # The process group
@@ -73,13 +78,13 @@ def barrier() -> None:
         dist.barrier()
 
 
-def check_supported(dims: ParallelDims) -> None:
-    """Raise NotImplementedError for degrees the runtime cannot run yet (pp > 1)."""
-    if isinstance(dims.pp, int) and dims.pp > 1:
-        raise NotImplementedError(
-            f"pp > 1 is not supported yet (parallel.pp={dims.pp}); use dp_shard, dp_replicate "
-            f"and tp"
-        )
+def check_supported(dims: ParallelDims, recipe: Any = None) -> None:
+    """Raise NotImplementedError for a layout the runtime cannot run yet: pp combined with
+    dp or tp, or (given the recipe) train.grad_accum < pp (see dims.unsupported)."""
+    grad_accum = recipe.train.grad_accum if recipe is not None else None
+    reason = unsupported(dims, grad_accum)
+    if reason:
+        raise NotImplementedError(reason)
 
 
 def dims_for(recipe: Any, world: int) -> ParallelDims:
@@ -163,7 +168,7 @@ class ParallelContext:
 def init_distributed(recipe: Any) -> ParallelContext | None:
     """Join (or start) the process group torchrun set up and build the mesh; None when this
     is a single process. gloo on CPU, nccl on CUDA. Validates the layout first (LayoutError
-    lists every problem) and refuses pp > 1."""
+    lists every problem) and refuses what check_supported refuses."""
     world = world_size()
     if world <= 1:
         return None
@@ -173,8 +178,8 @@ def init_distributed(recipe: Any) -> ParallelContext | None:
             f"(torchrun --nproc-per-node)"
         )
     dims = dims_for(recipe, world)
-    check_supported(dims)
     dims.validate(recipe)
+    check_supported(dims, recipe)
     device = device_for(recipe)
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
@@ -283,7 +288,8 @@ def apply_data_parallel(
         def wrap(m):
             return replicate(m, mesh=dp_mesh, mp_policy=policy)
 
-    wrapped = [wrap(block) for block in model.layers]
+    # a pipeline stage's model.layers holds parameter-free stand-ins for other stages' blocks
+    wrapped = [wrap(block) for block in model.layers if any(True for _ in block.parameters())]
     wrapped.append(wrap(model))
     for m in wrapped:
         m.set_gradient_divide_factor(1.0)
@@ -295,8 +301,11 @@ def apply_parallelism(
     model: nn.Module, dims: ParallelDims, mesh: DeviceMesh, recipe: Any = None
 ) -> nn.Module:
     """TP, then FSDP2 / HSDP / DDP, on the built-in GPT already on its device (see the
-    module docstring). Returns the same model, changed in place."""
+    module docstring). Returns the same model, changed in place. Pipeline stages are not
+    made here: with pp > 1 the trainer builds a nblab.parallel.pipeline.Pipeline."""
     check_supported(dims)
+    if dims.pp > 1:
+        raise ValueError("apply_parallelism does not split pipeline stages; use Pipeline")
     if not hasattr(model, "layers"):
         raise ValueError(f"{type(model).__name__}: the parallel plan knows the built-in GPT only")
     device = next(model.parameters()).device
@@ -328,10 +337,14 @@ def _copies(t: torch.Tensor, world: int) -> int:
 
 
 @torch.no_grad()
-def clip_grad_norm_(parameters, max_norm: float) -> torch.Tensor:
+def clip_grad_norm_(parameters, max_norm: float, pp: int = 1, duplicates=()) -> torch.Tensor:
     """torch.nn.utils.clip_grad_norm_ for a mix of DTensor and plain gradients: the 2-norm
-    of the FULL gradient (one all-reduce over the world), then scaled in place."""
+    of the FULL gradient (one all-reduce over the world), then scaled in place. With
+    pp > 1 each rank passes its stage's parameters; a tensor is then held by world / pp
+    ranks, not world. `duplicates`: parameters scaled like the others but left out of the
+    norm, because another stage counts them (a tied embedding's second copy)."""
     grads = [p.grad for p in parameters if p.grad is not None]
+    extra = [p.grad for p in duplicates if p.grad is not None]
     if not grads:
         return torch.zeros(())
     world = world_size()
@@ -339,14 +352,14 @@ def clip_grad_norm_(parameters, max_norm: float) -> torch.Tensor:
     device = local[0].device
     total = torch.zeros((), dtype=torch.float64, device=device)
     for g, lg in zip(grads, local, strict=True):
-        total += lg.detach().double().pow(2).sum() / _copies(g, world)
+        total += lg.detach().double().pow(2).sum() / (_copies(g, world) // pp)
     if world > 1:
         dist.all_reduce(total, op=dist.ReduceOp.SUM)
     norm = total.sqrt().float()
     if math.isfinite(max_norm):
         coef = max_norm / (float(norm) + 1e-6)
         if coef < 1.0:
-            for lg in local:
+            for lg in local + [g.to_local() if isinstance(g, DTensor) else g for g in extra]:
                 lg.mul_(coef)
     return norm
 

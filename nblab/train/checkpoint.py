@@ -6,7 +6,12 @@ reproduces the uninterrupted one exactly.
 
 Under a process group every rank calls save() and load() (DCP writes and reads each
 rank's shards); rank 0 alone touches the folders and writes extra.pt (its RNG state).
-A checkpoint saved under one layout loads under another (FSDP 2 -> 1 process, ...).
+A checkpoint saved under one layout loads under another (FSDP 2 -> 1 process, ...),
+except across pipeline degrees: a checkpoint saved with parallel.pp = n (extra.pt
+records it) resumes only with pp = n (load() refuses any other pp before reading).
+Under pp each stage's optimizer state is stored under its own key, optimizer_stage{s}:
+DCP keys the optimizer's param_groups by group index, the same on every stage, so one
+shared "optimizer" key would keep one stage's groups only.
 """
 
 from __future__ import annotations
@@ -67,8 +72,15 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(folder: Path, step: int, model, optimizer, scheduler, keep: int) -> Path:
-    """Write checkpoint `step` under folder/step_NNNNNNN and keep only the last `keep`."""
+def _optimizer_key(pp: int, stage: int) -> str:
+    return "optimizer" if pp == 1 else f"optimizer_stage{stage}"
+
+
+def save(
+    folder: Path, step: int, model, optimizer, scheduler, keep: int, pp: int = 1, stage: int = 0
+) -> Path:
+    """Write checkpoint `step` under folder/step_NNNNNNN and keep only the last `keep`.
+    pp, stage: the run's pipeline degree and this rank's stage (it saves what it owns)."""
     path = folder / f"{_PREFIX}{step:07d}"
     tmp = folder / f".{path.name}.partial"
     if _rank0():
@@ -76,13 +88,14 @@ def save(folder: Path, step: int, model, optimizer, scheduler, keep: int) -> Pat
     _barrier()
     state = {
         "model": get_model_state_dict(model),
-        "optimizer": get_optimizer_state_dict(model, optimizer),
+        _optimizer_key(pp, stage): get_optimizer_state_dict(model, optimizer),
     }
     with _single_process_ok():
         dcp.save(state, checkpoint_id=tmp)
     _barrier()  # every rank's shards are written
     if _rank0():
         extra = {"step": step, "scheduler": scheduler.state_dict(), "rng": _rng_state()}
+        extra["pp"] = pp
         torch.save(extra, tmp / "extra.pt")
         shutil.rmtree(path, ignore_errors=True)
         tmp.rename(path)  # a checkpoint folder is complete or absent
@@ -103,17 +116,25 @@ def latest(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load(path: Path, model, optimizer, scheduler) -> int:
-    """Restore everything saved at `path`; returns the step to continue from."""
+def load(path: Path, model, optimizer, scheduler, pp: int = 1, stage: int = 0) -> int:
+    """Restore everything saved at `path`; returns the step to continue from. pp, stage:
+    the resuming run's pipeline degree (it must be the saved one) and this rank's stage."""
+    extra = torch.load(path / "extra.pt", weights_only=False)
+    saved_pp = int(extra.get("pp", 1))
+    if saved_pp != pp:
+        raise NotImplementedError(
+            f"checkpoint {path.name} was saved with parallel.pp={saved_pp} and cannot resume "
+            f"with parallel.pp={pp}: resharding across pipeline degrees is not supported; "
+            f"resume with parallel.pp={saved_pp}"
+        )
     state = {
         "model": get_model_state_dict(model),
-        "optimizer": get_optimizer_state_dict(model, optimizer),
+        _optimizer_key(pp, stage): get_optimizer_state_dict(model, optimizer),
     }
     with _single_process_ok():
         dcp.load(state, checkpoint_id=path)
     set_model_state_dict(model, state["model"])
-    set_optimizer_state_dict(model, optimizer, state["optimizer"])
-    extra = torch.load(path / "extra.pt", weights_only=False)
+    set_optimizer_state_dict(model, optimizer, state[_optimizer_key(pp, stage)])
     scheduler.load_state_dict(extra["scheduler"])
     _set_rng_state(extra["rng"])
     return int(extra["step"])

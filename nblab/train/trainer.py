@@ -10,6 +10,12 @@ rank: nblab.parallel.runtime builds the mesh and applies TP / FSDP2 / DDP, each 
 takes its rows of the same global micro-batch, the loss is divided by grad_accum x dp
 before backward (gradients are SUM-reduced), and only rank 0 writes to the store.
 `train()` of a recipe with parallel.nproc > 1 from a single process launches torchrun.
+
+With parallel.pp > 1 (pipeline parallelism, nblab.parallel.pipeline) each rank keeps one
+stage of the model; a step stacks its grad_accum micro-batches and runs the pipeline
+schedule (gpipe or 1f1b) over them; the loss comes from the last stage, the gradient
+norm is clipped over every stage. Weight histograms and quantization stats then cover
+rank 0's stage (stage 0) only.
 """
 
 from __future__ import annotations
@@ -115,10 +121,16 @@ class Trainer:
             )
         self.plan = apply_precision(model, recipe.precision, backend=recipe.precision.backend)
         self.model = model.to(self.device)
+        # of the whole model: a pipeline stage holds only part of it
+        self._flops_per_token = flops_per_token(self.model, t.seq_len)
+        self.pipeline = None
         if self.parallel is not None:
             p = self.parallel
             p.dims.validate(recipe, vocab_size=self.dataset.vocab_size)
-            runtime.apply_parallelism(self.model, p.dims, p.mesh, recipe)
+            if p.dims.pp > 1:
+                self.pipeline = self._build_pipeline()
+            else:
+                runtime.apply_parallelism(self.model, p.dims, p.mesh, recipe)
             log.info("parallel layout: %s on %d processes (%s)", p.dims, p.world_size, p.device)
         self.step_fn = torch.compile(self.model) if t.compile else self.model
         self.optimizer = runtime.unmix_optimizer(build_optimizer(self.model, recipe.optimizer))
@@ -129,6 +141,23 @@ class Trainer:
         self._interval_start = (time.perf_counter(), 0)  # (time, tokens)
         self._tokens = 0
         self._losses: list[float] = []
+
+    def _build_pipeline(self):
+        from nblab.parallel.pipeline import Pipeline
+
+        t, e = self.recipe.train, self.recipe.eval
+        pp = self.parallel.dims.pp
+        if t.compile:
+            raise NotImplementedError(
+                f"train.compile=true with parallel.pp={pp} is not supported yet; set "
+                f"train.compile=false"
+            )
+        if isinstance(self.dataset, AdditionDataset) and e.interval:
+            raise NotImplementedError(
+                f"data.name='addition' evaluates exact-match accuracy by generation, which "
+                f"parallel.pp={pp} does not support yet; set eval.interval=0 or parallel.pp=1"
+            )
+        return Pipeline(self.model, self.parallel, self.recipe)
 
     # -- pieces -------------------------------------------------------------------
 
@@ -166,6 +195,8 @@ class Trainer:
         qlinears = quant_linears(self.model)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.pipeline is not None:
+            return self._pipeline_step(qlinears, record)
         total = 0.0
         for micro in range(t.grad_accum):
             for q in qlinears.values():
@@ -183,6 +214,34 @@ class Trainer:
             grad_norm = float(runtime.clip_grad_norm_(self.model.parameters(), clip))
         else:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        return self._finish_step(loss_value, grad_norm, qlinears if record else {})
+
+    def _pipeline_step(self, qlinears: dict, record: bool) -> float:
+        """train_step under pp > 1: the schedule runs the grad_accum micro-batches (stacked
+        into one batch it splits again), the loss comes from the last stage."""
+        t = self.recipe.train
+        for q in qlinears.values():
+            q.recording = record and self.rank0
+        xs, ys = [], []
+        for micro in range(t.grad_accum):
+            x, y = self._batch("train", _batch_generator(t.seed, self.step, micro))
+            xs.append(x)
+            ys.append(y)
+        with self._autocast():
+            loss_value = self._mean(self.pipeline.train_step(torch.cat(xs), torch.cat(ys)))
+        for q in qlinears.values():  # micro-batch 0's stats: the first record of each role
+            q.recording = False
+            seen = set()
+            q.recorded[:] = [r for r in q.recorded if not (r[0] in seen or seen.add(r[0]))]
+        self.pipeline.sync_tied_grads()
+        clip = t.grad_clip if t.grad_clip > 0 else math.inf
+        counted, duplicates = self.pipeline.norm_parameters()
+        pp = self.pipeline.pp
+        grad_norm = float(runtime.clip_grad_norm_(counted, clip, pp=pp, duplicates=duplicates))
+        return self._finish_step(loss_value, grad_norm, qlinears if record else {})
+
+    def _finish_step(self, loss_value: float, grad_norm: float, recorded: dict) -> float:
+        t = self.recipe.train
         step = self.step + 1
         if not math.isfinite(loss_value):
             raise Diverged(step, f"loss is {loss_value}")
@@ -194,7 +253,7 @@ class Trainer:
         self.step = step
         self._tokens += t.batch_size * t.seq_len
         self._losses.append(loss_value)
-        self._log_step(lr, grad_norm, qlinears if record else {})
+        self._log_step(lr, grad_norm, recorded)
         return loss_value
 
     @torch.no_grad()
@@ -203,6 +262,12 @@ class Trainer:
         e, t = self.recipe.eval, self.recipe.train
         self.model.eval()
         generator = torch.Generator().manual_seed(t.seed + 7919)
+        if self.pipeline is not None:
+            batches = [self._batch("val", generator) for _ in range(e.batches)]
+            with self._autocast():
+                losses = self.pipeline.eval_losses(batches)
+            self.model.train()
+            return {"val_loss": self._mean(sum(losses) / len(losses))}
         losses = []
         for _ in range(e.batches):
             x, y = self._batch("val", generator)
@@ -242,7 +307,7 @@ class Trainer:
         now = time.perf_counter()
         start, tokens0 = self._interval_start
         tokens_per_s = (self._tokens - tokens0) / max(now - start, 1e-9)
-        tflops = flops_per_token(self.model, t.seq_len) * tokens_per_s / 1e12
+        tflops = self._flops_per_token * tokens_per_s / 1e12
         values = {
             "loss": sum(self._losses) / len(self._losses),
             "lr": lr,
@@ -263,6 +328,12 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------
 
+    @property
+    def _pp(self) -> tuple[int, int]:
+        """(pipeline degree, this rank's stage): (1, 0) without a pipeline."""
+        p = self.pipeline
+        return (p.pp, p.stage_index) if p is not None else (1, 0)
+
     def _checkpoint_folder(self) -> Path | None:
         return None if self.run_dir is None else self.run_dir / "checkpoints"
 
@@ -270,7 +341,9 @@ class Trainer:
         folder = self._checkpoint_folder()
         if folder is not None:
             keep = self.recipe.checkpoint.keep
-            checkpoint.save(folder, self.step, self.model, self.optimizer, self.scheduler, keep)
+            pp, stage = self._pp
+            args = (self.model, self.optimizer, self.scheduler)
+            checkpoint.save(folder, self.step, *args, keep, pp, stage)
 
     def resume(self) -> bool:
         """Continue from the latest checkpoint in the run folder, if there is one."""
@@ -278,7 +351,7 @@ class Trainer:
         path = None if folder is None else checkpoint.latest(folder)
         if path is None:
             return False
-        self.step = checkpoint.load(path, self.model, self.optimizer, self.scheduler)
+        self.step = checkpoint.load(path, self.model, self.optimizer, self.scheduler, *self._pp)
         if self.writer is not None:  # steps after the checkpoint are about to run again
             self.writer.store.rewind(self.writer.run_id, self.step)
         self._tokens = self.step * self.recipe.train.batch_size * self.recipe.train.seq_len

@@ -1,6 +1,7 @@
 """Run by test_runtime.py under `torchrun --standalone --nproc-per-node 2` (gloo, CPU).
 
     python -m torch.distributed.run --standalone --nproc-per-node 2 dist_worker.py OUT
+    python -m torch.distributed.run --standalone --nproc-per-node 4 dist_worker.py OUT pp_fsdp
 
 One process group, several layouts one after another (each builds its own mesh). Rank 0
 saves what it measured to OUT/*.pt; the test compares it with single-process runs.
@@ -39,6 +40,51 @@ def recipe_for(layout: str | None, preset: str = "bf16") -> Recipe:
         ]
     )
     return base.with_overrides(LAYOUTS[layout][0]) if layout else base
+
+
+# pipeline layouts (pp 2 alone): name -> (parallel.pp_schedule, precision preset). The
+# pipeline's micro-batches are train.grad_accum's, so these recipes (and their
+# single-process references) use grad_accum 2; eval.batches 3 pads the last eval call.
+PP_LAYOUTS = {
+    "pp_gpipe": ("gpipe", "bf16"),
+    "pp_1f1b": ("1f1b", "bf16"),
+    "pp_gpipe_mxfp4": ("gpipe", "mxfp4"),
+    "pp_1f1b_mxfp4": ("1f1b", "mxfp4"),
+    "pp_gpipe_untied": ("gpipe", "bf16_untied"),  # model.tie_embeddings = false
+}
+# pp 2 x dp_shard 2 on 4 processes (the second torchrun job)
+PP_FSDP_LAYOUTS = {
+    "pp_fsdp_1f1b": ("1f1b", "bf16"),
+    "pp_fsdp_gpipe_mxfp4": ("gpipe", "mxfp4"),
+}
+
+
+def pp_recipe(layout: str | None, preset: str = "bf16") -> Recipe:
+    """recipe_for's gpt-debug with grad_accum 2; `layout` None: the single process.
+    preset "<name>_untied": precision preset <name> with model.tie_embeddings = false."""
+    untied = preset.endswith("_untied")
+    base = recipe_for(None, preset.removesuffix("_untied")).with_overrides(
+        ["train.grad_accum=2", "eval.batches=3"]
+        + (["model.tie_embeddings=false"] if untied else [])
+    )
+    if layout is None:
+        return base
+    if layout in PP_FSDP_LAYOUTS:
+        schedule = PP_FSDP_LAYOUTS[layout][0]
+        pp = ["parallel.pp=2", "parallel.dp_shard=2", "parallel.nproc=4"]
+        return base.with_overrides([*pp, f"parallel.pp_schedule={schedule}"])
+    schedule = PP_LAYOUTS[layout][0]
+    pp = ["parallel.pp=2", "parallel.nproc=2", f"parallel.pp_schedule={schedule}"]
+    if layout == "pp_gpipe_mxfp4":  # the stats / histogram code paths under pp, too
+        pp += ["metrics.stats_interval=1", "metrics.histogram_interval=1"]
+    return base.with_overrides(pp)
+
+
+def gathered(d: dict) -> dict:
+    """Every rank's dict merged (each pipeline stage holds its own parameters)."""
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, d)
+    return {k: v for part in parts for k, v in part.items()}
 
 
 def full_grads(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -101,6 +147,40 @@ def quant_tp(out: Path, name: str, spec) -> None:
         )
 
 
+def pipeline_runs(out: Path, dataset, layouts: dict, checkpointed: str) -> None:
+    """3 steps of each pipeline layout (checkpoint of `checkpointed` at step 2), then that
+    checkpoint resumed in the same layout; rank 0 saves OUT/{layout}.pt, OUT/{..}_resume.pt."""
+    rank0 = dist.get_rank() == 0
+    for layout, (_, preset) in layouts.items():
+        trainer = Trainer(pp_recipe(layout, preset), dataset=dataset, run_dir=out / f"run_{layout}")
+        losses = [trainer.train_step(), trainer.train_step()]
+        grads = gathered(full_grads(trainer.model))
+        params = gathered(full_params(trainer.model))
+        if layout == checkpointed:
+            trainer.save_checkpoint()  # step 2, one stage per rank
+        losses.append(trainer.train_step())
+        val_loss = trainer.evaluate()["val_loss"]
+        every_rank = gathered({dist.get_rank(): (losses, val_loss)})
+        result = {"losses": losses, "grads": grads, "params": params, "val_loss": val_loss}
+        result["every_rank"] = every_rank
+        if rank0:
+            torch.save(result, out / f"{layout}.pt")
+    # resume the checkpoint of step 2 in the same layout
+    recipe = pp_recipe(checkpointed, layouts[checkpointed][1])
+    trainer = Trainer(recipe, dataset=dataset, run_dir=out / f"run_{checkpointed}")
+    resumed = trainer.resume()
+    loss = trainer.train_step()
+    if rank0:
+        result = {"resumed": resumed, "step": trainer.step, "loss": loss}
+        torch.save(result, out / f"{checkpointed}_resume.pt")
+
+
+def main_pp_fsdp(out: Path) -> None:
+    dist.init_process_group("gloo")
+    pipeline_runs(out, build_data(recipe_for(None)), PP_FSDP_LAYOUTS, "pp_fsdp_1f1b")
+    dist.destroy_process_group()
+
+
 def main(out: Path) -> None:
     dist.init_process_group("gloo")
     rank0 = dist.get_rank() == 0
@@ -126,6 +206,9 @@ def main(out: Path) -> None:
         if rank0:
             torch.save(result, out / f"{layout}.pt")
 
+    # pipeline parallelism: pp 2, GPipe and 1F1B, bf16 and mxfp4
+    pipeline_runs(out, dataset, PP_LAYOUTS, "pp_1f1b")
+
     # 1 -> 2: resume the single-process checkpoint the test wrote under FSDP 2
     trainer = Trainer(recipe_for("fsdp"), dataset=dataset, run_dir=out / "run_single")
     resumed = trainer.resume()
@@ -136,4 +219,7 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    if sys.argv[2:] == ["pp_fsdp"]:
+        main_pp_fsdp(Path(sys.argv[1]))
+    else:
+        main(Path(sys.argv[1]))

@@ -1,9 +1,9 @@
 """The parallel runtime on CPU with gloo, 2 processes: each layout against one process.
 
-One torchrun job (dist_worker.py) runs FSDP 2, DDP 2 and TP 2 through the real Trainer and
-the QuantLinear TP check; the tests here compare what it saved with single-process runs of
-the same recipe, seed and global batch. Two more jobs run `nblab run --nproc 2` end to end
-and a run whose rank 1 raises.
+One torchrun job (dist_worker.py) runs FSDP 2, DDP 2, TP 2 and PP 2 (GPipe and 1F1B, bf16
+and mxfp4) through the real Trainer and the QuantLinear TP check; the tests here compare
+what it saved with single-process runs of the same recipe, seed and global batch. Two
+more jobs run `nblab run --nproc 2` end to end and a run whose rank 1 raises.
 """
 
 import os
@@ -22,7 +22,16 @@ from nblab.runs.liveness import pid_alive
 from nblab.train.trainer import Trainer, build_data
 
 sys.path.insert(0, str(Path(__file__).parent))
-from dist_worker import LAYOUTS, fixed_batch, full_grads, full_params, recipe_for  # noqa: E402
+from dist_worker import (  # noqa: E402
+    LAYOUTS,
+    PP_FSDP_LAYOUTS,
+    PP_LAYOUTS,
+    fixed_batch,
+    full_grads,
+    full_params,
+    pp_recipe,
+    recipe_for,
+)
 
 WORKER = Path(__file__).parent / "dist_worker.py"
 # fp32 on CPU: only the order of the sums differs between 1 and 2 ranks
@@ -57,6 +66,21 @@ def single(dataset, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def single_pp(dataset):
+    """1-process references of the pipeline layouts: grad_accum 2, one run per preset (the
+    schedule changes nothing in one process)."""
+    results = {}
+    for preset in sorted({preset for _, preset in PP_LAYOUTS.values()}):
+        trainer = Trainer(pp_recipe(None, preset), dataset=dataset)
+        losses = [trainer.train_step(), trainer.train_step()]
+        grads, params = full_grads(trainer.model), full_params(trainer.model)
+        losses.append(trainer.train_step())
+        val_loss = trainer.evaluate()["val_loss"]
+        results[preset] = {"losses": losses, "grads": grads, "params": params, "val": val_loss}
+    return results
+
+
+@pytest.fixture(scope="module")
 def parallel(single, tmp_path_factory):
     """What the 2-rank torchrun job measured (it also resumes `single`'s fsdp checkpoint)."""
     out = tmp_path_factory.mktemp("parallel")
@@ -69,6 +93,24 @@ def parallel(single, tmp_path_factory):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     print(f"torchrun job: {time.perf_counter() - start:.1f} s")
+    return out
+
+
+@pytest.fixture(scope="module")
+def parallel_4(tmp_path_factory):
+    """The 4-rank torchrun job: pp 2 x dp_shard 2 (dist_worker.py OUT pp_fsdp)."""
+    out = tmp_path_factory.mktemp("parallel_4")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4"]
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [*cmd, str(WORKER), str(out), "pp_fsdp"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_env(),
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    print(f"torchrun job (4 ranks): {time.perf_counter() - start:.1f} s")
     return out
 
 
@@ -127,12 +169,90 @@ def test_checkpoint_reshards_between_two_ranks_and_one(parallel, single, dataset
     assert from_1["loss"] == pytest.approx(single[1]["fsdp"]["losses"][2], abs=1e-5)
 
 
-def test_pp_is_refused_before_launch():
-    recipe = recipe_for(None).with_overrides(["parallel.pp=2", "parallel.nproc=2"])
-    with pytest.raises(NotImplementedError, match="pp > 1 is not supported yet"):
-        check_layout(recipe)
-    with pytest.raises(NotImplementedError, match="pp > 1"):
-        runtime.check_supported(ParallelDims(pp=2, dp_shard=2))
+def _tied(got: dict) -> dict:
+    """A pipeline's parameters by single-process name: the last stage's copy of the tied
+    embedding (lm_head.weight) must equal stage 0's tok_emb.weight, then it is dropped."""
+    got = dict(got)
+    head = got.pop("lm_head.weight")
+    assert torch.equal(head, got["tok_emb.weight"])
+    return got
+
+
+def _check_pipeline(got: dict, ref: dict) -> None:
+    tied = "lm_head.weight" not in ref["grads"]  # one process lists a tied tensor once
+    grads, params = (
+        (_tied(got["grads"]), _tied(got["params"])) if tied else (got["grads"], got["params"])
+    )
+    assert _max_diff(grads, ref["grads"]) < ATOL
+    assert _max_diff(params, ref["params"]) < ATOL
+    assert got["losses"] == pytest.approx(ref["losses"], abs=1e-5)
+    assert got["val_loss"] == pytest.approx(ref["val"], abs=1e-5)
+    assert all(v == (got["losses"], got["val_loss"]) for v in got["every_rank"].values())
+    assert max(float(g.abs().max()) for g in ref["grads"].values()) > 1e-3
+
+
+@pytest.mark.parametrize("layout", list(PP_LAYOUTS))
+def test_pipeline_2_stages_equal_one_process(parallel, single_pp, layout):
+    """PP 2 (GPipe / 1F1B; bf16 and mxfp4; tied and untied embeddings) against one
+    process, same seed and global batch of grad_accum 2 micro-batches. The micro-batches,
+    and so every quantization group, are the same; only fp32 summation order differs (the
+    schedule divides the summed micro-batch gradients by 2, one process sums the halves),
+    so ATOL 1e-5 for gradients, weights and losses. The tied embedding's two copies stay
+    equal; every rank reports the last stage's loss."""
+    _check_pipeline(_load(parallel, layout), single_pp[PP_LAYOUTS[layout][1]])
+
+
+@pytest.mark.parametrize("layout", list(PP_FSDP_LAYOUTS))
+def test_pipeline_2_stages_x_fsdp_2_equal_one_process(parallel_4, single_pp, layout):
+    """PP 2 x dp_shard 2 on 4 ranks: each dp rank feeds one of each micro-batch's two
+    sequences, FSDP SUM-reduces, the loss_fn divides by dp. mxfp4 groups run along the
+    features (32) and the 32-token sequence, so one sequence per rank quantizes the same
+    groups as one process. Same tolerance as above (summation order only)."""
+    _check_pipeline(_load(parallel_4, layout), single_pp[PP_FSDP_LAYOUTS[layout][1]])
+    resumed = _load(parallel_4, "pp_fsdp_1f1b_resume")
+    assert resumed["resumed"] and resumed["step"] == 3
+    losses = _load(parallel_4, "pp_fsdp_1f1b")["losses"]
+    assert resumed["loss"] == pytest.approx(losses[2], abs=1e-6)
+
+
+def test_pipeline_checkpoint_resumes_in_the_same_layout_only(parallel, dataset):
+    """Saved under PP 2 at step 2 and resumed under PP 2: step 3's loss is the
+    uninterrupted run's. One process refuses it (no resharding across pp degrees)."""
+    resumed = _load(parallel, "pp_1f1b_resume")
+    assert resumed["resumed"] and resumed["step"] == 3
+    assert resumed["loss"] == pytest.approx(_load(parallel, "pp_1f1b")["losses"][2], abs=1e-6)
+    trainer = Trainer(pp_recipe(None), dataset=dataset, run_dir=parallel / "run_pp_1f1b")
+    with pytest.raises(NotImplementedError, match="saved with parallel.pp=2 and cannot resume"):
+        trainer.resume()
+
+
+def test_pp_layouts_the_runtime_cannot_run_are_refused_before_launch():
+    pp2 = recipe_for(None).with_overrides(["parallel.pp=2", "parallel.nproc=2"])
+    with pytest.raises(NotImplementedError, match="train.grad_accum 1 < pp 2"):
+        check_layout(pp2)
+    assert check_layout(pp2.with_overrides(["train.grad_accum=2"])).pp == 2
+    ddp = ["parallel.dp_replicate=2", "parallel.nproc=4", "train.grad_accum=2"]
+    with pytest.raises(NotImplementedError, match="pp 2 with dp_replicate 2 is not supported"):
+        check_layout(pp2.with_overrides(ddp))
+    fsdp = ["parallel.dp_shard=2", "parallel.nproc=4", "train.grad_accum=2"]
+    assert check_layout(pp2.with_overrides(fsdp)).dp_shard == 2
+    with pytest.raises(NotImplementedError, match="pp 2 with tp 2 is not supported yet"):
+        runtime.check_supported(ParallelDims(pp=2, tp=2))
+
+
+def test_pp_that_does_not_divide_the_layers_is_refused_before_launch(tmp_path):
+    recipe = recipe_for(None).with_overrides(
+        [
+            "model.flavour=tiny",
+            "parallel.pp=3",
+            "parallel.nproc=3",
+            "train.grad_accum=3",
+            "train.batch_size=6",
+        ]
+    )
+    with pytest.raises(ValueError, match="pp 3 does not divide n_layers 4"):
+        launch(recipe, store=RunStore(tmp_path))
+    assert RunStore(tmp_path).runs().empty
 
 
 def test_invalid_layout_is_refused_before_launch(tmp_path):

@@ -401,6 +401,10 @@ INVALID = [
     ({"precision": {"keep_high_precision": [1]}}, "precision.keep_high_precision: [1]"),
     ({"parallel": {"tp": 0}}, "parallel.tp: 0 -> an integer >= 1"),
     (
+        {"parallel": {"pp_schedule": "zigzag"}},
+        "parallel.pp_schedule: 'zigzag' -> one of gpipe, 1f1b",
+    ),
+    (
         {"parallel": {"tp": 2, "dp_shard": 2}},
         "parallel.nproc: 1 -> dp_replicate=1 * dp_shard=2 * tp=2 * pp=1 = 4",
     ),
