@@ -1,5 +1,5 @@
-"""notebooks/parallel_layouts.ipynb, headless: the plan prints, both layouts train and
-the FSDP 2 run's losses equal the single process's."""
+"""notebooks/parallel_layouts.ipynb, headless: the plan prints, the layouts train and
+the FSDP 2 and PP 2 runs' losses equal the single process's."""
 
 from pathlib import Path
 
@@ -17,7 +17,11 @@ def test_parallel_layouts_notebook_plans_runs_and_compares(tmp_path, monkeypatch
         tmp_path / "out.ipynb",
         {
             "steps": 3,
-            "layouts": {"single": [], "fsdp2": ["parallel.nproc=2", "parallel.dp_shard=2"]},
+            "layouts": {
+                "single": [],
+                "fsdp2": ["parallel.nproc=2", "parallel.dp_shard=2"],
+                "pp2": ["parallel.nproc=2", "parallel.pp=2"],
+            },
             "sweep_name": "layouts",
         },
         execution_timeout=600,
@@ -28,10 +32,11 @@ def test_parallel_layouts_notebook_plans_runs_and_compares(tmp_path, monkeypatch
     store = RunStore(home)
     runs = store.runs(sweep="layouts").set_index("name")
     assert set(runs.status) == {"succeeded"} and set(runs.step) == {3}
-    single, fsdp = (
+    single, fsdp, pp = (
         store.metrics(runs.run_id[f"layout-{n}"], keys="loss").value.to_numpy()
-        for n in ("single", "fsdp2")
+        for n in ("single", "fsdp2", "pp2")
     )
-    assert len(single) == 3 and abs(single - fsdp).max() < 1e-4
+    assert len(single) == 3
+    assert abs(single - fsdp).max() < 1e-4 and abs(single - pp).max() < 1e-4
     html = "".join(o["data"].get("text/html", "") for o in outputs if "data" in o)
     assert "max |loss - single|" in html  # the comparison table rendered
