@@ -215,6 +215,12 @@ def main(out: Path) -> None:
     loss = trainer.train_step()
     if rank0:
         torch.save({"resumed": resumed, "step": trainer.step, "loss": loss}, out / "from_1.pt")
+    # FSDP 2 -> TP 2: the step-2 checkpoint of the fsdp layout, resharded onto tp 2
+    trainer = Trainer(recipe_for("tp", "bf16"), dataset=dataset, run_dir=out / "run_fsdp")
+    resumed = trainer.resume()
+    loss = trainer.train_step()
+    if rank0:
+        torch.save({"resumed": resumed, "step": trainer.step, "loss": loss}, out / "fsdp_to_tp.pt")
     dist.destroy_process_group()
 
 

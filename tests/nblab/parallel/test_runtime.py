@@ -158,8 +158,8 @@ def test_quant_linear_under_tp_quantizes_local_shards(parallel):
 
 
 def test_checkpoint_reshards_between_two_ranks_and_one(parallel, single, dataset):
-    """Saved under FSDP 2 at step 2, resumed by one process: step 3's loss is the
-    uninterrupted run's. And the single process's checkpoint resumed under FSDP 2."""
+    """Saved under FSDP 2 at step 2, resumed by one process and by TP 2: step 3's loss is
+    the uninterrupted run's. And the single process's checkpoint resumed under FSDP 2."""
     fsdp = _load(parallel, "fsdp")
     trainer = Trainer(recipe_for(None), dataset=dataset, run_dir=parallel / "run_fsdp")
     assert trainer.resume() and trainer.step == 2
@@ -167,6 +167,10 @@ def test_checkpoint_reshards_between_two_ranks_and_one(parallel, single, dataset
     from_1 = _load(parallel, "from_1")
     assert from_1["resumed"] and from_1["step"] == 3
     assert from_1["loss"] == pytest.approx(single[1]["fsdp"]["losses"][2], abs=1e-5)
+    # and the FSDP 2 checkpoint resumed under TP 2 (its weights split by heads instead)
+    to_tp = _load(parallel, "fsdp_to_tp")
+    assert to_tp["resumed"] and to_tp["step"] == 3
+    assert to_tp["loss"] == pytest.approx(fsdp["losses"][2], abs=1e-5)
 
 
 def _tied(got: dict) -> dict:
