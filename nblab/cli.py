@@ -25,6 +25,7 @@ cancelled, 2 bad recipe, sweep or arguments.
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 from pathlib import Path
@@ -32,16 +33,35 @@ from pathlib import Path
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-def _load_recipe(source: str, overrides: list[str], name: str | None):
+def _load_recipe(source: str, overrides: list[str], name: str | None, nproc: int | None = None):
+    """The recipe `source` (a preset name or a TOML file) with the --set overrides, the
+    name and --nproc applied together, so that e.g. `--nproc 2 --set parallel.pp=2` is
+    validated as one recipe."""
     from nblab.recipe import RECIPE_PRESETS, Recipe
 
     if source in RECIPE_PRESETS and not Path(source).exists():
         recipe = Recipe.preset(source)
     else:
         recipe = Recipe.from_toml(Path(source))
+    overrides = list(overrides)
     if name:
-        overrides = [*overrides, f"name={name}"]
+        overrides.append(f"name={name}")
+    if nproc is not None:
+        overrides += _nproc_overrides(recipe, overrides, nproc)
     return recipe.with_overrides(overrides) if overrides else recipe
+
+
+PARALLEL_DEGREES = ("dp_replicate", "dp_shard", "tp", "pp")
+
+
+def _nproc_overrides(recipe, overrides: list[str], nproc: int) -> list[str]:
+    """parallel.nproc = nproc; and dp_shard = nproc when neither the recipe nor the
+    overrides set a parallel degree (plain `--nproc N` means FSDP over N processes)."""
+    named = {o.split("=", 1)[0].strip() for o in overrides}
+    degrees = [getattr(recipe.parallel, d) for d in PARALLEL_DEGREES]
+    if named & {f"parallel.{d}" for d in PARALLEL_DEGREES} or math.prod(degrees) != 1:
+        return [f"parallel.nproc={nproc}"]
+    return [f"parallel.nproc={nproc}", f"parallel.dp_shard={nproc}"]
 
 
 def _progress_bar(total: int, initial: int):
@@ -66,15 +86,6 @@ def _cancel_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def _with_nproc(recipe, nproc: int):
-    """parallel.nproc = nproc; when the recipe's degrees are all 1, dp_shard = nproc."""
-    p = recipe.parallel
-    overrides = [f"parallel.nproc={nproc}"]
-    if p.dp_replicate * p.dp_shard * p.tp * p.pp == 1:
-        overrides.append(f"parallel.dp_shard={nproc}")
-    return recipe.with_overrides(overrides)
-
-
 def cmd_run(args) -> int:
     from nblab.recipe import Recipe, RecipeError
     from nblab.runs import RunStore
@@ -82,6 +93,9 @@ def cmd_run(args) -> int:
 
     store = RunStore()
     try:
+        if args.resume and args.nproc is not None:
+            print("--resume runs with the run's own parallel.nproc", file=sys.stderr)
+            return EXIT_USAGE
         if args.resume:
             if args.recipe or args.set:
                 print("--resume takes the run's own recipe; drop RECIPE and --set", file=sys.stderr)
@@ -91,12 +105,7 @@ def cmd_run(args) -> int:
             print("nblab run: give a RECIPE (a .toml file or a preset name)", file=sys.stderr)
             return EXIT_USAGE
         else:
-            recipe = _load_recipe(args.recipe, args.set, args.name)
-        if args.nproc is not None:
-            if args.resume:
-                print("--resume runs with the run's own parallel.nproc", file=sys.stderr)
-                return EXIT_USAGE
-            recipe = _with_nproc(recipe, args.nproc)
+            recipe = _load_recipe(args.recipe, args.set, args.name, args.nproc)
         if recipe.parallel.nproc > 1:
             from nblab.parallel.launch import check_layout
 
