@@ -41,7 +41,8 @@ state under its own key); a pp checkpoint resumes only with the same parallel.pp
 (nblab.train.checkpoint refuses another; tested: resuming in the same layout).
 
 Not supported yet (runtime.check_supported refuses it): pp combined with dp_replicate
-or tp. Under pp, weight histograms and quantization stats cover rank 0's stage only.
+or tp. Under pp, every stage records its modules' quantization stats and weight
+histograms; rank 0 gathers them (Trainer._log_step).
 """
 
 from __future__ import annotations

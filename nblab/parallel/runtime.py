@@ -395,6 +395,14 @@ class _Gathered(nn.Module):
 
 
 @torch.no_grad()
+def gather_to_rank0(items: list, *, contribute: bool = True) -> list:
+    """On rank 0: the `items` of every rank that contributes, concatenated in rank order;
+    [] on the other ranks. A collective: every rank calls it (small picklable items)."""
+    parts = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(items if contribute else [], parts, dst=0)
+    return [item for part in parts for item in part] if parts is not None else []
+
+
 def gathered_linears(model: nn.Module) -> nn.Module:
     """Every nn.Linear of `model` by name, each with its whole weight (DTensor shards are
     gathered: every rank must call this, in the same order). Shares storage where the
@@ -421,6 +429,7 @@ __all__ = [
     "device_for",
     "dims_for",
     "full_tensor",
+    "gather_to_rank0",
     "gathered_linears",
     "init_distributed",
     "is_rank0",

@@ -14,8 +14,8 @@ before backward (gradients are SUM-reduced), and only rank 0 writes to the store
 With parallel.pp > 1 (pipeline parallelism, nblab.parallel.pipeline) each rank keeps one
 stage of the model; a step stacks its grad_accum micro-batches and runs the pipeline
 schedule (gpipe or 1f1b) over them; the loss comes from the last stage, the gradient
-norm is clipped over every stage. Weight histograms and quantization stats then cover
-rank 0's stage (stage 0) only.
+norm is clipped over every stage. Each stage's first dp rank records its modules'
+quantization stats and weight histograms, and rank 0 gathers them from every stage.
 """
 
 from __future__ import annotations
@@ -201,7 +201,7 @@ class Trainer:
         for micro in range(t.grad_accum):
             for q in qlinears.values():
                 # one micro-batch is a fair sample; rank 0's local shards under TP
-                q.recording = record and micro == 0 and self.rank0
+                q.recording = record and micro == 0 and self._records
             x, y = self._batch("train", _batch_generator(t.seed, self.step, micro))
             with self._autocast():
                 _, loss = self.step_fn(x, y)
@@ -214,14 +214,14 @@ class Trainer:
             grad_norm = float(runtime.clip_grad_norm_(self.model.parameters(), clip))
         else:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
-        return self._finish_step(loss_value, grad_norm, qlinears if record else {})
+        return self._finish_step(loss_value, grad_norm, qlinears if record else None)
 
     def _pipeline_step(self, qlinears: dict, record: bool) -> float:
         """train_step under pp > 1: the schedule runs the grad_accum micro-batches (stacked
         into one batch it splits again), the loss comes from the last stage."""
         t = self.recipe.train
         for q in qlinears.values():
-            q.recording = record and self.rank0
+            q.recording = record and self._records
         xs, ys = [], []
         for micro in range(t.grad_accum):
             x, y = self._batch("train", _batch_generator(t.seed, self.step, micro))
@@ -238,9 +238,9 @@ class Trainer:
         counted, duplicates = self.pipeline.norm_parameters()
         pp = self.pipeline.pp
         grad_norm = float(runtime.clip_grad_norm_(counted, clip, pp=pp, duplicates=duplicates))
-        return self._finish_step(loss_value, grad_norm, qlinears if record else {})
+        return self._finish_step(loss_value, grad_norm, qlinears if record else None)
 
-    def _finish_step(self, loss_value: float, grad_norm: float, recorded: dict) -> float:
+    def _finish_step(self, loss_value: float, grad_norm: float, recorded: dict | None) -> float:
         t = self.recipe.train
         step = self.step + 1
         if not math.isfinite(loss_value):
@@ -287,19 +287,38 @@ class Trainer:
         if self.writer is not None:
             self.writer.log_metrics(self.step, values)
 
-    def _log_step(self, lr: float, grad_norm: float, recorded: dict) -> None:
+    @property
+    def _records(self) -> bool:
+        """Whether this rank records quantization stats and weight histograms: rank 0, and
+        under pp the first dp rank of every stage (rank 0 gathers theirs)."""
+        return self.rank0 if self.pipeline is None else self.parallel.dp_rank == 0
+
+    def _from_every_stage(self, rows: list) -> list:
+        """Under pp: on rank 0 every recording rank's rows, in stage order (a collective);
+        otherwise `rows` as they are."""
+        if self.pipeline is None:
+            return rows
+        return runtime.gather_to_rank0(rows, contribute=self._records)
+
+    def _log_step(self, lr: float, grad_norm: float, recorded: dict | None) -> None:
+        """recorded: the QuantLinears of a stats step (every rank passes them, or None)."""
         m, t = self.recipe.metrics, self.recipe.train
-        for name, q in recorded.items():
-            for role, s in q.recorded:
+        if recorded is not None:
+            stats = [
+                (name, role, s.sqnr_db, s.saturation, s.underflow)
+                for name, q in recorded.items()
+                for role, s in q.recorded
+            ]
+            for q in recorded.values():
+                q.recorded.clear()
+            for row in self._from_every_stage(stats):
                 if self.writer is not None:
-                    self.writer.log_stats(
-                        self.step, name, role, s.sqnr_db, s.saturation, s.underflow
-                    )
-            q.recorded.clear()
+                    self.writer.log_stats(self.step, *row)
         if m.histogram_interval and (self.step % m.histogram_interval == 0 or self.step == 1):
             # sharded weights are gathered whole first (a collective: every rank takes part)
             source = runtime.gathered_linears(self.model) if self.parallel else self.model
-            for name, edges, counts in self.histograms(source) if self.rank0 else ():
+            rows = list(self.histograms(source)) if self._records else []
+            for name, edges, counts in self._from_every_stage(rows):
                 if self.writer is not None:
                     self.writer.log_histogram(self.step, name, edges, counts)
         if self.step % m.log_interval and self.step != t.steps:

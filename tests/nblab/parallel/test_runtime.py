@@ -266,9 +266,17 @@ def test_invalid_layout_is_refused_before_launch(tmp_path):
     assert RunStore(tmp_path).runs().empty  # nothing was created or started
 
 
-def test_nblab_run_nproc_2_writes_metrics_from_rank_0_only(tmp_path):
+@pytest.mark.parametrize(
+    ("layout", "sets"),
+    [
+        ("dp_shard 2", []),  # plain --nproc 2: FSDP
+        ("pp 2", ["parallel.pp=2", "train.grad_accum=2"]),  # stats from both stages
+    ],
+)
+def test_nblab_run_nproc_2_writes_metrics_from_rank_0_only(tmp_path, layout, sets):
     env = _env(NBLAB_HOME=str(tmp_path))
     args = ["run", "gpt-debug", "--nproc", "2", "--set", "train.steps=3"]
+    args += [a for s in sets for a in ("--set", s)]
     args += ["--set", "eval.interval=3", "--set", "metrics.histogram_interval=2"]
     args += ["--set", "metrics.stats_interval=2", "--set", "precision.preset=mxfp8"]
     proc = subprocess.run(
@@ -296,8 +304,10 @@ def test_nblab_run_nproc_2_writes_metrics_from_rank_0_only(tmp_path):
     assert sum(wq.counts) == 64 * 64  # the whole weight, not one rank's shard
     stats = store.stats(run.run_id)
     assert len(stats) > 0 and not stats.duplicated(["step", "module", "role"]).any()
+    # every layer's modules, wherever they live (under pp: gathered from both stages)
+    assert {m.split(".")[1] for m in stats.module if m.startswith("layers.")} == {"0", "1"}
     log = (store.run_dir(run.run_id) / "train.log").read_text()
-    assert "parallel layout: dp_shard 2 on 2 processes" in log
+    assert f"parallel layout: {layout} on 2 processes" in log
     pids = sorted(f.name for f in (store.run_dir(run.run_id) / "pids").iterdir())
     assert pids == ["rank0", "rank1"]
 
