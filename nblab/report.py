@@ -33,6 +33,7 @@ from matplotlib.figure import Figure
 
 from nblab.notebooks import execute, notebook
 from nblab.runs import RunStore
+from nblab.sweep import short_keys
 
 REPORT_NOTEBOOK = notebook("report.ipynb")
 HIGH_PRECISION_PRESETS = ("bf16",)  # precision.preset values the gap is measured against
@@ -74,15 +75,6 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[path] = value
     return out
-
-
-def _short_keys(paths: list[str]) -> dict[str, str]:
-    """The last component of each dotted path, longer where two would collide."""
-    for depth in range(1, max((p.count(".") + 1 for p in paths), default=1) + 1):
-        short = {p: ".".join(p.split(".")[-depth:]) for p in paths}
-        if len(set(short.values())) == len(paths):
-            return short
-    return {p: p for p in paths}
 
 
 def _same(value: Any) -> str:
@@ -130,7 +122,7 @@ class SweepData:
                 self.axes[path] = [values[k] for k in sorted(values)]
         self.axis_names = {
             path: path if short in _TABLE_COLUMNS else short
-            for path, short in _short_keys(list(self.axes)).items()
+            for path, short in short_keys(list(self.axes)).items()
         }
         self.axis_values = pd.DataFrame(
             [{self.axis_names[p]: f.get(p) for p in self.axes} for f in flat],

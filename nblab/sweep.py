@@ -208,7 +208,7 @@ class Sweep:
         self._factors = self._make_factors(problems)
         if problems:
             raise SweepError(self.name, problems)
-        self._keys = _short_keys(self.axes)
+        self._keys = short_keys(self.axes)
 
     # -- construction from files and the command line ----------------------------
     @classmethod
@@ -631,7 +631,7 @@ def _typed_value(base_data: dict[str, Any], path: str, raw: Any) -> Any:
     return node
 
 
-def _short_keys(paths: list[str]) -> dict[str, str]:
+def short_keys(paths: list[str]) -> dict[str, str]:
     """path -> its last component, or as many more as it takes to tell axes apart."""
     depth = dict.fromkeys(paths, 1)
     while True:
