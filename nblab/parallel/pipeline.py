@@ -36,9 +36,11 @@ dp (the gradient is then the global mean) and the reported loss is the mean over
 The pipeline schedule drives FSDP's gradient sync (reduce-scatter after the last
 micro-batch's backward).
 
-Checkpoints: each stage saves the modules it owns under their usual names (its optimizer
-state under its own key); a pp checkpoint resumes only with the same parallel.pp
-(nblab.train.checkpoint refuses another; tested: resuming in the same layout).
+Checkpoints: each stage saves the modules it owns and their optimizer state under their
+one-process names (nblab.train.checkpoint keys the optimizer by parameter name), so a pp
+checkpoint resumes in another layout (tested: pp 2 -> one process -> pp 2, and one
+process -> pp 2 x dp_shard 2). The last stage's copy of a tied embedding reads its
+optimizer state from tok_emb.weight's (checkpoint_aliases).
 
 Not supported yet (runtime.check_supported refuses it): pp combined with dp_replicate
 or tp. Under pp, every stage records its modules' quantization stats and weight
@@ -213,6 +215,14 @@ class Pipeline:
             n = rows[self.dp_shard_rank].numel() if self.dp_shard_rank < len(rows) else 0
             grad = torch.zeros((n, *self.tied_shape[1:]), device=device)
         dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=self.group)
+
+    def checkpoint_aliases(self) -> dict[str, str]:
+        """{this stage's parameter: the one-process parameter it copies} for checkpoints:
+        the last stage's copy of a tied embedding is tok_emb.weight (nblab.train.checkpoint
+        saves its optimizer state once, from stage 0, and loads it from there)."""
+        if self.tied and self.is_last and not self.is_first:
+            return {"lm_head.weight": "tok_emb.weight"}
+        return {}
 
     def norm_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(counted, duplicates): this stage's parameters for the global gradient norm,
