@@ -30,21 +30,24 @@ Eval runs schedule.eval (forward only) on grad_accum eval batches at a time, eac
 micro-batch of the training shape (the stages' p2p buffers have that shape); a short last
 group is padded with copies whose losses are dropped.
 
-pp x dp_shard: each stage is FSDP2-sharded over its dp_shard group (apply_data_parallel,
-SUM reduction); every dp rank feeds its rows of each micro-batch, the loss_fn divides by
-dp (the gradient is then the global mean) and the reported loss is the mean over dp.
-The pipeline schedule drives FSDP's gradient sync (reduce-scatter after the last
-micro-batch's backward).
+pp x dp: each stage is data-parallel over its dp group (apply_data_parallel, SUM
+reduction): FSDP2-sharded over dp_shard, replicated (DDP, replicate_with_fsdp) over
+dp_replicate, or both (HSDP); every dp rank feeds its rows of each micro-batch, the
+loss_fn divides by dp (the gradient is then the global mean) and the reported loss is
+the mean over dp. The pipeline schedule drives the gradient sync (after the last
+micro-batch's backward). Tested: pp 2 x dp_shard 2 and pp 2 x dp_replicate 2 (HSDP
+within stages, 8 ranks, is not).
 
 Checkpoints: each stage saves the modules it owns and their optimizer state under their
 one-process names (nblab.train.checkpoint keys the optimizer by parameter name), so a pp
-checkpoint resumes in another layout (tested: pp 2 -> one process -> pp 2, and one
-process -> pp 2 x dp_shard 2). The last stage's copy of a tied embedding reads its
+checkpoint resumes in another layout (tested: pp 2, pp 2 x dp_shard 2 and pp 2 x
+dp_replicate 2 -> one process; one process -> pp 2 and pp 2 x dp_shard 2). The last
+stage's copy of a tied embedding reads its
 optimizer state from tok_emb.weight's (checkpoint_aliases).
 
-Not supported yet (runtime.check_supported refuses it): pp combined with dp_replicate
-or tp. Under pp, every stage records its modules' quantization stats and weight
-histograms; rank 0 gathers them (Trainer._log_step).
+Not supported yet (runtime.check_supported refuses it): pp combined with tp. Under pp,
+every stage records its modules' quantization stats and weight histograms; rank 0
+gathers them (Trainer._log_step).
 """
 
 from __future__ import annotations

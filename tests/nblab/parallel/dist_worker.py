@@ -55,10 +55,11 @@ PP_LAYOUTS = {
     "pp_1f1b_mxfp4": ("1f1b", "mxfp4"),
     "pp_gpipe_untied": ("gpipe", "bf16_untied"),  # model.tie_embeddings = false
 }
-# pp 2 x dp_shard 2 on 4 processes (the second torchrun job)
-PP_FSDP_LAYOUTS = {
+# pp 2 x dp_shard 2 and pp 2 x dp_replicate 2 on 4 processes (the second torchrun job)
+PP_DP_LAYOUTS = {
     "pp_fsdp_1f1b": ("1f1b", "bf16"),
     "pp_fsdp_gpipe_mxfp4": ("gpipe", "mxfp4"),
+    "pp_ddp_1f1b": ("1f1b", "bf16"),  # pp 2 x dp_replicate 2
 }
 
 
@@ -72,9 +73,10 @@ def pp_recipe(layout: str | None, preset: str = "bf16") -> Recipe:
     )
     if layout is None:
         return base
-    if layout in PP_FSDP_LAYOUTS:
-        schedule = PP_FSDP_LAYOUTS[layout][0]
-        pp = ["parallel.pp=2", "parallel.dp_shard=2", "parallel.nproc=4"]
+    if layout in PP_DP_LAYOUTS:
+        schedule = PP_DP_LAYOUTS[layout][0]
+        dp = "dp_replicate" if layout.startswith("pp_ddp") else "dp_shard"
+        pp = ["parallel.pp=2", f"parallel.{dp}=2", "parallel.nproc=4"]
         return base.with_overrides([*pp, f"parallel.pp_schedule={schedule}"])
     schedule = PP_LAYOUTS[layout][0]
     pp = ["parallel.pp=2", "parallel.nproc=2", f"parallel.pp_schedule={schedule}"]
@@ -179,7 +181,7 @@ def pipeline_runs(out: Path, dataset, layouts: dict, checkpointed: tuple[str, ..
 def resume_in(out: Path, dataset, layout: str, run: str, name: str) -> None:
     """Resume OUT/{run}'s checkpoint in pipeline `layout`, train one step, evaluate (the
     weights after step 3 depend on the optimizer state too); rank 0 saves OUT/{name}.pt."""
-    recipe = pp_recipe(layout, {**PP_LAYOUTS, **PP_FSDP_LAYOUTS}[layout][1])
+    recipe = pp_recipe(layout, {**PP_LAYOUTS, **PP_DP_LAYOUTS}[layout][1])
     trainer = Trainer(recipe, dataset=dataset, run_dir=out / run)
     resumed = trainer.resume()
     loss = trainer.train_step()
@@ -191,7 +193,7 @@ def resume_in(out: Path, dataset, layout: str, run: str, name: str) -> None:
 
 def main_pp_fsdp(out: Path) -> None:
     dist.init_process_group("gloo")
-    pipeline_runs(out, build_data(recipe_for(None)), PP_FSDP_LAYOUTS, ("pp_fsdp_1f1b",))
+    pipeline_runs(out, build_data(recipe_for(None)), PP_DP_LAYOUTS, ("pp_fsdp_1f1b", "pp_ddp_1f1b"))
     dist.destroy_process_group()
 
 

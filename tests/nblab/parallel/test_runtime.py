@@ -2,8 +2,9 @@
 
 One torchrun job (dist_worker.py) runs FSDP 2, DDP 2, TP 2 and PP 2 (GPipe and 1F1B, bf16
 and mxfp4) through the real Trainer and the QuantLinear TP check; the tests here compare
-what it saved with single-process runs of the same recipe, seed and global batch. Two
-more jobs run `nblab run --nproc 2` end to end and a run whose rank 1 raises.
+what it saved with single-process runs of the same recipe, seed and global batch. A
+4-rank job runs PP 2 x dp_shard 2 and PP 2 x dp_replicate 2. Two more jobs run
+`nblab run --nproc 2` end to end and a run whose rank 1 raises.
 """
 
 import os
@@ -24,7 +25,7 @@ from nblab.train.trainer import Trainer, build_data
 sys.path.insert(0, str(Path(__file__).parent))
 from dist_worker import (  # noqa: E402
     LAYOUTS,
-    PP_FSDP_LAYOUTS,
+    PP_DP_LAYOUTS,
     PP_LAYOUTS,
     fixed_batch,
     full_grads,
@@ -105,7 +106,8 @@ def parallel(single, single_pp, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def parallel_4(single_pp, tmp_path_factory):
-    """The 4-rank torchrun job: pp 2 x dp_shard 2 (dist_worker.py OUT pp_fsdp); it also
+    """The 4-rank torchrun job: pp 2 x dp_shard 2 and pp 2 x dp_replicate 2
+    (dist_worker.py OUT pp_fsdp); it also
     resumes `single_pp`'s bf16 checkpoint."""
     out = tmp_path_factory.mktemp("parallel_4")
     (out / "run_single_pp").symlink_to(single_pp["bf16"]["run_dir"])
@@ -215,13 +217,14 @@ def test_pipeline_2_stages_equal_one_process(parallel, single_pp, layout):
     _check_pipeline(_load(parallel, layout), single_pp[PP_LAYOUTS[layout][1]])
 
 
-@pytest.mark.parametrize("layout", list(PP_FSDP_LAYOUTS))
-def test_pipeline_2_stages_x_fsdp_2_equal_one_process(parallel_4, single_pp, layout):
-    """PP 2 x dp_shard 2 on 4 ranks: each dp rank feeds one of each micro-batch's two
-    sequences, FSDP SUM-reduces, the loss_fn divides by dp. mxfp4 groups run along the
+@pytest.mark.parametrize("layout", list(PP_DP_LAYOUTS))
+def test_pipeline_2_stages_x_dp_2_equal_one_process(parallel_4, single_pp, layout):
+    """PP 2 x dp_shard 2 (FSDP) and PP 2 x dp_replicate 2 (DDP) on 4 ranks: each dp rank
+    feeds one of each micro-batch's two sequences, FSDP / DDP SUM-reduce, the loss_fn
+    divides by dp. mxfp4 groups run along the
     features (32) and the 32-token sequence, so one sequence per rank quantizes the same
     groups as one process. Same tolerance as above (summation order only)."""
-    _check_pipeline(_load(parallel_4, layout), single_pp[PP_FSDP_LAYOUTS[layout][1]])
+    _check_pipeline(_load(parallel_4, layout), single_pp[PP_DP_LAYOUTS[layout][1]])
     resumed = _load(parallel_4, "pp_fsdp_1f1b_resume")
     assert resumed["resumed"] and resumed["step"] == 3
     losses = _load(parallel_4, "pp_fsdp_1f1b")["losses"]
@@ -262,14 +265,14 @@ def test_pipeline_checkpoint_reshards_to_one_process_and_back(parallel, single_p
     _same_run(_resumed(parallel, "single_to_pp_1f1b"), single_pp["bf16"])
 
 
-def test_pipeline_x_fsdp_checkpoint_reshards_to_one_process_and_back(
-    parallel_4, single_pp, dataset
-):
-    """PP 2 x dp_shard 2's step-2 checkpoint resumed by one process, and the single
-    process's resumed under PP 2 x dp_shard 2: step 3's loss and the val loss after it
-    are the uninterrupted run's."""
+def test_pipeline_x_dp_checkpoint_reshards_to_one_process_and_back(parallel_4, single_pp, dataset):
+    """PP 2 x dp_shard 2's and PP 2 x dp_replicate 2's step-2 checkpoints resumed by one
+    process, and the single process's resumed under PP 2 x dp_shard 2: step 3's loss and
+    the val loss after it are the uninterrupted run's."""
     ref = _load(parallel_4, "pp_fsdp_1f1b")
     _same_run(_resume_in_one_process(parallel_4 / "run_pp_fsdp_1f1b", dataset), ref)
+    ref = _load(parallel_4, "pp_ddp_1f1b")  # and pp 2 x dp_replicate 2's
+    _same_run(_resume_in_one_process(parallel_4 / "run_pp_ddp_1f1b", dataset), ref)
     _same_run(_resumed(parallel_4, "single_to_pp_fsdp_1f1b"), single_pp["bf16"])
 
 
@@ -279,8 +282,7 @@ def test_pp_layouts_the_runtime_cannot_run_are_refused_before_launch():
         check_layout(pp2)
     assert check_layout(pp2.with_overrides(["train.grad_accum=2"])).pp == 2
     ddp = ["parallel.dp_replicate=2", "parallel.nproc=4", "train.grad_accum=2"]
-    with pytest.raises(NotImplementedError, match="pp 2 with dp_replicate 2 is not supported"):
-        check_layout(pp2.with_overrides(ddp))
+    assert check_layout(pp2.with_overrides(ddp)).dp_replicate == 2
     fsdp = ["parallel.dp_shard=2", "parallel.nproc=4", "train.grad_accum=2"]
     assert check_layout(pp2.with_overrides(fsdp)).dp_shard == 2
     with pytest.raises(NotImplementedError, match="pp 2 with tp 2 is not supported yet"):
