@@ -256,17 +256,18 @@ def context_from(recipe: Any = None, **parts: Any) -> LayoutContext:
 
 def unsupported(dims: ParallelDims, grad_accum: int | None = None) -> str | None:
     """Why the runtime cannot run this (valid) layout yet, or None. Pipeline parallelism
-    runs alone or with FSDP (pp x dp_shard); pp x dp_replicate and pp x tp are not
-    implemented. At least one micro-batch (train.grad_accum) per stage."""
+    runs alone or with data parallelism on each stage (pp x dp_shard: FSDP2, pp x
+    dp_replicate: DDP, both: HSDP); pp x tp is not implemented. At least one micro-batch
+    (train.grad_accum) per stage."""
     pp = dims.pp
     if not _is_int(pp) or pp <= 1:
         return None
-    others = {"dp_replicate": dims.dp_replicate, "tp": dims.tp}
+    others = {"tp": dims.tp}
     combined = [f"{k} {v}" for k, v in others.items() if v != 1]
     if combined:
         return (
             f"pp {pp} with {' x '.join(combined)} is not supported yet: pipeline parallelism "
-            f"runs alone or with dp_shard (parallel.pp > 1 needs dp_replicate = tp = 1)"
+            f"runs alone or with dp_shard / dp_replicate (parallel.pp > 1 needs tp = 1)"
         )
     if grad_accum is not None and grad_accum < pp:
         return (

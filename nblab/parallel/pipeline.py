@@ -30,19 +30,24 @@ Eval runs schedule.eval (forward only) on grad_accum eval batches at a time, eac
 micro-batch of the training shape (the stages' p2p buffers have that shape); a short last
 group is padded with copies whose losses are dropped.
 
-pp x dp_shard: each stage is FSDP2-sharded over its dp_shard group (apply_data_parallel,
-SUM reduction); every dp rank feeds its rows of each micro-batch, the loss_fn divides by
-dp (the gradient is then the global mean) and the reported loss is the mean over dp.
-The pipeline schedule drives FSDP's gradient sync (reduce-scatter after the last
-micro-batch's backward).
+pp x dp: each stage is data-parallel over its dp group (apply_data_parallel, SUM
+reduction): FSDP2-sharded over dp_shard, replicated (DDP, replicate_with_fsdp) over
+dp_replicate, or both (HSDP); every dp rank feeds its rows of each micro-batch, the
+loss_fn divides by dp (the gradient is then the global mean) and the reported loss is
+the mean over dp. The pipeline schedule drives the gradient sync (after the last
+micro-batch's backward). Tested: pp 2 x dp_shard 2 and pp 2 x dp_replicate 2 (HSDP
+within stages, 8 ranks, is not).
 
-Checkpoints: each stage saves the modules it owns under their usual names (its optimizer
-state under its own key); a pp checkpoint resumes only with the same parallel.pp
-(nblab.train.checkpoint refuses another; tested: resuming in the same layout).
+Checkpoints: each stage saves the modules it owns and their optimizer state under their
+one-process names (nblab.train.checkpoint keys the optimizer by parameter name), so a pp
+checkpoint resumes in another layout (tested: pp 2, pp 2 x dp_shard 2 and pp 2 x
+dp_replicate 2 -> one process; one process -> pp 2 and pp 2 x dp_shard 2). The last
+stage's copy of a tied embedding reads its
+optimizer state from tok_emb.weight's (checkpoint_aliases).
 
-Not supported yet (runtime.check_supported refuses it): pp combined with dp_replicate
-or tp. Under pp, every stage records its modules' quantization stats and weight
-histograms; rank 0 gathers them (Trainer._log_step).
+Not supported yet (runtime.check_supported refuses it): pp combined with tp. Under pp,
+every stage records its modules' quantization stats and weight histograms; rank 0
+gathers them (Trainer._log_step).
 """
 
 from __future__ import annotations
@@ -213,6 +218,14 @@ class Pipeline:
             n = rows[self.dp_shard_rank].numel() if self.dp_shard_rank < len(rows) else 0
             grad = torch.zeros((n, *self.tied_shape[1:]), device=device)
         dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=self.group)
+
+    def checkpoint_aliases(self) -> dict[str, str]:
+        """{this stage's parameter: the one-process parameter it copies} for checkpoints:
+        the last stage's copy of a tied embedding is tok_emb.weight (nblab.train.checkpoint
+        saves its optimizer state once, from stage 0, and loads it from there)."""
+        if self.tied and self.is_last and not self.is_first:
+            return {"lm_head.weight": "tok_emb.weight"}
+        return {}
 
     def norm_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(counted, duplicates): this stage's parameters for the global gradient norm,

@@ -7,7 +7,7 @@
 inside one node, validates each with ParallelDims (a rejected layout keeps the
 validation messages), estimates per-GPU memory and communication per step with the
 formulas below, rejects what does not fit or what the runtime cannot run yet (pp
-combined with dp or tp, grad_accum < pp: dims.unsupported), and ranks the rest by
+combined with tp, grad_accum < pp: dims.unsupported), and ranks the rest by
 estimated step time.
 Everything is arithmetic on the recipe: no torch.distributed, nothing allocated.
 

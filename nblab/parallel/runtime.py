@@ -28,9 +28,9 @@ Order of the plan (as torchtitan): TP first, then FSDP2 / HSDP / DDP on top.
 
 Pipeline parallelism (pp > 1, parallel.pp_schedule gpipe | 1f1b): nblab.parallel.pipeline
 splits the model into stages (the trainer builds a Pipeline instead of calling
-apply_parallelism), with FSDP2 over dp_shard on each stage when dp_shard > 1 (pp x
-dp_shard). check_supported() refuses pp combined with dp_replicate or tp, and
-train.grad_accum (the pipeline's micro-batches) < pp. clip_grad_norm_(..., pp=pp)
+apply_parallelism), with apply_data_parallel on each stage when dp > 1 (pp x dp_shard:
+FSDP2, pp x dp_replicate: DDP, both: HSDP). check_supported() refuses pp combined with
+tp, and train.grad_accum (the pipeline's micro-batches) < pp. clip_grad_norm_(..., pp=pp)
 all-reduces the squared norms of every stage.
 """
 

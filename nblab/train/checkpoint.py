@@ -6,12 +6,21 @@ reproduces the uninterrupted one exactly.
 
 Under a process group every rank calls save() and load() (DCP writes and reads each
 rank's shards); rank 0 alone touches the folders and writes extra.pt (its RNG state).
-A checkpoint saved under one layout loads under another (FSDP 2 -> 1 process, ...),
-except across pipeline degrees: a checkpoint saved with parallel.pp = n (extra.pt
-records it) resumes only with pp = n (load() refuses any other pp before reading).
-Under pp each stage's optimizer state is stored under its own key, optimizer_stage{s}:
-DCP keys the optimizer's param_groups by group index, the same on every stage, so one
-shared "optimizer" key would keep one stage's groups only.
+A checkpoint saved under one layout loads under another (tested: FSDP 2 <-> 1 process,
+FSDP 2 -> TP 2, PP 2 <-> 1 process, PP 2 x dp_shard 2 <-> 1 process). The model is keyed by
+parameter name, and so is the optimizer (flatten_optimizer_state_dict: keys
+state.{name}.{field} and param_groups.{name}.{field}, not by group index), so every
+layout uses the same keys and a pipeline's stages together save the whole model's.
+
+A tied embedding is one tensor in one process, named tok_emb.weight in the optimizer
+(lm_head.weight is the same tensor in the model's state dict). Under pp the last stage
+holds its own copy, lm_head.weight, equal to stage 0's: `aliases` ({"lm_head.weight":
+"tok_emb.weight"} on that stage) makes it save no optimizer state of its own (stage 0's
+is the same) and load its optimizer state from tok_emb.weight's, as one process does.
+
+Checkpoints written before the optimizer was keyed by name (extra.pt without
+"optimizer_keys") load only in the layout that wrote them; load() refuses any other
+pipeline degree with a clear error.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
     get_model_state_dict,
     get_optimizer_state_dict,
     set_model_state_dict,
@@ -34,6 +44,8 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 _PREFIX = "step_"
+# optimizer state keyed by parameter name (state.{name}.{field}, param_groups.{name}.{..})
+_BY_NAME = StateDictOptions(flatten_optimizer_state_dict=True)
 
 
 @contextmanager
@@ -72,30 +84,75 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _optimizer_key(pp: int, stage: int) -> str:
+def _legacy_optimizer_key(pp: int, stage: int) -> str:
+    """Checkpoints before "optimizer_keys": group-index keys, one per pipeline stage."""
     return "optimizer" if pp == 1 else f"optimizer_stage{stage}"
 
 
+def _param_name(key: str) -> tuple[str, str, str]:
+    """A flattened optimizer key split into (kind, parameter name, field)."""
+    kind, rest = key.split(".", 1)
+    name, field = rest.rsplit(".", 1)
+    return kind, name, field
+
+
+def _optimizer_state(model, optimizer, aliases: dict[str, str]) -> dict:
+    """The optimizer's state keyed by parameter name; a parameter in `aliases` under the
+    name it stands for."""
+    state = get_optimizer_state_dict(model, optimizer, options=_BY_NAME)
+    if not aliases:
+        return state
+    out = {}
+    for key, value in state.items():
+        kind, name, field = _param_name(key)
+        out[f"{kind}.{aliases.get(name, name)}.{field}"] = value
+    return out
+
+
+def _unaliased(state: dict, aliases: dict[str, str]) -> dict:
+    """_optimizer_state's dict back under this rank's own parameter names."""
+    if not aliases:
+        return state
+    back = {v: k for k, v in aliases.items()}
+    out = {}
+    for key, value in state.items():
+        kind, name, field = _param_name(key)
+        out[f"{kind}.{back.get(name, name)}.{field}"] = value
+    return out
+
+
 def save(
-    folder: Path, step: int, model, optimizer, scheduler, keep: int, pp: int = 1, stage: int = 0
+    folder: Path,
+    step: int,
+    model,
+    optimizer,
+    scheduler,
+    keep: int,
+    pp: int = 1,
+    aliases: dict[str, str] | None = None,
 ) -> Path:
     """Write checkpoint `step` under folder/step_NNNNNNN and keep only the last `keep`.
-    pp, stage: the run's pipeline degree and this rank's stage (it saves what it owns)."""
+    pp: the run's pipeline degree (recorded); each rank saves what it holds. aliases:
+    {this rank's parameter: the parameter it copies}, whose optimizer state another rank
+    saves (see the module docstring)."""
     path = folder / f"{_PREFIX}{step:07d}"
     tmp = folder / f".{path.name}.partial"
     if _rank0():
         shutil.rmtree(tmp, ignore_errors=True)
     _barrier()
-    state = {
-        "model": get_model_state_dict(model),
-        _optimizer_key(pp, stage): get_optimizer_state_dict(model, optimizer),
-    }
+    aliases = aliases or {}
+    # the model first: its state_dict reshards FSDP parameters an eval forward left whole,
+    # and the optimizer's state dict finds its (sharded) parameters by name after that
+    state = {"model": get_model_state_dict(model)}
+    optim = get_optimizer_state_dict(model, optimizer, options=_BY_NAME)
+    state["optimizer"] = {k: v for k, v in optim.items() if _param_name(k)[1] not in aliases}
     with _single_process_ok():
         dcp.save(state, checkpoint_id=tmp)
     _barrier()  # every rank's shards are written
     if _rank0():
         extra = {"step": step, "scheduler": scheduler.state_dict(), "rng": _rng_state()}
         extra["pp"] = pp
+        extra["optimizer_keys"] = "by_name"
         torch.save(extra, tmp / "extra.pt")
         shutil.rmtree(path, ignore_errors=True)
         tmp.rename(path)  # a checkpoint folder is complete or absent
@@ -116,25 +173,44 @@ def latest(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load(path: Path, model, optimizer, scheduler, pp: int = 1, stage: int = 0) -> int:
-    """Restore everything saved at `path`; returns the step to continue from. pp, stage:
-    the resuming run's pipeline degree (it must be the saved one) and this rank's stage."""
+def load(
+    path: Path, model, optimizer, scheduler, pp: int = 1, aliases: dict[str, str] | None = None
+) -> int:
+    """Restore everything saved at `path` (in any layout); returns the step to continue
+    from. pp, aliases: the resuming run's pipeline degree and aliases (as for save)."""
     extra = torch.load(path / "extra.pt", weights_only=False)
-    saved_pp = int(extra.get("pp", 1))
-    if saved_pp != pp:
-        raise NotImplementedError(
-            f"checkpoint {path.name} was saved with parallel.pp={saved_pp} and cannot resume "
-            f"with parallel.pp={pp}: resharding across pipeline degrees is not supported; "
-            f"resume with parallel.pp={saved_pp}"
-        )
-    state = {
-        "model": get_model_state_dict(model),
-        _optimizer_key(pp, stage): get_optimizer_state_dict(model, optimizer),
-    }
-    with _single_process_ok():
-        dcp.load(state, checkpoint_id=path)
-    set_model_state_dict(model, state["model"])
-    set_optimizer_state_dict(model, optimizer, state[_optimizer_key(pp, stage)])
+    aliases = aliases or {}
+    state = {"model": get_model_state_dict(model)}
+    if extra.get("optimizer_keys") == "by_name":
+        state["optimizer"] = _optimizer_state(model, optimizer, aliases)
+        with _single_process_ok():
+            dcp.load(state, checkpoint_id=path)
+        optim = _unaliased(state["optimizer"], aliases)
+        set_model_state_dict(model, state["model"])
+        set_optimizer_state_dict(model, optimizer, optim, options=_BY_NAME)
+    else:  # written before the optimizer was keyed by name: its own layout only
+        saved_pp = int(extra.get("pp", 1))
+        if saved_pp != pp:
+            raise NotImplementedError(
+                f"checkpoint {path.name} was saved with parallel.pp={saved_pp} by an older "
+                f"nblab (optimizer state keyed by group index) and cannot resume with "
+                f"parallel.pp={pp}; resume it with parallel.pp={saved_pp}"
+            )
+        stage = _legacy_stage(model, pp)
+        key = _legacy_optimizer_key(pp, stage)
+        state[key] = get_optimizer_state_dict(model, optimizer)
+        with _single_process_ok():
+            dcp.load(state, checkpoint_id=path)
+        set_model_state_dict(model, state["model"])
+        set_optimizer_state_dict(model, optimizer, state[key])
     scheduler.load_state_dict(extra["scheduler"])
     _set_rng_state(extra["rng"])
     return int(extra["step"])
+
+
+def _legacy_stage(model, pp: int) -> int:
+    """This rank's pipeline stage (a split GPT's first block index / blocks per stage)."""
+    if pp == 1:
+        return 0
+    blocks = model.pp_blocks
+    return blocks[0] // len(blocks)

@@ -348,10 +348,10 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------
 
     @property
-    def _pp(self) -> tuple[int, int]:
-        """(pipeline degree, this rank's stage): (1, 0) without a pipeline."""
+    def _pp(self) -> tuple[int, dict[str, str]]:
+        """(pipeline degree, checkpoint aliases): (1, {}) without a pipeline."""
         p = self.pipeline
-        return (p.pp, p.stage_index) if p is not None else (1, 0)
+        return (p.pp, p.checkpoint_aliases()) if p is not None else (1, {})
 
     def _checkpoint_folder(self) -> Path | None:
         return None if self.run_dir is None else self.run_dir / "checkpoints"
@@ -360,9 +360,8 @@ class Trainer:
         folder = self._checkpoint_folder()
         if folder is not None:
             keep = self.recipe.checkpoint.keep
-            pp, stage = self._pp
             args = (self.model, self.optimizer, self.scheduler)
-            checkpoint.save(folder, self.step, *args, keep, pp, stage)
+            checkpoint.save(folder, self.step, *args, keep, *self._pp)
 
     def resume(self) -> bool:
         """Continue from the latest checkpoint in the run folder, if there is one."""

@@ -3,6 +3,9 @@
     python -m torch.distributed.run --standalone --nproc-per-node 2 dist_worker.py OUT
     python -m torch.distributed.run --standalone --nproc-per-node 4 dist_worker.py OUT pp_fsdp
 
+OUT/run_single and OUT/run_single_pp hold single-process checkpoints (the test writes
+them) that the jobs resume under FSDP 2, PP 2 and PP 2 x dp_shard 2.
+
 One process group, several layouts one after another (each builds its own mesh). Rank 0
 saves what it measured to OUT/*.pt; the test compares it with single-process runs.
 """
@@ -52,10 +55,11 @@ PP_LAYOUTS = {
     "pp_1f1b_mxfp4": ("1f1b", "mxfp4"),
     "pp_gpipe_untied": ("gpipe", "bf16_untied"),  # model.tie_embeddings = false
 }
-# pp 2 x dp_shard 2 on 4 processes (the second torchrun job)
-PP_FSDP_LAYOUTS = {
+# pp 2 x dp_shard 2 and pp 2 x dp_replicate 2 on 4 processes (the second torchrun job)
+PP_DP_LAYOUTS = {
     "pp_fsdp_1f1b": ("1f1b", "bf16"),
     "pp_fsdp_gpipe_mxfp4": ("gpipe", "mxfp4"),
+    "pp_ddp_1f1b": ("1f1b", "bf16"),  # pp 2 x dp_replicate 2
 }
 
 
@@ -69,9 +73,10 @@ def pp_recipe(layout: str | None, preset: str = "bf16") -> Recipe:
     )
     if layout is None:
         return base
-    if layout in PP_FSDP_LAYOUTS:
-        schedule = PP_FSDP_LAYOUTS[layout][0]
-        pp = ["parallel.pp=2", "parallel.dp_shard=2", "parallel.nproc=4"]
+    if layout in PP_DP_LAYOUTS:
+        schedule = PP_DP_LAYOUTS[layout][0]
+        dp = "dp_replicate" if layout.startswith("pp_ddp") else "dp_shard"
+        pp = ["parallel.pp=2", f"parallel.{dp}=2", "parallel.nproc=4"]
         return base.with_overrides([*pp, f"parallel.pp_schedule={schedule}"])
     schedule = PP_LAYOUTS[layout][0]
     pp = ["parallel.pp=2", "parallel.nproc=2", f"parallel.pp_schedule={schedule}"]
@@ -147,16 +152,17 @@ def quant_tp(out: Path, name: str, spec) -> None:
         )
 
 
-def pipeline_runs(out: Path, dataset, layouts: dict, checkpointed: str) -> None:
-    """3 steps of each pipeline layout (checkpoint of `checkpointed` at step 2), then that
-    checkpoint resumed in the same layout; rank 0 saves OUT/{layout}.pt, OUT/{..}_resume.pt."""
+def pipeline_runs(out: Path, dataset, layouts: dict, checkpointed: tuple[str, ...]) -> None:
+    """3 steps of each pipeline layout (a checkpoint at step 2 of those in `checkpointed`),
+    then the first one's checkpoint resumed in the same layout; rank 0 saves
+    OUT/{layout}.pt and OUT/{checkpointed[0]}_resume.pt."""
     rank0 = dist.get_rank() == 0
     for layout, (_, preset) in layouts.items():
         trainer = Trainer(pp_recipe(layout, preset), dataset=dataset, run_dir=out / f"run_{layout}")
         losses = [trainer.train_step(), trainer.train_step()]
         grads = gathered(full_grads(trainer.model))
         params = gathered(full_params(trainer.model))
-        if layout == checkpointed:
+        if layout in checkpointed:
             trainer.save_checkpoint()  # step 2, one stage per rank
         losses.append(trainer.train_step())
         val_loss = trainer.evaluate()["val_loss"]
@@ -166,18 +172,28 @@ def pipeline_runs(out: Path, dataset, layouts: dict, checkpointed: str) -> None:
         if rank0:
             torch.save(result, out / f"{layout}.pt")
     # resume the checkpoint of step 2 in the same layout
-    recipe = pp_recipe(checkpointed, layouts[checkpointed][1])
-    trainer = Trainer(recipe, dataset=dataset, run_dir=out / f"run_{checkpointed}")
+    layout = checkpointed[0]
+    resume_in(out, dataset, layout, f"run_{layout}", f"{layout}_resume")
+    # 1 -> pp: the single-process checkpoint (step 2, bf16) the test wrote in OUT/run_single_pp
+    resume_in(out, dataset, layout, "run_single_pp", f"single_to_{layout}")
+
+
+def resume_in(out: Path, dataset, layout: str, run: str, name: str) -> None:
+    """Resume OUT/{run}'s checkpoint in pipeline `layout`, train one step, evaluate (the
+    weights after step 3 depend on the optimizer state too); rank 0 saves OUT/{name}.pt."""
+    recipe = pp_recipe(layout, {**PP_LAYOUTS, **PP_DP_LAYOUTS}[layout][1])
+    trainer = Trainer(recipe, dataset=dataset, run_dir=out / run)
     resumed = trainer.resume()
     loss = trainer.train_step()
-    if rank0:
-        result = {"resumed": resumed, "step": trainer.step, "loss": loss}
-        torch.save(result, out / f"{checkpointed}_resume.pt")
+    val_loss = trainer.evaluate()["val_loss"]
+    if dist.get_rank() == 0:
+        result = {"resumed": resumed, "step": trainer.step, "loss": loss, "val_loss": val_loss}
+        torch.save(result, out / f"{name}.pt")
 
 
 def main_pp_fsdp(out: Path) -> None:
     dist.init_process_group("gloo")
-    pipeline_runs(out, build_data(recipe_for(None)), PP_FSDP_LAYOUTS, "pp_fsdp_1f1b")
+    pipeline_runs(out, build_data(recipe_for(None)), PP_DP_LAYOUTS, ("pp_fsdp_1f1b", "pp_ddp_1f1b"))
     dist.destroy_process_group()
 
 
@@ -207,7 +223,8 @@ def main(out: Path) -> None:
             torch.save(result, out / f"{layout}.pt")
 
     # pipeline parallelism: pp 2, GPipe and 1F1B, bf16 and mxfp4
-    pipeline_runs(out, dataset, PP_LAYOUTS, "pp_1f1b")
+    # (and checkpoints of pp_1f1b and pp_gpipe_untied at step 2, resumed by the tests)
+    pipeline_runs(out, dataset, PP_LAYOUTS, ("pp_1f1b", "pp_gpipe_untied"))
 
     # 1 -> 2: resume the single-process checkpoint the test wrote under FSDP 2
     trainer = Trainer(recipe_for("fsdp"), dataset=dataset, run_dir=out / "run_single")

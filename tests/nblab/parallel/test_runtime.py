@@ -2,8 +2,9 @@
 
 One torchrun job (dist_worker.py) runs FSDP 2, DDP 2, TP 2 and PP 2 (GPipe and 1F1B, bf16
 and mxfp4) through the real Trainer and the QuantLinear TP check; the tests here compare
-what it saved with single-process runs of the same recipe, seed and global batch. Two
-more jobs run `nblab run --nproc 2` end to end and a run whose rank 1 raises.
+what it saved with single-process runs of the same recipe, seed and global batch. A
+4-rank job runs PP 2 x dp_shard 2 and PP 2 x dp_replicate 2. Two more jobs run
+`nblab run --nproc 2` end to end and a run whose rank 1 raises.
 """
 
 import os
@@ -24,7 +25,7 @@ from nblab.train.trainer import Trainer, build_data
 sys.path.insert(0, str(Path(__file__).parent))
 from dist_worker import (  # noqa: E402
     LAYOUTS,
-    PP_FSDP_LAYOUTS,
+    PP_DP_LAYOUTS,
     PP_LAYOUTS,
     fixed_batch,
     full_grads,
@@ -66,26 +67,33 @@ def single(dataset, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def single_pp(dataset):
+def single_pp(dataset, tmp_path_factory):
     """1-process references of the pipeline layouts: grad_accum 2, one run per preset (the
-    schedule changes nothing in one process)."""
+    schedule changes nothing in one process); bf16's checkpoint at step 2 is in
+    results["bf16"]["run_dir"] (the torchrun jobs resume it under pp)."""
+    out = tmp_path_factory.mktemp("single_pp")
     results = {}
     for preset in sorted({preset for _, preset in PP_LAYOUTS.values()}):
-        trainer = Trainer(pp_recipe(None, preset), dataset=dataset)
+        run_dir = out / preset if preset == "bf16" else None
+        trainer = Trainer(pp_recipe(None, preset), dataset=dataset, run_dir=run_dir)
         losses = [trainer.train_step(), trainer.train_step()]
         grads, params = full_grads(trainer.model), full_params(trainer.model)
+        trainer.save_checkpoint()  # step 2 (nothing without a run_dir)
         losses.append(trainer.train_step())
         val_loss = trainer.evaluate()["val_loss"]
         results[preset] = {"losses": losses, "grads": grads, "params": params, "val": val_loss}
+        results[preset]["run_dir"] = run_dir
     return results
 
 
 @pytest.fixture(scope="module")
-def parallel(single, tmp_path_factory):
-    """What the 2-rank torchrun job measured (it also resumes `single`'s fsdp checkpoint)."""
+def parallel(single, single_pp, tmp_path_factory):
+    """What the 2-rank torchrun job measured (it also resumes `single`'s fsdp checkpoint
+    under FSDP 2 and `single_pp`'s bf16 checkpoint under PP 2)."""
     out = tmp_path_factory.mktemp("parallel")
     single_dir, _ = single
     (out / "run_single").symlink_to(single_dir / "fsdp")
+    (out / "run_single_pp").symlink_to(single_pp["bf16"]["run_dir"])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     start = time.perf_counter()
     proc = subprocess.run(
@@ -97,9 +105,12 @@ def parallel(single, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def parallel_4(tmp_path_factory):
-    """The 4-rank torchrun job: pp 2 x dp_shard 2 (dist_worker.py OUT pp_fsdp)."""
+def parallel_4(single_pp, tmp_path_factory):
+    """The 4-rank torchrun job: pp 2 x dp_shard 2 and pp 2 x dp_replicate 2
+    (dist_worker.py OUT pp_fsdp); it also
+    resumes `single_pp`'s bf16 checkpoint."""
     out = tmp_path_factory.mktemp("parallel_4")
+    (out / "run_single_pp").symlink_to(single_pp["bf16"]["run_dir"])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4"]
     start = time.perf_counter()
     proc = subprocess.run(
@@ -206,28 +217,63 @@ def test_pipeline_2_stages_equal_one_process(parallel, single_pp, layout):
     _check_pipeline(_load(parallel, layout), single_pp[PP_LAYOUTS[layout][1]])
 
 
-@pytest.mark.parametrize("layout", list(PP_FSDP_LAYOUTS))
-def test_pipeline_2_stages_x_fsdp_2_equal_one_process(parallel_4, single_pp, layout):
-    """PP 2 x dp_shard 2 on 4 ranks: each dp rank feeds one of each micro-batch's two
-    sequences, FSDP SUM-reduces, the loss_fn divides by dp. mxfp4 groups run along the
+@pytest.mark.parametrize("layout", list(PP_DP_LAYOUTS))
+def test_pipeline_2_stages_x_dp_2_equal_one_process(parallel_4, single_pp, layout):
+    """PP 2 x dp_shard 2 (FSDP) and PP 2 x dp_replicate 2 (DDP) on 4 ranks: each dp rank
+    feeds one of each micro-batch's two sequences, FSDP / DDP SUM-reduce, the loss_fn
+    divides by dp. mxfp4 groups run along the
     features (32) and the 32-token sequence, so one sequence per rank quantizes the same
     groups as one process. Same tolerance as above (summation order only)."""
-    _check_pipeline(_load(parallel_4, layout), single_pp[PP_FSDP_LAYOUTS[layout][1]])
+    _check_pipeline(_load(parallel_4, layout), single_pp[PP_DP_LAYOUTS[layout][1]])
     resumed = _load(parallel_4, "pp_fsdp_1f1b_resume")
     assert resumed["resumed"] and resumed["step"] == 3
     losses = _load(parallel_4, "pp_fsdp_1f1b")["losses"]
     assert resumed["loss"] == pytest.approx(losses[2], abs=1e-6)
 
 
-def test_pipeline_checkpoint_resumes_in_the_same_layout_only(parallel, dataset):
-    """Saved under PP 2 at step 2 and resumed under PP 2: step 3's loss is the
-    uninterrupted run's. One process refuses it (no resharding across pp degrees)."""
-    resumed = _load(parallel, "pp_1f1b_resume")
-    assert resumed["resumed"] and resumed["step"] == 3
-    assert resumed["loss"] == pytest.approx(_load(parallel, "pp_1f1b")["losses"][2], abs=1e-6)
-    trainer = Trainer(pp_recipe(None), dataset=dataset, run_dir=parallel / "run_pp_1f1b")
-    with pytest.raises(NotImplementedError, match="saved with parallel.pp=2 and cannot resume"):
-        trainer.resume()
+def _resume_in_one_process(run_dir: Path, dataset, preset: str = "bf16") -> tuple[float, float]:
+    """Step 3's loss of the step-2 checkpoint in run_dir resumed by one process, and the
+    val loss after step 3 (its update depends on the optimizer state, too)."""
+    trainer = Trainer(pp_recipe(None, preset), dataset=dataset, run_dir=run_dir)
+    assert trainer.resume() and trainer.step == 2
+    return trainer.train_step(), trainer.evaluate()["val_loss"]
+
+
+def _same_run(got: tuple[float, float], ref: dict, tol: float = 1e-5) -> None:
+    """(step 3's loss, val loss after it) equal the uninterrupted run's."""
+    assert got[0] == pytest.approx(ref["losses"][2], abs=tol)
+    assert got[1] == pytest.approx(ref["val_loss"] if "val_loss" in ref else ref["val"], abs=tol)
+
+
+def _resumed(out: Path, name: str) -> tuple[float, float]:
+    got = _load(out, name)
+    assert got["resumed"] and got["step"] == 3
+    return got["loss"], got["val_loss"]
+
+
+def test_pipeline_checkpoint_reshards_to_one_process_and_back(parallel, single_pp, dataset):
+    """Saved under PP 2 at step 2 and resumed under PP 2, and by one process (tied and
+    untied embeddings): step 3's loss and the val loss after it are the uninterrupted
+    run's. And the single process's checkpoint resumed under PP 2 (each stage reads its
+    part, the last stage its copy of the tied embedding's optimizer state from
+    tok_emb.weight's)."""
+    ref = _load(parallel, "pp_1f1b")
+    _same_run(_resumed(parallel, "pp_1f1b_resume"), ref, tol=1e-6)
+    _same_run(_resume_in_one_process(parallel / "run_pp_1f1b", dataset), ref)
+    untied = _resume_in_one_process(parallel / "run_pp_gpipe_untied", dataset, "bf16_untied")
+    _same_run(untied, _load(parallel, "pp_gpipe_untied"))
+    _same_run(_resumed(parallel, "single_to_pp_1f1b"), single_pp["bf16"])
+
+
+def test_pipeline_x_dp_checkpoint_reshards_to_one_process_and_back(parallel_4, single_pp, dataset):
+    """PP 2 x dp_shard 2's and PP 2 x dp_replicate 2's step-2 checkpoints resumed by one
+    process, and the single process's resumed under PP 2 x dp_shard 2: step 3's loss and
+    the val loss after it are the uninterrupted run's."""
+    ref = _load(parallel_4, "pp_fsdp_1f1b")
+    _same_run(_resume_in_one_process(parallel_4 / "run_pp_fsdp_1f1b", dataset), ref)
+    ref = _load(parallel_4, "pp_ddp_1f1b")  # and pp 2 x dp_replicate 2's
+    _same_run(_resume_in_one_process(parallel_4 / "run_pp_ddp_1f1b", dataset), ref)
+    _same_run(_resumed(parallel_4, "single_to_pp_fsdp_1f1b"), single_pp["bf16"])
 
 
 def test_pp_layouts_the_runtime_cannot_run_are_refused_before_launch():
@@ -236,8 +282,7 @@ def test_pp_layouts_the_runtime_cannot_run_are_refused_before_launch():
         check_layout(pp2)
     assert check_layout(pp2.with_overrides(["train.grad_accum=2"])).pp == 2
     ddp = ["parallel.dp_replicate=2", "parallel.nproc=4", "train.grad_accum=2"]
-    with pytest.raises(NotImplementedError, match="pp 2 with dp_replicate 2 is not supported"):
-        check_layout(pp2.with_overrides(ddp))
+    assert check_layout(pp2.with_overrides(ddp)).dp_replicate == 2
     fsdp = ["parallel.dp_shard=2", "parallel.nproc=4", "train.grad_accum=2"]
     assert check_layout(pp2.with_overrides(fsdp)).dp_shard == 2
     with pytest.raises(NotImplementedError, match="pp 2 with tp 2 is not supported yet"):

@@ -143,3 +143,41 @@ def test_cli_exit_codes(store, capsys):
     assert "did you mean 'mxfp8'" in capsys.readouterr().err
     assert cli(["runs"]) == 0
     assert "gpt-debug" in capsys.readouterr().out
+
+
+def test_checkpoint_from_before_optimizer_keys_by_name_resumes_in_its_own_layout(tmp_path):
+    """A checkpoint written with the optimizer keyed by group index (no "optimizer_keys" in
+    extra.pt) still resumes in its own layout; another pipeline degree is refused."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    from nblab.train import checkpoint
+    from nblab.train.trainer import Trainer
+
+    recipe = DEBUG.with_overrides(["train.steps=3", "eval.interval=0"])
+    whole = Trainer(recipe, run_dir=tmp_path / "new")
+    whole.train_step(), whole.train_step()
+    whole.save_checkpoint()
+    path = checkpoint.latest(tmp_path / "new" / "checkpoints")
+    old = tmp_path / "old" / "checkpoints" / path.name
+    state = {"model": get_model_state_dict(whole.model)}
+    state["optimizer"] = get_optimizer_state_dict(whole.model, whole.optimizer)
+    with checkpoint._single_process_ok():
+        dcp.save(state, checkpoint_id=old)
+    extra = torch.load(path / "extra.pt", weights_only=False)
+    del extra["optimizer_keys"]
+    torch.save(extra, old / "extra.pt")
+    loss = whole.train_step()
+
+    resumed = Trainer(recipe, run_dir=tmp_path / "old")
+    assert resumed.resume() and resumed.step == 2
+    assert resumed.train_step() == loss
+    params = dict(resumed.model.named_parameters())
+    for name, p in whole.model.named_parameters():
+        assert torch.equal(p, params[name]), name  # the optimizer state was restored, too
+    other = Trainer(recipe)
+    with pytest.raises(NotImplementedError, match="saved with parallel.pp=1 by an older"):
+        checkpoint.load(old, other.model, other.optimizer, other.scheduler, pp=2)
