@@ -217,6 +217,8 @@ def main(out: Path) -> None:
             trainer.save_checkpoint()  # step 2, sharded over 2 ranks
         losses.append(trainer.train_step())
         result = {"losses": losses, "grads": grads, "params": params}
+        # after step 3's update, which a resume only reproduces with the optimizer state
+        result["val_loss"] = trainer.evaluate()["val_loss"]
         result["logits"] = runtime.full_tensor(logits)
         result["world_params"] = sum(p.numel() for p in trainer.model.parameters())
         if rank0:
@@ -230,14 +232,18 @@ def main(out: Path) -> None:
     trainer = Trainer(recipe_for("fsdp"), dataset=dataset, run_dir=out / "run_single")
     resumed = trainer.resume()
     loss = trainer.train_step()
+    result = {"resumed": resumed, "step": trainer.step, "loss": loss}
+    result["val_loss"] = trainer.evaluate()["val_loss"]
     if rank0:
-        torch.save({"resumed": resumed, "step": trainer.step, "loss": loss}, out / "from_1.pt")
+        torch.save(result, out / "from_1.pt")
     # FSDP 2 -> TP 2: the step-2 checkpoint of the fsdp layout, resharded onto tp 2
     trainer = Trainer(recipe_for("tp", "bf16"), dataset=dataset, run_dir=out / "run_fsdp")
     resumed = trainer.resume()
     loss = trainer.train_step()
+    result = {"resumed": resumed, "step": trainer.step, "loss": loss}
+    result["val_loss"] = trainer.evaluate()["val_loss"]
     if rank0:
-        torch.save({"resumed": resumed, "step": trainer.step, "loss": loss}, out / "fsdp_to_tp.pt")
+        torch.save(result, out / "fsdp_to_tp.pt")
     dist.destroy_process_group()
 
 

@@ -63,6 +63,7 @@ def single(dataset, tmp_path_factory):
         trainer.save_checkpoint()
         losses.append(trainer.train_step())
         results[layout] = {"losses": losses, "grads": grads, "params": params, "logits": logits}
+        results[layout]["val_loss"] = trainer.evaluate()["val_loss"]
     return out, results
 
 
@@ -169,19 +170,24 @@ def test_quant_linear_under_tp_quantizes_local_shards(parallel):
 
 
 def test_checkpoint_reshards_between_two_ranks_and_one(parallel, single, dataset):
-    """Saved under FSDP 2 at step 2, resumed by one process and by TP 2: step 3's loss is
-    the uninterrupted run's. And the single process's checkpoint resumed under FSDP 2."""
+    """Saved under FSDP 2 at step 2, resumed by one process and by TP 2; and the single
+    process's checkpoint resumed under FSDP 2. Step 3's loss is the uninterrupted run's
+    (the weights came back), and so is the val loss after step 3's update (so did the
+    optimizer state: with a fresh Adam that update differs)."""
     fsdp = _load(parallel, "fsdp")
     trainer = Trainer(recipe_for(None), dataset=dataset, run_dir=parallel / "run_fsdp")
     assert trainer.resume() and trainer.step == 2
     assert trainer.train_step() == pytest.approx(fsdp["losses"][2], abs=1e-5)
+    assert trainer.evaluate()["val_loss"] == pytest.approx(fsdp["val_loss"], abs=1e-5)
     from_1 = _load(parallel, "from_1")
     assert from_1["resumed"] and from_1["step"] == 3
     assert from_1["loss"] == pytest.approx(single[1]["fsdp"]["losses"][2], abs=1e-5)
+    assert from_1["val_loss"] == pytest.approx(single[1]["fsdp"]["val_loss"], abs=1e-5)
     # and the FSDP 2 checkpoint resumed under TP 2 (its weights split by heads instead)
     to_tp = _load(parallel, "fsdp_to_tp")
     assert to_tp["resumed"] and to_tp["step"] == 3
     assert to_tp["loss"] == pytest.approx(fsdp["losses"][2], abs=1e-5)
+    assert to_tp["val_loss"] == pytest.approx(fsdp["val_loss"], abs=1e-5)
 
 
 def _tied(got: dict) -> dict:
