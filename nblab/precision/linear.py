@@ -88,8 +88,10 @@ class QuantLinear(nn.Linear):
     """Drop-in nn.Linear (same parameters and state_dict keys) with per-role specs.
 
     specs maps each role to a QuantSpec (stated along the reduction dim) or None
-    for high precision. While `recording` is on, each quantized operand's
-    quant_stats are appended to `recorded` as (role, QuantStats)."""
+    for high precision. While `recording` is on, the first quantized operand of each role
+    has its quant_stats appended to `recorded` as (role, QuantStats); later ones of a
+    role already recorded are skipped until `recorded` is cleared (a step's first
+    micro-batch is the sample, however many micro-batches run)."""
 
     def __init__(
         self,
@@ -129,7 +131,7 @@ class QuantLinear(nn.Linear):
 
     def _tap(self, role: str, t: torch.Tensor) -> None:
         spec = self.stored_specs[role]
-        if self.recording and spec is not None:
+        if self.recording and spec is not None and all(r != role for r, _ in self.recorded):
             self.recorded.append((role, nk.quant_stats(t.detach(), spec, backend=self.backend)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -229,10 +229,8 @@ class Trainer:
             ys.append(y)
         with self._autocast():
             loss_value = self._mean(self.pipeline.train_step(torch.cat(xs), torch.cat(ys)))
-        for q in qlinears.values():  # micro-batch 0's stats: the first record of each role
+        for q in qlinears.values():  # each role kept its first record: micro-batch 0's
             q.recording = False
-            seen = set()
-            q.recorded[:] = [r for r in q.recorded if not (r[0] in seen or seen.add(r[0]))]
         self.pipeline.sync_tied_grads()
         clip = t.grad_clip if t.grad_clip > 0 else math.inf
         counted, duplicates = self.pipeline.norm_parameters()
@@ -348,10 +346,10 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------
 
     @property
-    def _pp(self) -> tuple[int, dict[str, str]]:
-        """(pipeline degree, checkpoint aliases): (1, {}) without a pipeline."""
+    def _checkpoint_layout(self) -> dict:
+        """checkpoint.save / load's pp and aliases: the pipeline's, or none."""
         p = self.pipeline
-        return (p.pp, p.checkpoint_aliases()) if p is not None else (1, {})
+        return {"pp": p.pp, "aliases": p.checkpoint_aliases()} if p is not None else {}
 
     def _checkpoint_folder(self) -> Path | None:
         return None if self.run_dir is None else self.run_dir / "checkpoints"
@@ -360,8 +358,15 @@ class Trainer:
         folder = self._checkpoint_folder()
         if folder is not None:
             keep = self.recipe.checkpoint.keep
-            args = (self.model, self.optimizer, self.scheduler)
-            checkpoint.save(folder, self.step, *args, keep, *self._pp)
+            checkpoint.save(
+                folder,
+                self.step,
+                self.model,
+                self.optimizer,
+                self.scheduler,
+                keep,
+                **self._checkpoint_layout,
+            )
 
     def resume(self) -> bool:
         """Continue from the latest checkpoint in the run folder, if there is one."""
@@ -369,7 +374,9 @@ class Trainer:
         path = None if folder is None else checkpoint.latest(folder)
         if path is None:
             return False
-        self.step = checkpoint.load(path, self.model, self.optimizer, self.scheduler, *self._pp)
+        self.step = checkpoint.load(
+            path, self.model, self.optimizer, self.scheduler, **self._checkpoint_layout
+        )
         if self.writer is not None:  # steps after the checkpoint are about to run again
             self.writer.store.rewind(self.writer.run_id, self.step)
         self._tokens = self.step * self.recipe.train.batch_size * self.recipe.train.seq_len

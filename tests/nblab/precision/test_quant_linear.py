@@ -144,3 +144,17 @@ def test_equal_rne_specs_share_one_quantization(monkeypatch):
     _, q = make(sr)
     q(x).sum().backward()
     assert len(calls) == 6  # stochastic rounding never shares a draw
+
+
+def test_recording_keeps_the_first_record_of_each_role_until_cleared():
+    _, q = make(DISTINCT)
+    q.recording = True
+    first = torch.randn(32, 64, requires_grad=True)
+    q(first).sum().backward()
+    sqnr = {r: s.sqnr_db for r, s in q.recorded}
+    q(10 * torch.rand(32, 64, requires_grad=True)).sum().backward()  # a second micro-batch
+    assert sorted(r for r, _ in q.recorded) == sorted(ROLES)  # still one per role
+    assert {r: s.sqnr_db for r, s in q.recorded} == sqnr  # the first micro-batch's
+    q.recorded.clear()
+    q(first).sum().backward()
+    assert len(q.recorded) == len(ROLES)  # a new window records again
