@@ -262,11 +262,9 @@ def unsupported(dims: ParallelDims, grad_accum: int | None = None) -> str | None
     pp = dims.pp
     if not _is_int(pp) or pp <= 1:
         return None
-    others = {"tp": dims.tp}
-    combined = [f"{k} {v}" for k, v in others.items() if v != 1]
-    if combined:
+    if dims.tp != 1:
         return (
-            f"pp {pp} with {' x '.join(combined)} is not supported yet: pipeline parallelism "
+            f"pp {pp} with tp {dims.tp} is not supported yet: pipeline parallelism "
             f"runs alone or with dp_shard / dp_replicate (parallel.pp > 1 needs tp = 1)"
         )
     if grad_accum is not None and grad_accum < pp:

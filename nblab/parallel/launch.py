@@ -101,7 +101,7 @@ def _reap_workers(run_dir: Path, grace: float = 5.0) -> None:
 def check_layout(recipe, nproc: int | None = None):
     """The ParallelDims of `recipe` on `nproc` processes (default parallel.nproc), validated:
     LayoutError lists every problem, NotImplementedError refuses what the runtime cannot
-    run yet (pp combined with dp or tp; train.grad_accum < pp)."""
+    run yet (pp combined with tp; train.grad_accum < pp)."""
     recipe.validate()
     dims = dims_for(recipe, nproc or recipe.parallel.nproc)
     dims.validate(recipe)

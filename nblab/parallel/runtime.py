@@ -80,7 +80,7 @@ def barrier() -> None:
 
 def check_supported(dims: ParallelDims, recipe: Any = None) -> None:
     """Raise NotImplementedError for a layout the runtime cannot run yet: pp combined with
-    dp or tp, or (given the recipe) train.grad_accum < pp (see dims.unsupported)."""
+    tp, or (given the recipe) train.grad_accum < pp (see dims.unsupported)."""
     grad_accum = recipe.train.grad_accum if recipe is not None else None
     reason = unsupported(dims, grad_accum)
     if reason:
