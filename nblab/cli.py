@@ -51,12 +51,11 @@ def _load_recipe(source: str, overrides: list[str], name: str | None, nproc: int
     return recipe.with_overrides(overrides) if overrides else recipe
 
 
-PARALLEL_DEGREES = ("dp_replicate", "dp_shard", "tp", "pp")
-
-
 def _nproc_overrides(recipe, overrides: list[str], nproc: int) -> list[str]:
     """parallel.nproc = nproc; and dp_shard = nproc when neither the recipe nor the
     overrides set a parallel degree (plain `--nproc N` means FSDP over N processes)."""
+    from nblab.recipe import PARALLEL_DEGREES
+
     named = {o.split("=", 1)[0].strip() for o in overrides}
     degrees = [getattr(recipe.parallel, d) for d in PARALLEL_DEGREES]
     if named & {f"parallel.{d}" for d in PARALLEL_DEGREES} or math.prod(degrees) != 1:

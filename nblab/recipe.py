@@ -162,6 +162,8 @@ DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "bfloat16")
 BACKENDS = ("auto", "reference", "triton")
 PP_SCHEDULES = ("gpipe", "1f1b")  # as nblab.parallel.pipeline.PP_SCHEDULES
+# the parallel section's degrees; their product is parallel.nproc
+PARALLEL_DEGREES = ("dp_replicate", "dp_shard", "tp", "pp")
 
 # Registries owned by other modules, imported only when a recipe is validated.
 _REGISTRIES = {
@@ -747,7 +749,7 @@ def _cross_field(ok: dict[str, Any]) -> list[Problem]:
                 f"(shorthand: data.name={ok['data.name']}:<path>)",
             )
         )
-    dims = ("parallel.dp_replicate", "parallel.dp_shard", "parallel.tp", "parallel.pp")
+    dims = tuple(f"parallel.{d}" for d in PARALLEL_DEGREES)
     if have(*dims, "parallel.nproc"):
         product = math.prod(ok[d] for d in dims)
         if product != ok["parallel.nproc"]:
@@ -773,6 +775,7 @@ __all__ = [
     "DEVICES",
     "DTYPES",
     "OPTIMIZERS",
+    "PARALLEL_DEGREES",
     "PP_SCHEDULES",
     "RECIPE_PRESETS",
     "SECTIONS",
