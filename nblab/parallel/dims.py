@@ -20,6 +20,8 @@ Rules (each message names the numbers that disagree):
   batch_size / (dp x grad_accum) sequences; with pp > 1 the grad_accum micro-batches are
   the pipeline's micro-batches);
 - pp <= n_layers and pp divides n_layers (stages hold equal numbers of blocks);
+- pp <= train.grad_accum: the pipeline's micro-batches are the grad_accum micro-batches,
+  at least one per stage;
 - precision: after sharding every quantized dimension is still a multiple of its block.
   TP_STYLES says which dim TP splits: ColwiseParallel splits out_features by tp,
   RowwiseParallel splits in_features. A role's groups run along the GEMM's reduction dim
@@ -180,7 +182,7 @@ class LayoutContext:
     config: Any = None
     batch_size: int | None = None
     seq_len: int | None = None
-    grad_accum: int = 1
+    grad_accum: int | None = None  # None: unknown (the pipeline rule is skipped; 1 elsewhere)
     precision: PrecisionPreset | None = None
     sequence_parallel: bool = False
 
@@ -252,27 +254,6 @@ def context_from(recipe: Any = None, **parts: Any) -> LayoutContext:
     elif precision is not None and not isinstance(precision, PrecisionPreset):
         values["precision"] = resolve_precision(precision)
     return LayoutContext(**values)
-
-
-def unsupported(dims: ParallelDims, grad_accum: int | None = None) -> str | None:
-    """Why the runtime cannot run this (valid) layout yet, or None. Pipeline parallelism
-    runs alone or with data parallelism on each stage (pp x dp_shard: FSDP2, pp x
-    dp_replicate: DDP, both: HSDP); pp x tp is not implemented. At least one micro-batch
-    (train.grad_accum) per stage."""
-    pp = dims.pp
-    if not _is_int(pp) or pp <= 1:
-        return None
-    if dims.tp != 1:
-        return (
-            f"pp {pp} with tp {dims.tp} is not supported yet: pipeline parallelism "
-            f"runs alone or with dp_shard / dp_replicate (parallel.pp > 1 needs tp = 1)"
-        )
-    if grad_accum is not None and grad_accum < pp:
-        return (
-            f"train.grad_accum {grad_accum} < pp {pp}: the pipeline's micro-batches are the "
-            f"grad_accum micro-batches, at least one per stage (set train.grad_accum >= {pp})"
-        )
-    return None
 
 
 # ---------------------------------------------------------------------------
@@ -348,6 +329,7 @@ class ParallelDims:
             return out  # the other rules need whole degrees
         out += self._model_problems(ctx)
         out += self._batch_problems(ctx)
+        out += self._pipeline_problems(ctx)
         out += self._precision_problems(ctx)
         return out
 
@@ -423,20 +405,31 @@ class ParallelDims:
     def _batch_problems(self, ctx: LayoutContext) -> list[str]:
         if ctx.batch_size is None:
             return []
-        micro = self.dp * ctx.grad_accum
+        grad_accum = ctx.grad_accum or 1
+        micro = self.dp * grad_accum
         if ctx.batch_size % micro == 0:
             return []
         return [
             f"train.batch_size {ctx.batch_size} is not a multiple of dp {self.dp} (dp_replicate "
-            f"{self.dp_replicate} x dp_shard {self.dp_shard}) x grad_accum {ctx.grad_accum} "
+            f"{self.dp_replicate} x dp_shard {self.dp_shard}) x grad_accum {grad_accum} "
             f"= {micro}: each rank's micro-batch must be a whole number of sequences"
+        ]
+
+    def _pipeline_problems(self, ctx: LayoutContext) -> list[str]:
+        if self.pp == 1 or ctx.grad_accum is None or ctx.grad_accum >= self.pp:
+            return []
+        return [
+            f"train.grad_accum {ctx.grad_accum} < pp {self.pp}: the pipeline's micro-batches "
+            f"are the grad_accum micro-batches, at least one per stage (set "
+            f"train.grad_accum >= {self.pp})"
         ]
 
     def local_batch(self, ctx: LayoutContext) -> int | None:
         """Sequences per micro-batch on one rank, or None when it is not whole."""
-        if ctx.batch_size is None or ctx.batch_size % (self.dp * ctx.grad_accum):
+        micro = self.dp * (ctx.grad_accum or 1)
+        if ctx.batch_size is None or ctx.batch_size % micro:
             return None
-        return ctx.batch_size // (self.dp * ctx.grad_accum)
+        return ctx.batch_size // micro
 
     def _precision_problems(self, ctx: LayoutContext) -> list[str]:
         preset, cfg = ctx.precision, ctx.config
@@ -527,5 +520,4 @@ __all__ = [
     "linear_shapes",
     "model_config",
     "quantized_roles",
-    "unsupported",
 ]

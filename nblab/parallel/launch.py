@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from nblab.parallel.runtime import check_supported, dims_for
+from nblab.parallel.runtime import dims_for
 
 TORCHRUN_LOG = "torchrun.log"
 FAULT_ENV = "NBLAB_FAULT"
@@ -100,12 +100,10 @@ def _reap_workers(run_dir: Path, grace: float = 5.0) -> None:
 
 def check_layout(recipe, nproc: int | None = None):
     """The ParallelDims of `recipe` on `nproc` processes (default parallel.nproc), validated:
-    LayoutError lists every problem, NotImplementedError refuses what the runtime cannot
-    run yet (pp combined with tp; train.grad_accum < pp)."""
+    LayoutError lists every problem."""
     recipe.validate()
     dims = dims_for(recipe, nproc or recipe.parallel.nproc)
     dims.validate(recipe)
-    check_supported(dims, recipe)
     return dims
 
 

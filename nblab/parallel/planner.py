@@ -6,8 +6,7 @@
 `plan` enumerates every layout with dp_replicate x dp_shard x tp x pp == gpus and tp
 inside one node, validates each with ParallelDims (a rejected layout keeps the
 validation messages), estimates per-GPU memory and communication per step with the
-formulas below, rejects what does not fit or what the runtime cannot run yet (pp
-combined with tp, grad_accum < pp: dims.unsupported), and ranks the rest by
+formulas below, rejects what does not fit, and ranks the rest by
 estimated step time.
 Everything is arithmetic on the recipe: no torch.distributed, nothing allocated.
 
@@ -89,7 +88,6 @@ from nblab.parallel.dims import (
     context_from,
     linear_shapes,
     quantized_roles,
-    unsupported,
 )
 from nblab_kernels.formats import SCALE_FORMATS
 
@@ -152,7 +150,6 @@ class LayoutEstimate:
     reasons: list[str] = field(default_factory=list)
     rank: int | None = None  # 1 = best, None when rejected
     tokens_per_step: int = 0
-    supported: bool = True  # False: valid, but the runtime cannot run it yet
 
     @property
     def memory_bytes(self) -> float:
@@ -178,7 +175,6 @@ class LayoutEstimate:
             **self.dims.degrees(),
             "valid": self.valid,
             "fits": self.fits,
-            "supported": self.supported,
             **{f"mem_{k}": v for k, v in self.memory.items()},
             **{f"comm_{k}": v for k, v in self.comm.items()},
             "comm_total": self.comm_bytes,
@@ -214,7 +210,7 @@ def estimate_layout(
     dtype = getattr(getattr(recipe, "train", None), "dtype", "bfloat16")
     optimizer = getattr(getattr(recipe, "optimizer", None), "name", "adamw")
     a = 2 if dtype == "bfloat16" else 4
-    tp, pp, m = dims.tp, dims.pp, ctx.grad_accum
+    tp, pp, m = dims.tp, dims.pp, ctx.grad_accum or 1
     d, F, hd, V = cfg.d_model, cfg.ffn_hidden, cfg.head_dim, cfg.vocab_size
     nh, nkv, L = cfg.n_heads, cfg.n_kv_heads, cfg.n_layers
     t = dims.local_batch(ctx) * ctx.seq_len  # tokens per micro-batch per rank
@@ -313,9 +309,6 @@ def estimate_layout(
     est.times = times
     if est.fits:
         est.score = sum(times.values())
-        reason = unsupported(dims, ctx.grad_accum)
-        if reason:  # estimated, but never ranked: nblab run would refuse it
-            est.supported, est.reasons = False, [f"not runnable yet: {reason}"]
     else:
         est.reasons = [
             f"does not fit: {_gb(mem['total'])} > {_gb(gpu_mem_bytes)} (params+grads+optimizer "
@@ -355,9 +348,8 @@ def plan(
     hardware: Hardware = H100,
 ) -> list[LayoutEstimate]:
     """Every layout of `gpus` GPUs for `recipe`: first those that are valid, fit in
-    `gpu_mem_bytes` and the runtime can run, best first (rank 1..; at most `top` of them),
-    then every rejected layout with its reasons (valid but too big, smallest first; then
-    those the runtime cannot run yet, see dims.unsupported; then invalid ones)."""
+    `gpu_mem_bytes`, best first (rank 1..; at most `top` of them), then every rejected
+    layout with its reasons (valid but too big, smallest first; then invalid ones)."""
     if not isinstance(gpu_mem_bytes, int | float) or not gpu_mem_bytes > 0:
         raise ValueError(f"gpu_mem_bytes={gpu_mem_bytes!r} must be a number of bytes > 0")
     if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 1):
@@ -374,16 +366,14 @@ def plan(
         )
         for dims in layouts(gpus, hardware.gpus_per_node)
     ]
-    runnable = [e for e in estimates if e.fits and e.supported]
-    ranked = sorted(runnable, key=lambda e: (e.score, e.memory_bytes))
+    ranked = sorted((e for e in estimates if e.fits), key=lambda e: (e.score, e.memory_bytes))
     for i, e in enumerate(ranked, 1):
         e.rank = i
     too_big = sorted((e for e in estimates if e.valid and not e.fits), key=lambda e: e.memory_bytes)
-    not_yet = [e for e in estimates if e.fits and not e.supported]
     invalid = [e for e in estimates if not e.valid]
     if top is not None:
         ranked = ranked[:top]
-    return ranked + too_big + not_yet + invalid
+    return ranked + too_big + invalid
 
 
 # ---------------------------------------------------------------------------

@@ -28,9 +28,9 @@ Order of the plan (as torchtitan): TP first, then FSDP2 / HSDP / DDP on top.
 
 Pipeline parallelism (pp > 1, parallel.pp_schedule gpipe | 1f1b): nblab.parallel.pipeline
 splits the model into stages (the trainer builds a Pipeline instead of calling
-apply_parallelism), with apply_data_parallel on each stage when dp > 1 (pp x dp_shard:
-FSDP2, pp x dp_replicate: DDP, both: HSDP). check_supported() refuses pp combined with
-tp, and train.grad_accum (the pipeline's micro-batches) < pp. clip_grad_norm_(..., pp=pp)
+apply_parallelism), then applies the same plan to each stage: apply_tp within the stage
+when tp > 1, apply_data_parallel when dp > 1 (pp x dp_shard: FSDP2, pp x dp_replicate:
+DDP, both: HSDP). clip_grad_norm_(..., pp=pp)
 all-reduces the squared norms of every stage.
 """
 
@@ -48,7 +48,7 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
 
-from nblab.parallel.dims import COLWISE, TP_STYLES, ParallelDims, unsupported
+from nblab.parallel.dims import COLWISE, TP_STYLES, ParallelDims
 
 # ---------------------------------------------------------------------------
 # The process group
@@ -76,15 +76,6 @@ def is_rank0() -> bool:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
-
-
-def check_supported(dims: ParallelDims, recipe: Any = None) -> None:
-    """Raise NotImplementedError for a layout the runtime cannot run yet: pp combined with
-    tp, or (given the recipe) train.grad_accum < pp (see dims.unsupported)."""
-    grad_accum = recipe.train.grad_accum if recipe is not None else None
-    reason = unsupported(dims, grad_accum)
-    if reason:
-        raise NotImplementedError(reason)
 
 
 def dims_for(recipe: Any, world: int) -> ParallelDims:
@@ -149,6 +140,12 @@ class ParallelContext:
         shard = self.mesh.get_local_rank("dp_shard") if "dp_shard" in names else 0
         return rep * self.dims.dp_shard + shard
 
+    @property
+    def tp_rank(self) -> int:
+        """This rank's index in its tp group (0 without TP)."""
+        names = self.mesh.mesh_dim_names or ()
+        return self.mesh.get_local_rank("tp") if "tp" in names else 0
+
     def dp_slice(self, batch: torch.Tensor) -> torch.Tensor:
         """Rows [dp_rank * n/dp, (dp_rank + 1) * n/dp) of a global (micro-)batch."""
         n = batch.size(0)
@@ -168,7 +165,7 @@ class ParallelContext:
 def init_distributed(recipe: Any) -> ParallelContext | None:
     """Join (or start) the process group torchrun set up and build the mesh; None when this
     is a single process. gloo on CPU, nccl on CUDA. Validates the layout first (LayoutError
-    lists every problem) and refuses what check_supported refuses."""
+    lists every problem)."""
     world = world_size()
     if world <= 1:
         return None
@@ -179,7 +176,6 @@ def init_distributed(recipe: Any) -> ParallelContext | None:
         )
     dims = dims_for(recipe, world)
     dims.validate(recipe)
-    check_supported(dims, recipe)
     device = device_for(recipe)
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
@@ -231,6 +227,12 @@ def quantize_local_shards(module: nn.Module) -> nn.Module:
     return module
 
 
+def _owned_blocks(model: nn.Module) -> list[nn.Module]:
+    """The blocks of model.layers this rank holds: all of them, except under pp, where the
+    other stages' blocks are parameter-free stand-ins (nblab.parallel.pipeline)."""
+    return [block for block in model.layers if any(True for _ in block.parameters())]
+
+
 def apply_tp(model: nn.Module, tp_mesh: DeviceMesh) -> nn.Module:
     """TP on every block of the built-in GPT with the TP_STYLES plan (see the module doc)."""
     from torch.distributed.tensor.parallel import (
@@ -242,7 +244,8 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh) -> nn.Module:
     from nblab.precision.linear import QuantLinear
 
     tp = tp_mesh.size()
-    for block in model.layers:
+    # a pipeline stage's model.layers holds parameter-free stand-ins for other stages' blocks
+    for block in _owned_blocks(model):
         plan = {
             suffix: ColwiseParallel() if style == COLWISE else RowwiseParallel()
             for suffix, style in TP_STYLES.items()
@@ -288,8 +291,7 @@ def apply_data_parallel(
         def wrap(m):
             return replicate(m, mesh=dp_mesh, mp_policy=policy)
 
-    # a pipeline stage's model.layers holds parameter-free stand-ins for other stages' blocks
-    wrapped = [wrap(block) for block in model.layers if any(True for _ in block.parameters())]
+    wrapped = [wrap(block) for block in _owned_blocks(model)]
     wrapped.append(wrap(model))
     for m in wrapped:
         m.set_gradient_divide_factor(1.0)
@@ -303,7 +305,6 @@ def apply_parallelism(
     """TP, then FSDP2 / HSDP / DDP, on the built-in GPT already on its device (see the
     module docstring). Returns the same model, changed in place. Pipeline stages are not
     made here: with pp > 1 the trainer builds a nblab.parallel.pipeline.Pipeline."""
-    check_supported(dims)
     if dims.pp > 1:
         raise ValueError("apply_parallelism does not split pipeline stages; use Pipeline")
     if not hasattr(model, "layers"):
@@ -424,7 +425,6 @@ __all__ = [
     "apply_tp",
     "barrier",
     "build_mesh",
-    "check_supported",
     "clip_grad_norm_",
     "device_for",
     "dims_for",

@@ -210,10 +210,9 @@ class Trainer:
             total += float(loss.detach())
         loss_value = self._mean(total / t.grad_accum)
         clip = t.grad_clip if t.grad_clip > 0 else math.inf
-        if self.parallel is not None:
-            grad_norm = float(runtime.clip_grad_norm_(self.model.parameters(), clip))
-        else:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        # one norm for every layout (fp64 sums; a single process needs no collective), so
+        # a layout's clipped gradients equal the single process's up to summation order
+        grad_norm = float(runtime.clip_grad_norm_(self.model.parameters(), clip))
         return self._finish_step(loss_value, grad_norm, qlinears if record else None)
 
     def _pipeline_step(self, qlinears: dict, record: bool) -> float:
@@ -288,8 +287,11 @@ class Trainer:
     @property
     def _records(self) -> bool:
         """Whether this rank records quantization stats and weight histograms: rank 0, and
-        under pp the first dp rank of every stage (rank 0 gathers theirs)."""
-        return self.rank0 if self.pipeline is None else self.parallel.dp_rank == 0
+        under pp the first dp and tp rank of every stage (rank 0 gathers theirs). Under TP
+        that rank's stats are of its local shards (what it quantizes)."""
+        if self.pipeline is None:
+            return self.rank0
+        return self.parallel.dp_rank == 0 and self.parallel.tp_rank == 0
 
     def _from_every_stage(self, rows: list) -> list:
         """Under pp: on rank 0 every recording rank's rows, in stage order (a collective);

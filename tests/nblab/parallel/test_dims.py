@@ -70,6 +70,13 @@ INVALID = [
         id="pp-uneven",
     ),
     pytest.param(
+        dict(pp=4, tp=2, world_size=8),
+        dict(config=CFG_384, grad_accum=2),
+        "train.grad_accum 2 < pp 4: the pipeline's micro-batches are the grad_accum "
+        "micro-batches, at least one per stage (set train.grad_accum >= 4)",
+        id="pp-micro-batches",
+    ),
+    pytest.param(
         dict(tp=2, world_size=2),
         dict(config=GQA, seq_len=127, sequence_parallel=True),
         "seq_len 127 is not a multiple of tp 2",

@@ -99,10 +99,20 @@ def test_low_precision_and_checkpointing_shrink_activations():
 def test_tp_and_pp_split_the_states_and_add_their_traffic():
     base = estimate_layout(recipe_1b(), dims(rep=2), GB80)
     tp = estimate_layout(recipe_1b(), dims(rep=2, tp=4), GB80)
-    pp = estimate_layout(recipe_1b(), dims(rep=2, pp=4), GB80)
+    # pp 4 needs 4 micro-batches; the bubble is (pp - 1) / micro-batches of the compute
+    pp = estimate_layout(recipe_1b("train.grad_accum=4"), dims(rep=2, pp=4), GB80)
     assert states(tp) < states(base) / 3 and states(pp) < states(base) / 3
     assert tp.comm["tp"] > 0 and "tp" not in base.comm
-    assert pp.comm["pp"] > 0 and pp.times["bubble"] == pytest.approx(3 * pp.times["compute"])
+    assert pp.comm["pp"] > 0 and pp.times["bubble"] == pytest.approx(3 / 4 * pp.times["compute"])
+    both = estimate_layout(recipe_1b("train.grad_accum=4"), dims(tp=2, pp=4), GB80)
+    assert both.valid and both.fits and both.comm["tp"] > 0 and both.comm["pp"] > 0
+
+
+def test_pp_with_fewer_micro_batches_than_stages_is_rejected_with_the_rule():
+    estimates = plan(recipe_1b(), gpus=8, gpu_mem_bytes=GB80)
+    pp = [e for e in estimates if e.dims.pp > 1]
+    assert pp and all(e.rank is None and not e.valid for e in pp)
+    assert all(any("train.grad_accum 1 < pp" in r for r in e.reasons) for e in pp)
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nblab.parallel import ParallelDims, runtime
+from nblab.parallel import LayoutError
 from nblab.parallel.launch import check_layout, launch
 from nblab.runs import RunStore
 from nblab.runs.liveness import pid_alive
@@ -282,17 +282,17 @@ def test_pipeline_x_dp_checkpoint_reshards_to_one_process_and_back(parallel_4, s
     _same_run(_resumed(parallel_4, "single_to_pp_fsdp_1f1b"), single_pp["bf16"])
 
 
-def test_pp_layouts_the_runtime_cannot_run_are_refused_before_launch():
+def test_pp_layouts_compose_and_need_a_micro_batch_per_stage():
     pp2 = recipe_for(None).with_overrides(["parallel.pp=2", "parallel.nproc=2"])
-    with pytest.raises(NotImplementedError, match="train.grad_accum 1 < pp 2"):
+    with pytest.raises(LayoutError, match="train.grad_accum 1 < pp 2"):
         check_layout(pp2)
     assert check_layout(pp2.with_overrides(["train.grad_accum=2"])).pp == 2
     ddp = ["parallel.dp_replicate=2", "parallel.nproc=4", "train.grad_accum=2"]
     assert check_layout(pp2.with_overrides(ddp)).dp_replicate == 2
     fsdp = ["parallel.dp_shard=2", "parallel.nproc=4", "train.grad_accum=2"]
     assert check_layout(pp2.with_overrides(fsdp)).dp_shard == 2
-    with pytest.raises(NotImplementedError, match="pp 2 with tp 2 is not supported yet"):
-        runtime.check_supported(ParallelDims(pp=2, tp=2))
+    tp = ["parallel.tp=2", "parallel.nproc=4", "train.grad_accum=2"]
+    assert check_layout(pp2.with_overrides(tp)).tp == 2  # pp x tp runs (test_parity)
 
 
 def test_pp_that_does_not_divide_the_layers_is_refused_before_launch(tmp_path):

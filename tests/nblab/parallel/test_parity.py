@@ -1,0 +1,106 @@
+"""Loss parity: every layout trains gpt-tiny like one process, step for step.
+
+Two torchrun jobs (parity_worker.py, gloo on CPU): DDP 2, FSDP 2, TP 2 and PP 2 on 2
+processes; FSDP 2 x TP 2 and PP 2 x TP 2 on 4. Each runs 20 steps in bf16 and in mxfp4
+with the single process's seed and global batch (the pp layouts, and their single
+process, in 2 micro-batches).
+
+Tolerances. The math is the same in every layout; only the order of fp32 sums differs
+(a dp rank's rows reduced with the other's, a TP all-reduce of partial sums, the
+pipeline's sum of micro-batch gradients), and every layout clips with the same fp64
+gradient norm. No quantization group changes with the layout either: mxfp4's blocks of
+32 run along the features and the 64-token sequences, and ParallelDims.validate refuses
+a shard that would split a block. So:
+
+- bf16: every step's loss and the final val loss within EXACT = 2e-6, a few fp32 ulps
+  of a loss near 4 (one ulp is 4.8e-7). Measured: at most 7.2e-7.
+- mxfp4: step 1 within EXACT too (the same quantized forward: bf16 and mxfp4 differ
+  there by 5e-4 to 9e-3). After that, a weight one ulp away from the single process's
+  can sit on the other side of an fp4 rounding boundary, and one flipped code moves the
+  loss by about 1e-4, which later steps carry on. Every step and the val loss within
+  FLIPS = 5e-3. Measured: TP 2 bit-exact, PP 2 and PP 2 x TP 2 within 2e-6; the layouts
+  that split rows (DDP, FSDP, FSDP x TP) flip a code from step 6 and stay within 2.4e-3
+  (val 1.8e-4), while the bf16 and mxfp4 curves are up to 1.9e-2 apart.
+"""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from nblab.train.trainer import build_data
+
+sys.path.insert(0, str(Path(__file__).parent))
+from parity_worker import (  # noqa: E402
+    PARITY_LAYOUTS,
+    PRESETS,
+    micro_batches,
+    nproc,
+    parity_recipe,
+    train,
+)
+from test_runtime import _env  # noqa: E402
+
+WORKER = Path(__file__).parent / "parity_worker.py"
+EXACT = 2e-6
+FLIPS = 5e-3
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """The single process's losses, per (preset, grad_accum)."""
+    dataset = build_data(parity_recipe(None, "bf16"))
+    accums = {micro_batches(layout) for layout in PARITY_LAYOUTS}
+    return {
+        (preset, m): train(parity_recipe(None, preset, m), dataset)
+        for preset in PRESETS
+        for m in accums
+    }
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory):
+    """What both torchrun jobs saved: {(layout, preset): {"losses", "val_loss"}}."""
+    out = tmp_path_factory.mktemp("parity")
+    for n in sorted({nproc(layout) for layout in PARITY_LAYOUTS}):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        start = time.perf_counter()
+        proc = subprocess.run(
+            [*cmd, "--nproc-per-node", str(n), str(WORKER), str(out)],
+            capture_output=True,
+            text=True,
+            timeout=400,
+            env=_env(),
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+        print(f"parity job, {n} ranks: {time.perf_counter() - start:.1f} s")
+    return {
+        (layout, preset): torch.load(out / f"{layout}_{preset}.pt")
+        for layout in PARITY_LAYOUTS
+        for preset in PRESETS
+    }
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("layout", list(PARITY_LAYOUTS))
+def test_layout_loss_equals_one_process_for_20_steps(layouts, reference, layout, preset):
+    got, ref = layouts[layout, preset], reference[preset, micro_batches(layout)]
+    assert len(got["losses"]) == len(ref["losses"]) == 20
+    tol = EXACT if preset == "bf16" else FLIPS
+    assert got["losses"][0] == pytest.approx(ref["losses"][0], abs=EXACT, rel=0)
+    assert got["losses"] == pytest.approx(ref["losses"], abs=tol, rel=0)
+    assert got["val_loss"] == pytest.approx(ref["val_loss"], abs=tol, rel=0)
+    # the run learned (so equal curves mean something): the loss fell by more than 0.5
+    assert ref["losses"][0] - ref["losses"][-1] > 0.5
+
+
+def test_mxfp4_is_quantized_in_the_parity_runs(reference):
+    """The two presets' curves differ, at step 1 by far more than EXACT: mxfp4 really
+    quantized, so its step-1 check above is a check of the quantized forward."""
+    for m in {micro_batches(layout) for layout in PARITY_LAYOUTS}:
+        bf16, mxfp4 = reference["bf16", m]["losses"], reference["mxfp4", m]["losses"]
+        assert abs(bf16[0] - mxfp4[0]) > 100 * EXACT
+        assert max(abs(a - b) for a, b in zip(bf16, mxfp4, strict=True)) > 2 * FLIPS
