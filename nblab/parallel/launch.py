@@ -267,4 +267,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from nblab.parallel.runtime import exit_rank
+
+    exit_rank(main())  # a failure raised above exits the usual way, with its traceback

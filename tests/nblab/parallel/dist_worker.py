@@ -194,7 +194,6 @@ def resume_in(out: Path, dataset, layout: str, run: str, name: str) -> None:
 def main_pp_fsdp(out: Path) -> None:
     dist.init_process_group("gloo")
     pipeline_runs(out, build_data(recipe_for(None)), PP_DP_LAYOUTS, ("pp_fsdp_1f1b", "pp_ddp_1f1b"))
-    dist.destroy_process_group()
 
 
 def main(out: Path) -> None:
@@ -244,7 +243,6 @@ def main(out: Path) -> None:
     result["val_loss"] = trainer.evaluate()["val_loss"]
     if rank0:
         torch.save(result, out / "fsdp_to_tp.pt")
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
@@ -252,3 +250,4 @@ if __name__ == "__main__":
         main_pp_fsdp(Path(sys.argv[1]))
     else:
         main(Path(sys.argv[1]))
+    runtime.exit_rank(0)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from nblab.parallel import runtime
 from nblab.recipe import Recipe
 from nblab.train.trainer import Trainer, build_data
 
@@ -90,8 +91,8 @@ def main(out: Path) -> None:
             result = train(parity_recipe(layout, preset), dataset)
             if dist.get_rank() == 0:
                 torch.save(result, out / f"{layout}_{preset}.pt")
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]))
+    runtime.exit_rank(0)
