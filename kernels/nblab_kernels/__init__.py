@@ -19,6 +19,7 @@ from .reference import (
     hadamard_matrix,
     hadamard_transform,
     inverse_hadamard_transform,
+    merge_quant_stats,
 )
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "hadamard_matrix",
     "hadamard_transform",
     "inverse_hadamard_transform",
+    "merge_quant_stats",
     "quant_stats",
     "quantize",
     "scale_format",

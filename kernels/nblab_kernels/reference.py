@@ -627,6 +627,45 @@ class QuantStats:
     scale_exponents: dict[int, int]  # floor(log2(group scale)) -> groups
     rel_err_mean: float  # |x - dq| / |x| over x != 0
     rel_err_max: float
+    # the sums behind sqnr_db (fp64 sums of x^2 and (x - dq)^2) and the element count:
+    # what merge_quant_stats needs to combine the stats of a tensor's shards
+    signal: float = math.nan
+    noise: float = math.nan
+    numel: int = 0
+
+
+def merge_quant_stats(parts: list[QuantStats]) -> QuantStats:
+    """The stats of one tensor from those of its disjoint pieces (e.g. the shards that
+    the ranks of a tensor-parallel group quantized): SQNR from the summed energies,
+    fractions weighted by element count, scale exponents counted over all pieces.
+    rel_err_mean is weighted by element count too (the nonzero counts are not kept)."""
+    if not parts:
+        raise ValueError("merge_quant_stats needs at least one QuantStats")
+    if len(parts) == 1:
+        return parts[0]
+    numel = sum(p.numel for p in parts)
+    if numel == 0:
+        raise ValueError("merge_quant_stats: the parts carry no element counts")
+
+    def weighted(field: str) -> float:
+        return sum(getattr(p, field) * p.numel for p in parts) / numel
+
+    exponents: dict[int, int] = {}
+    for p in parts:
+        for e, n in p.scale_exponents.items():
+            exponents[e] = exponents.get(e, 0) + n
+    signal, noise = sum(p.signal for p in parts), sum(p.noise for p in parts)
+    return QuantStats(
+        sqnr_db=sqnr_db(signal, noise),
+        saturation=weighted("saturation"),
+        underflow=weighted("underflow"),
+        scale_exponents=dict(sorted(exponents.items())),
+        rel_err_mean=weighted("rel_err_mean"),
+        rel_err_max=max(p.rel_err_max for p in parts),
+        signal=signal,
+        noise=noise,
+        numel=numel,
+    )
 
 
 def sqnr_db(signal: float, noise: float) -> float:
@@ -646,7 +685,8 @@ def quant_stats(
     xf = x.detach().double().reshape(-1)
     dq = qt.dequantize(torch.float32).double().reshape(-1)
     err = xf - dq
-    sqnr = sqnr_db(float((xf * xf).sum()), float((err * err).sum()))
+    signal, noise = float((xf * xf).sum()), float((err * err).sum())
+    sqnr = sqnr_db(signal, noise)
     nonzero = xf != 0
     rel = (err[nonzero].abs() / xf[nonzero].abs()) if bool(nonzero.any()) else xf.new_zeros(1)
     if grid is None:  # plain cast: no grid scale
@@ -664,6 +704,9 @@ def quant_stats(
         scale_exponents=exponents,
         rel_err_mean=float(rel.mean()),
         rel_err_max=float(rel.max()),
+        signal=signal,
+        noise=noise,
+        numel=xf.numel(),
     )
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+import nblab_kernels as nk
 from nblab.parallel import runtime
 from nblab.precision.plan import PlanReport, apply_precision, quant_linears
 from nblab.recipe import Recipe
@@ -200,8 +201,8 @@ class Trainer:
         total = 0.0
         for micro in range(t.grad_accum):
             for q in qlinears.values():
-                # one micro-batch is a fair sample; rank 0's local shards under TP
-                q.recording = record and micro == 0 and self._records
+                # one micro-batch is a fair sample (under TP, of each rank's shard)
+                q.recording = record and micro == 0 and self._records_stats
             x, y = self._batch("train", _batch_generator(t.seed, self.step, micro))
             with self._autocast():
                 _, loss = self.step_fn(x, y)
@@ -220,7 +221,7 @@ class Trainer:
         into one batch it splits again), the loss comes from the last stage."""
         t = self.recipe.train
         for q in qlinears.values():
-            q.recording = record and self._records
+            q.recording = record and self._records_stats
         xs, ys = [], []
         for micro in range(t.grad_accum):
             x, y = self._batch("train", _batch_generator(t.seed, self.step, micro))
@@ -285,40 +286,52 @@ class Trainer:
             self.writer.log_metrics(self.step, values)
 
     @property
-    def _records(self) -> bool:
-        """Whether this rank records quantization stats and weight histograms: rank 0, and
-        under pp the first dp and tp rank of every stage (rank 0 gathers theirs). Under TP
-        that rank's stats are of its local shards (what it quantizes)."""
-        if self.pipeline is None:
-            return self.rank0
-        return self.parallel.dp_rank == 0 and self.parallel.tp_rank == 0
+    def _records_stats(self) -> bool:
+        """Whether this rank records quantization stats: every rank of the first dp rank
+        (one rank, unless TP or PP split the modules over several: under TP each quantizes
+        its own shards, under PP its own stage; rank 0 gathers and merges them)."""
+        return self.parallel is None or self.parallel.dp_rank == 0
 
-    def _from_every_stage(self, rows: list) -> list:
-        """Under pp: on rank 0 every recording rank's rows, in stage order (a collective);
-        otherwise `rows` as they are."""
-        if self.pipeline is None:
+    @property
+    def _records_histograms(self) -> bool:
+        """Whether this rank records weight histograms: the first dp and tp rank of every
+        stage (the weights are gathered whole first)."""
+        p = self.parallel
+        return p is None or (p.dp_rank == 0 and p.tp_rank == 0)
+
+    def _gathered(self, rows: list, contribute: bool) -> list:
+        """When TP or PP split the modules over ranks: on rank 0 the rows of every rank
+        that contributes, in rank order (a collective); otherwise `rows` as they are."""
+        p = self.parallel
+        if p is None or (p.dims.tp == 1 and p.dims.pp == 1):
             return rows
-        return runtime.gather_to_rank0(rows, contribute=self._records)
+        return runtime.gather_to_rank0(rows, contribute=contribute)
 
     def _log_step(self, lr: float, grad_norm: float, recorded: dict | None) -> None:
         """recorded: the QuantLinears of a stats step (every rank passes them, or None)."""
         m, t = self.recipe.metrics, self.recipe.train
         if recorded is not None:
-            stats = [
-                (name, role, s.sqnr_db, s.saturation, s.underflow)
-                for name, q in recorded.items()
-                for role, s in q.recorded
-            ]
+            stats = [(name, role, s) for name, q in recorded.items() for role, s in q.recorded]
             for q in recorded.values():
                 q.recorded.clear()
-            for row in self._from_every_stage(stats):
+            # under TP one (module, role) arrives from every rank of its tp group: the
+            # stats of the whole tensor come from their summed energies and counts (a
+            # replicated operand, the same on every rank, merges into itself)
+            shards: dict[tuple[str, str], list[nk.QuantStats]] = {}
+            for name, role, s in self._gathered(stats, self._records_stats):
+                shards.setdefault((name, role), []).append(s)
+            for (name, role), parts in shards.items():
+                s = nk.merge_quant_stats(parts)
                 if self.writer is not None:
-                    self.writer.log_stats(self.step, *row)
+                    self.writer.log_stats(
+                        self.step, name, role, s.sqnr_db, s.saturation, s.underflow
+                    )
         if m.histogram_interval and (self.step % m.histogram_interval == 0 or self.step == 1):
             # sharded weights are gathered whole first (a collective: every rank takes part)
             source = runtime.gathered_linears(self.model) if self.parallel else self.model
-            rows = list(self.histograms(source)) if self._records else []
-            for name, edges, counts in self._from_every_stage(rows):
+            contribute = self._records_histograms
+            rows = list(self.histograms(source)) if contribute else []
+            for name, edges, counts in self._gathered(rows, contribute):
                 if self.writer is not None:
                     self.writer.log_histogram(self.step, name, edges, counts)
         if self.step % m.log_interval and self.step != t.steps:

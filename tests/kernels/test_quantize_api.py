@@ -134,6 +134,29 @@ def test_quant_stats_fields():
     assert nk.quant_stats(X, "fp8_e4m3_tensor").saturation == 0
     exact = nk.quant_stats(torch.tensor([[1.0, 2.0, 0.5, 0.0]]), "fp8_e4m3_tensor")
     assert exact.sqnr_db == float("inf")
+    assert s.numel == X.numel() and s.signal == pytest.approx(float((X.double() ** 2).sum()))
+    assert s.sqnr_db == pytest.approx(10 * np.log10(s.signal / s.noise))
+
+
+@pytest.mark.parametrize("spec", ["mxfp4", "mxfp8", "int8_row"])
+def test_merged_shard_stats_are_the_whole_tensors(spec):
+    """The stats of a tensor's row shards merge into the whole tensor's stats (specs
+    whose groups stay within a row, so each shard quantizes exactly as the whole does;
+    a tensor-level scale, as nvfp4's, would differ per shard)."""
+    heavy = X * torch.linspace(0.1, 10, 256)[:, None]  # shards of different scales
+    whole = nk.quant_stats(heavy, spec)
+    merged = nk.merge_quant_stats([nk.quant_stats(part, spec) for part in heavy.split(64)])
+    assert merged.sqnr_db == pytest.approx(whole.sqnr_db, rel=1e-9)
+    assert merged.saturation == pytest.approx(whole.saturation, abs=1e-12)
+    assert merged.underflow == pytest.approx(whole.underflow, abs=1e-12)
+    assert merged.scale_exponents == whole.scale_exponents
+    assert merged.rel_err_max == whole.rel_err_max
+    assert merged.numel == whole.numel
+    # one shard alone is not the whole (what logging rank 0's shard would report)
+    assert abs(nk.quant_stats(heavy[:64], spec).sqnr_db - whole.sqnr_db) > 1e-6
+    assert nk.merge_quant_stats([whole]) is whole
+    with pytest.raises(ValueError, match="at least one"):
+        nk.merge_quant_stats([])
 
 
 def test_dequantize_to_another_dtype():

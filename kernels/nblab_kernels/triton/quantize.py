@@ -693,4 +693,7 @@ def stats_from_rows(rows: torch.Tensor, numel: int, exponents: dict[int, int]) -
         scale_exponents=exponents,
         rel_err_mean=sums[STAT_REL_SUM] / nonzero if nonzero else 0.0,
         rel_err_max=float(rows[:, STAT_REL_MAX].double().max()) if nonzero else 0.0,
+        signal=sums[STAT_SIGNAL],
+        noise=sums[STAT_NOISE],
+        numel=numel,
     )

@@ -141,7 +141,8 @@ def assert_stats_match(ref: reference.QuantStats, got: reference.QuantStats) -> 
     assert got.saturation == ref.saturation, (got.saturation, ref.saturation)
     assert got.underflow == ref.underflow, (got.underflow, ref.underflow)
     assert got.scale_exponents == ref.scale_exponents
-    for field in ("sqnr_db", "rel_err_mean", "rel_err_max"):
+    assert got.numel == ref.numel
+    for field in ("sqnr_db", "rel_err_mean", "rel_err_max", "signal", "noise"):
         r, g = getattr(ref, field), getattr(got, field)
         if math.isnan(r) or math.isinf(r):
             assert (math.isnan(g) and math.isnan(r)) or g == r, (field, g, r)

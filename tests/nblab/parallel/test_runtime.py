@@ -18,9 +18,10 @@ import torch
 
 from nblab.parallel import LayoutError
 from nblab.parallel.launch import check_layout, launch
+from nblab.recipe import Recipe
 from nblab.runs import RunStore
 from nblab.runs.liveness import pid_alive
-from nblab.train.trainer import Trainer, build_data
+from nblab.train.trainer import Trainer, build_data, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from dist_worker import (  # noqa: E402
@@ -322,14 +323,20 @@ def test_invalid_layout_is_refused_before_launch(tmp_path):
     [
         ("dp_shard 2", []),  # plain --nproc 2: FSDP
         ("pp 2", ["parallel.pp=2", "train.grad_accum=2"]),  # stats from both stages
+        ("tp 2", ["parallel.tp=2"]),  # stats merged from both ranks' shards
     ],
 )
 def test_nblab_run_nproc_2_writes_metrics_from_rank_0_only(tmp_path, layout, sets):
     env = _env(NBLAB_HOME=str(tmp_path))
-    args = ["run", "gpt-debug", "--nproc", "2", "--set", "train.steps=3"]
-    args += [a for s in sets for a in ("--set", s)]
-    args += ["--set", "eval.interval=3", "--set", "metrics.histogram_interval=2"]
-    args += ["--set", "metrics.stats_interval=2", "--set", "precision.preset=mxfp8"]
+    sets = [
+        "train.steps=3",
+        *sets,
+        "eval.interval=3",
+        "metrics.histogram_interval=2",
+        "metrics.stats_interval=2",
+        "precision.preset=mxfp8",
+    ]
+    args = ["run", "gpt-debug", "--nproc", "2", *(a for s in sets for a in ("--set", s))]
     proc = subprocess.run(
         [sys.executable, "-m", "nblab.cli", *args],
         capture_output=True,
@@ -361,6 +368,24 @@ def test_nblab_run_nproc_2_writes_metrics_from_rank_0_only(tmp_path, layout, set
     assert f"parallel layout: {layout} on 2 processes" in log
     pids = sorted(f.name for f in (store.run_dir(run.run_id) / "pids").iterdir())
     assert pids == ["rank0", "rank1"]
+    if layout == "tp 2":
+        _assert_stats_of_whole_tensors(stats, sets, tmp_path / "single")
+
+
+def _assert_stats_of_whole_tensors(stats, sets: list[str], home: Path) -> None:
+    """Each TP rank quantizes its own shard; the stats rank 0 logs are of the whole
+    tensor: they equal one process's (same weights up to fp32 summation order). The stats
+    of one rank's shard alone differ from the whole tensor's by far more than 1e-3 dB."""
+    single_sets = [s for s in sets if not s.startswith("parallel.")]
+    store = RunStore(home)
+    result = train(Recipe.preset("gpt-debug").with_overrides(single_sets), store=store)
+    ref = store.stats(result.run_id)
+    keys = ["step", "module", "role"]
+    both = stats.merge(ref, on=keys, suffixes=("", "_single"))
+    assert len(both) == len(ref) == len(stats) > 0
+    assert (both.sqnr - both.sqnr_single).abs().max() < 1e-3, both
+    for field in ("saturation", "underflow"):
+        assert (both[field] - both[f"{field}_single"]).abs().max() < 1e-4, both
 
 
 def test_failed_rank_fails_the_run_with_its_traceback_and_leaves_no_process(tmp_path):

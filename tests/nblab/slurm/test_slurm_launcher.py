@@ -124,11 +124,12 @@ def test_slurm_time_limit_requeues_and_resumes_from_checkpoint(
     checkpoint, submitit requeues it, and the next attempt resumes there. The loss curve
     has every step exactly once: nothing lost, nothing repeated."""
     # Slurm signals an attempt 20-50 s into a 1-minute limit (its check runs every
-    # ~30 s). At least 0.5 s a step on any machine (sbatch exports this env): 120 steps
-    # cannot finish inside one attempt, and each attempt still makes progress; up to 6
-    # requeues leave room for early signals and a slow machine.
+    # ~30 s). At least 0.5 s a step on any machine (sbatch exports this env): 100 steps
+    # (50 s, after at least 5 s of start-up) cannot finish inside one attempt, and each
+    # attempt still makes progress; up to 6 requeues leave room for early signals and a
+    # slow machine.
     monkeypatch.setenv("NBLAB_STEP_DELAY_S", "0.5")
-    steps = 120
+    steps = 100
     store = RunStore(tmp_path)
     run_id = queue(store, tiny(steps, "checkpoint.interval=5", "checkpoint.keep=2"))
     launcher = SlurmLauncher(store=store, time_min=1, release_requeued=True, max_requeues=6)
