@@ -51,8 +51,9 @@ stages are whole (RowwiseParallel all-reduces its output), so each tp rank sends
 receives from the same tp rank of the next stage. tok_emb, norm and lm_head stay
 replicated over tp. Tested: pp 2 x tp 2, 20 steps, equal to one process (test_parity).
 
-Under pp, the first dp and tp rank of every stage records its modules' quantization stats
-and weight histograms; rank 0 gathers them (Trainer._log_step).
+Under pp, the ranks of every stage's first dp rank record their modules' quantization
+stats (under tp each its shards), its first tp rank the weight histograms; rank 0 gathers
+them and merges the shards' stats (Trainer._log_step).
 """
 
 from __future__ import annotations

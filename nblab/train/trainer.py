@@ -15,7 +15,8 @@ With parallel.pp > 1 (pipeline parallelism, nblab.parallel.pipeline) each rank k
 stage of the model; a step stacks its grad_accum micro-batches and runs the pipeline
 schedule (gpipe or 1f1b) over them; the loss comes from the last stage, the gradient
 norm is clipped over every stage. Each stage's first dp rank records its modules'
-quantization stats and weight histograms, and rank 0 gathers them from every stage.
+quantization stats and weight histograms, and rank 0 gathers them from every stage
+(under TP every tp rank records the stats of its shards, and rank 0 merges them).
 """
 
 from __future__ import annotations
