@@ -182,9 +182,14 @@ class LayoutContext:
     config: Any = None
     batch_size: int | None = None
     seq_len: int | None = None
-    grad_accum: int | None = None  # None: unknown (the pipeline rule is skipped; 1 elsewhere)
+    grad_accum: int | None = None  # None: unknown (the pipeline rule is skipped)
     precision: PrecisionPreset | None = None
     sequence_parallel: bool = False
+
+    @property
+    def micro_batches(self) -> int:
+        """train.grad_accum, 1 when unknown."""
+        return self.grad_accum or 1
 
 
 def model_config(
@@ -405,13 +410,12 @@ class ParallelDims:
     def _batch_problems(self, ctx: LayoutContext) -> list[str]:
         if ctx.batch_size is None:
             return []
-        grad_accum = ctx.grad_accum or 1
-        micro = self.dp * grad_accum
+        micro = self.dp * ctx.micro_batches
         if ctx.batch_size % micro == 0:
             return []
         return [
             f"train.batch_size {ctx.batch_size} is not a multiple of dp {self.dp} (dp_replicate "
-            f"{self.dp_replicate} x dp_shard {self.dp_shard}) x grad_accum {grad_accum} "
+            f"{self.dp_replicate} x dp_shard {self.dp_shard}) x grad_accum {ctx.micro_batches} "
             f"= {micro}: each rank's micro-batch must be a whole number of sequences"
         ]
 
@@ -426,7 +430,7 @@ class ParallelDims:
 
     def local_batch(self, ctx: LayoutContext) -> int | None:
         """Sequences per micro-batch on one rank, or None when it is not whole."""
-        micro = self.dp * (ctx.grad_accum or 1)
+        micro = self.dp * ctx.micro_batches
         if ctx.batch_size is None or ctx.batch_size % micro:
             return None
         return ctx.batch_size // micro

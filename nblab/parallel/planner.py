@@ -6,8 +6,7 @@
 `plan` enumerates every layout with dp_replicate x dp_shard x tp x pp == gpus and tp
 inside one node, validates each with ParallelDims (a rejected layout keeps the
 validation messages), estimates per-GPU memory and communication per step with the
-formulas below, rejects what does not fit, and ranks the rest by
-estimated step time.
+formulas below, rejects what does not fit, and ranks the rest by estimated step time.
 Everything is arithmetic on the recipe: no torch.distributed, nothing allocated.
 
 Symbols: N params; L n_layers, L_s = L / pp blocks per stage; d d_model; F ffn_hidden;
@@ -210,7 +209,7 @@ def estimate_layout(
     dtype = getattr(getattr(recipe, "train", None), "dtype", "bfloat16")
     optimizer = getattr(getattr(recipe, "optimizer", None), "name", "adamw")
     a = 2 if dtype == "bfloat16" else 4
-    tp, pp, m = dims.tp, dims.pp, ctx.grad_accum or 1
+    tp, pp, m = dims.tp, dims.pp, ctx.micro_batches
     d, F, hd, V = cfg.d_model, cfg.ffn_hidden, cfg.head_dim, cfg.vocab_size
     nh, nkv, L = cfg.n_heads, cfg.n_kv_heads, cfg.n_layers
     t = dims.local_batch(ctx) * ctx.seq_len  # tokens per micro-batch per rank

@@ -30,8 +30,8 @@ Pipeline parallelism (pp > 1, parallel.pp_schedule gpipe | 1f1b): nblab.parallel
 splits the model into stages (the trainer builds a Pipeline instead of calling
 apply_parallelism), then applies the same plan to each stage: apply_tp within the stage
 when tp > 1, apply_data_parallel when dp > 1 (pp x dp_shard: FSDP2, pp x dp_replicate:
-DDP, both: HSDP). clip_grad_norm_(..., pp=pp)
-all-reduces the squared norms of every stage.
+DDP, both: HSDP). clip_grad_norm_(..., pp=pp) all-reduces the squared norms of every
+stage.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ Each layout of PARITY_LAYOUTS whose world size is this job's trains parity_recip
 every step and the val loss after the last.
 """
 
+import math
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from nblab.parallel import runtime
-from nblab.recipe import Recipe
+from nblab.recipe import PARALLEL_DEGREES, Recipe
 from nblab.train.trainer import Trainer, build_data
 
 STEPS = 20
@@ -32,13 +33,7 @@ PARITY_LAYOUTS = {
 
 
 def nproc(layout: str) -> int:
-    degrees = PARITY_LAYOUTS[layout]
-    return (
-        degrees.get("dp_replicate", 1)
-        * degrees.get("dp_shard", 1)
-        * degrees.get("tp", 1)
-        * degrees.get("pp", 1)
-    )
+    return math.prod(PARITY_LAYOUTS[layout].get(d, 1) for d in PARALLEL_DEGREES)
 
 
 def micro_batches(layout: str | None) -> int:
