@@ -19,8 +19,8 @@ holds its own copy, lm_head.weight, equal to stage 0's: `aliases` ({"lm_head.wei
 is the same) and load its optimizer state from tok_emb.weight's, as one process does.
 
 Checkpoints written before the optimizer was keyed by name (extra.pt without
-"optimizer_keys") load only in the layout that wrote them; load() refuses any other
-pipeline degree with a clear error.
+"optimizer_keys", from before pipeline parallelism existed) load without pp; load()
+refuses them under pp > 1 with a clear error.
 """
 
 from __future__ import annotations
@@ -82,11 +82,6 @@ def _set_rng_state(state: dict) -> None:
     np.random.set_state(state["numpy"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _legacy_optimizer_key(pp: int, stage: int) -> str:
-    """Checkpoints before "optimizer_keys": group-index keys, one per pipeline stage."""
-    return "optimizer" if pp == 1 else f"optimizer_stage{stage}"
 
 
 def _param_name(key: str) -> tuple[str, str, str]:
@@ -188,29 +183,18 @@ def load(
         optim = _unaliased(state["optimizer"], aliases)
         set_model_state_dict(model, state["model"])
         set_optimizer_state_dict(model, optimizer, optim, options=_BY_NAME)
-    else:  # written before the optimizer was keyed by name: its own layout only
-        saved_pp = int(extra.get("pp", 1))
-        if saved_pp != pp:
+    else:  # written before the optimizer was keyed by name, so before pp existed
+        if pp != 1:
             raise NotImplementedError(
-                f"checkpoint {path.name} was saved with parallel.pp={saved_pp} by an older "
-                f"nblab (optimizer state keyed by group index) and cannot resume with "
-                f"parallel.pp={pp}; resume it with parallel.pp={saved_pp}"
+                f"checkpoint {path.name} was saved with parallel.pp=1 by an older nblab "
+                f"(optimizer state keyed by group index) and cannot resume with "
+                f"parallel.pp={pp}; resume it with parallel.pp=1"
             )
-        stage = _legacy_stage(model, pp)
-        key = _legacy_optimizer_key(pp, stage)
-        state[key] = get_optimizer_state_dict(model, optimizer)
+        state["optimizer"] = get_optimizer_state_dict(model, optimizer)
         with _single_process_ok():
             dcp.load(state, checkpoint_id=path)
         set_model_state_dict(model, state["model"])
-        set_optimizer_state_dict(model, optimizer, state[key])
+        set_optimizer_state_dict(model, optimizer, state["optimizer"])
     scheduler.load_state_dict(extra["scheduler"])
     _set_rng_state(extra["rng"])
     return int(extra["step"])
-
-
-def _legacy_stage(model, pp: int) -> int:
-    """This rank's pipeline stage (a split GPT's first block index / blocks per stage)."""
-    if pp == 1:
-        return 0
-    blocks = model.pp_blocks
-    return blocks[0] // len(blocks)
