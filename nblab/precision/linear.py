@@ -6,6 +6,12 @@ y = x W^T has three GEMMs and six operands (NUMERICS.md, "Recipes"):
   wgrad    dW = dy^T @ x      roles wgrad_dy (T, out) and wgrad_x (T, in), reduce over T
 Each operand is quantized from the high-precision tensor (as TransformerEngine and
 torchao do), so a role's error never compounds with another's.
+
+With every role in high precision QuantLinear computes exactly what nn.Linear does (the
+same addmm / mm calls), so swapping it in changes no bit. It also stands in for
+transformers' Conv1D (GPT-2), which stores its weight as (in, out): `transposed_weight`
+keeps that layout (and so the state_dict a Hugging Face checkpoint expects) and the GEMMs
+use its transpose.
 """
 
 from __future__ import annotations
@@ -47,6 +53,18 @@ def _shared(specs: dict, first: str, second: str) -> bool:
     return spec is not None and spec == specs[second] and spec.rounding == "rne"
 
 
+def linear_shape(module: nn.Module) -> tuple[int, int, bool] | None:
+    """(in_features, out_features, weight stored transposed) of a module that computes
+    y = x W^T + b: an nn.Linear, or transformers' Conv1D (GPT-2: weight (in, out), found by
+    its class name so that this module need not import transformers); None otherwise."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features, getattr(module, "transposed_weight", False)
+    if type(module).__name__ == "Conv1D" and hasattr(module, "nf") and module.weight.dim() == 2:
+        n_in, n_out = module.weight.shape
+        return int(n_in), int(n_out), True
+    return None
+
+
 class _QuantLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x2, weight, bias, module):
@@ -54,9 +72,9 @@ class _QuantLinearFn(torch.autograd.Function):
         module._tap("fwd_x", x2)
         module._tap("fwd_w", weight)
         xq, wq = _fq(x2, specs["fwd_x"], backend), _fq(weight, specs["fwd_w"], backend)
-        y = xq @ wq.t()
-        if bias is not None:
-            y = y + bias
+        # nn.Linear's own calls (F.linear: addmm with a bias, else mm), so that a role in
+        # high precision gives nn.Linear's bits
+        y = xq @ wq.t() if bias is None else torch.addmm(bias, xq, wq.t())
         # keep the forward's quantized operands where backward would recompute them
         ctx.save_for_backward(
             x2,
@@ -101,10 +119,12 @@ class QuantLinear(nn.Linear):
         *,
         specs: Mapping[str, QuantSpec | None],
         backend: str = "auto",
+        transposed_weight: bool = False,
         device=None,
         dtype=None,
     ):
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        self.transposed_weight = transposed_weight  # weight stored (in, out), as Conv1D
         unknown = set(specs) - set(ROLES)
         if unknown:
             raise ValueError(f"unknown roles {sorted(unknown)}; accepted: {', '.join(ROLES)}")
@@ -115,14 +135,20 @@ class QuantLinear(nn.Linear):
         self.recorded: list[tuple[str, nk.QuantStats]] = []
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, specs, backend: str = "auto") -> QuantLinear:
-        """Wrap an existing Linear, sharing its Parameters (optimizer state survives)."""
+    def from_linear(cls, linear: nn.Module, specs, backend: str = "auto") -> QuantLinear:
+        """Wrap an existing nn.Linear or transformers Conv1D, sharing its Parameters
+        (optimizer state survives, state_dict keys and shapes stay)."""
+        shape = linear_shape(linear)
+        if shape is None:
+            raise TypeError(f"{type(linear).__name__} is neither an nn.Linear nor a Conv1D")
+        in_features, out_features, transposed = shape
         q = cls(
-            linear.in_features,
-            linear.out_features,
+            in_features,
+            out_features,
             linear.bias is not None,
             specs=specs,
             backend=backend,
+            transposed_weight=transposed,
             device="meta",
         )
         q.weight = linear.weight
@@ -136,6 +162,8 @@ class QuantLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self.weight, self.bias
+        if self.transposed_weight:
+            weight = weight.t()  # (in, out) as stored -> (out, in)
         device = x.device.type
         if torch.is_autocast_enabled(device):  # a custom Function is not autocast-aware
             dtype = torch.get_autocast_dtype(device)
