@@ -730,6 +730,32 @@ def _check(recipe: Recipe) -> list[Problem]:
         problems += precision_problems({"preset": ok["precision.preset"]}, prefix="precision.")
 
     problems += _cross_field(ok)
+    if not problems:
+        problems += _source_problems(recipe)
+    return problems
+
+
+# Checks that look outside the recipe (files, imports, model configs, tokenizers): each is
+# `fn(recipe) -> list[Problem]`, owned by the module that knows the source, imported only
+# when a recipe is otherwise valid (so a typo is reported without touching the disk).
+SOURCE_CHECKS = (
+    ("nblab.train.data", "data_problems"),
+    ("nblab.models", "model_problems"),
+)
+
+
+def _source_problems(recipe: Recipe) -> list[Problem]:
+    problems: list[Problem] = []
+    for module_name, attr in SOURCE_CHECKS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name and (module_name == err.name or module_name.startswith(err.name + ".")):
+                continue
+            raise
+        check = getattr(module, attr, None)
+        if check is not None:
+            problems += check(recipe)
     return problems
 
 
