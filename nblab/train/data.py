@@ -19,7 +19,8 @@ from typing import Protocol
 
 import torch
 
-IGNORE_INDEX = -100
+from nblab.models.protocol import IGNORE_INDEX, greedy_generate
+
 SPLITS = ("train", "val")
 
 
@@ -407,7 +408,7 @@ def exact_match_accuracy(
             prompts = torch.tensor(
                 [dataset.encode(dataset.prompt(a, b)) for a, b in chunk], device=device
             )  # (b, prompt_len)
-            out = model.generate(prompts, dataset.max_answer_len, greedy=True)  # (b, P + A)
+            out = greedy_generate(model, prompts, dataset.max_answer_len)  # (b, P + A)
             for (a, b), ids in zip(chunk, out[:, dataset.prompt_len :].tolist(), strict=True):
                 text = dataset.decode(ids)
                 got = text[: text.index(dataset.END) + 1] if dataset.END in text else text
