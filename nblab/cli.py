@@ -354,15 +354,34 @@ def cmd_cancel(args) -> int:
     return EXIT_OK
 
 
+LAB_HELP = """usage: nblab lab [JUPYTER LAB OPTIONS]
+
+JupyterLab in the current folder, with what nblab adds:
+  - the nblab sidebar (every sweep and run of $NBLAB_HOME, live, with actions) and the
+    nblab server API it reads (both installed with nblab);
+  - notebooks/quickstart.ipynb, copied here as nblab-quickstart.ipynb the first time
+    (a notebook must lie inside the server's root to open) and opened; a copy you
+    edited is never overwritten.
+Every option is JupyterLab's own and passes through unchanged; they follow.
+"""
+# options that only print: they start no server and copy nothing
+LAB_INFO_OPTIONS = ("-h", "--help", "--help-all", "--version")
+
+
 def cmd_lab(lab_args: list[str]) -> int:
     """JupyterLab in the current folder with the nblab sidebar and the quickstart open
     (copied here as nblab-quickstart.ipynb the first time: a notebook must live inside
-    the server's root to open)."""
+    the server's root to open). --help says what nblab adds, then JupyterLab's help."""
     import os
     import shutil
+    import subprocess
 
     from nblab.notebooks import notebook
 
+    if any(a in LAB_INFO_OPTIONS for a in lab_args):
+        if "--version" not in lab_args:
+            print(LAB_HELP, flush=True)
+        return subprocess.run([sys.executable, "-m", "jupyterlab", *lab_args]).returncode
     target = Path.cwd() / "nblab-quickstart.ipynb"
     if not target.exists():
         shutil.copyfile(notebook("quickstart.ipynb"), target)

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from nblab.runs import TERMINAL_STATUSES, RunStore
+from nblab.widgets.display import PanelView
 from nblab.widgets.runset import resolve_runs
 from nblab.widgets.sampling import downsample_indices, smooth
 
@@ -48,7 +49,7 @@ class _Series:
         self.time = np.concatenate([self.time, time])
 
 
-class RunMonitor:
+class RunMonitor(PanelView):
     """Live overlay of metric `keys` for the runs of `runs_or_sweep` (a run id, run ids,
     a SweepHandle or a sweep name). x: "step", "tokens" (from the `tokens` metric) or
     "time" (seconds since the run started). `.data[run_id]`: the frame drawn for that
@@ -358,12 +359,6 @@ class RunMonitor:
                 pn.Row(x, smoothing, log_x, log_y), plot, status, sizing_mode="stretch_width"
             )
         return self._panel
-
-    def __panel__(self):
-        return self.panel
-
-    def _repr_mimebundle_(self, include=None, exclude=None):
-        return self.panel._repr_mimebundle_(include, exclude)
 
     def start(self) -> None:
         """Refresh every interval_ms on the kernel's event loop (a no-op without one)."""
