@@ -24,7 +24,9 @@ CELLS = {  # name -> source; none imports panel or calls an extension
     "monitor": f'from nblab.widgets import RunMonitor\nRunMonitor("{fake_sweep.SWEEP}")',
     "heatmap": "from nblab.widgets import QuantErrorHeatmap\nQuantErrorHeatmap(RUN)",
     "weights": "from nblab.widgets import WeightDistribution\nWeightDistribution(RUN)",
-    "explorer": 'from nblab.widgets import FormatExplorer\nFormatExplorer(("mxfp8",), shape=(64, 64))',
+    "explorer": (
+        "from nblab.widgets import FormatExplorer\nFormatExplorer(['mxfp8'], shape=(64, 64))"
+    ),
     "compare": f'from nblab.widgets import compare\ncompare("{fake_sweep.SWEEP}")',
     "builder": "from nblab.widgets import RecipeBuilder\nRecipeBuilder()",
 }
