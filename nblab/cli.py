@@ -15,6 +15,8 @@
   nblab sweeps                               one line per sweep: counts per status
   nblab cancel SWEEP|RUN                     stop a sweep's unfinished runs, or one run
   nblab report SWEEP [--log-x]               the sweep's report.ipynb and offline report.html
+  nblab export RUN|SWEEP [--tensorboard DIR] [--mlflow URI [--experiment NAME]]
+                                             runs as TensorBoard events / MLflow runs
   nblab plan RECIPE --gpus N --gpu-mem 80GB  rank DP/FSDP/TP/PP layouts by memory and time
   nblab lab [JUPYTER LAB OPTIONS]            JupyterLab here, with the sidebar and the quickstart
 
@@ -187,6 +189,28 @@ def cmd_report(args) -> int:
         print(f"nblab report: {err}", file=sys.stderr)
         return EXIT_USAGE
     print(f"report: {html}\nnotebook: {ipynb}")
+    return EXIT_OK
+
+
+def cmd_export(args) -> int:
+    from nblab.export import EXPORTERS, export
+    from nblab.runs import RunStore
+
+    destinations = {name: getattr(args, name) for name in EXPORTERS}
+    if not any(destinations.values()):
+        flags = " or ".join(f"--{name} {e.metavar}" for name, e in EXPORTERS.items())
+        print(f"nblab export: say where to: {flags}", file=sys.stderr)
+        return EXIT_USAGE
+    options = {o: getattr(args, o) for e in EXPORTERS.values() for o in e.option_names}
+    try:
+        done = export(args.target, store=RunStore(), **destinations, **options)
+    except KeyError as err:
+        print(f"nblab export: {err.args[0]}", file=sys.stderr)
+        return EXIT_USAGE
+    for name, lines in done.items():
+        print(f"{name}:")
+        for line in lines:
+            print(f"  {line}")
     return EXIT_OK
 
 
@@ -390,6 +414,16 @@ def cmd_lab(lab_args: list[str]) -> int:
     os.execv(sys.executable, argv)  # JupyterLab takes over this process (and Ctrl-C)
 
 
+def _add_export_targets(parser: argparse.ArgumentParser) -> None:
+    """One option per nblab.export.EXPORTERS target, and the options targets take."""
+    from nblab.export import EXPORTERS
+
+    for name, exporter in EXPORTERS.items():
+        parser.add_argument(f"--{name}", metavar=exporter.metavar, help=exporter.help)
+        for option, metavar, text in exporter.options:
+            parser.add_argument(f"--{option}", metavar=metavar, help=f"{text} (--{name})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nblab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -414,6 +448,13 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("sweep")
     report.add_argument("--log-x", action="store_true", help="log-scale step axis")
     report.set_defaults(func=cmd_report)
+
+    export = commands.add_parser(
+        "export", help="runs as TensorBoard event files and/or MLflow runs"
+    )
+    export.add_argument("target", metavar="RUN_ID|SWEEP", help="a run, or every run of a sweep")
+    _add_export_targets(export)
+    export.set_defaults(func=cmd_export)
 
     run = commands.add_parser("run", help="train one recipe")
     run.add_argument("recipe", nargs="?", help="a recipe .toml file or a preset name")

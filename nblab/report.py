@@ -32,6 +32,7 @@ import tomli_w
 from matplotlib.figure import Figure
 
 from nblab.notebooks import execute, notebook
+from nblab.recipe import dotted_fields
 from nblab.runs import RunStore
 from nblab.sweep import short_keys
 
@@ -64,17 +65,6 @@ def check_sweep(sweep: str, store: RunStore) -> None:
         known = known_sweeps(store)
         listing = ", ".join(known) if known else "none yet (start one with `nblab sweep`)"
         raise ValueError(f"unknown sweep {sweep!r} in {store.home}; known sweeps: {listing}")
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in data.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out |= _flatten(value, path + ".")
-        else:
-            out[path] = value
-    return out
 
 
 def _same(value: Any) -> str:
@@ -113,7 +103,7 @@ class SweepData:
         runs["recipe"] = [tomllib.loads(t) for t in runs.recipe_text]
         runs["preset"] = [r.get("precision", {}).get("preset", DEFAULT_PRESET) for r in runs.recipe]
         self.runs = runs
-        flat = [_flatten({k: v for k, v in r.items() if k != "name"}) for r in runs.recipe]
+        flat = [dotted_fields({k: v for k, v in r.items() if k != "name"}) for r in runs.recipe]
         paths = sorted({p for f in flat for p in f})
         self.axes: dict[str, list] = {}
         for path in paths:
