@@ -8,7 +8,8 @@ from nblab.widgets.display import PanelView
 
 class Comparison(PanelView):
     """The sweep table (best val loss first, gap to bf16) and the curves plot of
-    `nblab report`, from nblab.report.SweepData (`.data`)."""
+    `nblab report`, from nblab.report.SweepData (`.data`): with seeds, a row and a
+    band per point over its seeds, as the report groups them."""
 
     def __init__(self, sweep: str, *, store: RunStore | None = None, log_x: bool = False):
         from nblab.report import SweepData
@@ -25,6 +26,7 @@ class Comparison(PanelView):
             data = self.data
             self._panel = pn.Column(
                 pn.pane.Markdown(data.overview()),
+                pn.pane.Markdown(data.noise_note()),
                 pn.pane.DataFrame(data.display_table(), sizing_mode="stretch_width"),
                 pn.pane.Matplotlib(data.plot_curves(log_x=self.log_x), dpi=96, tight=True),
                 sizing_mode="stretch_width",

@@ -145,5 +145,15 @@ def test_compare_shows_the_report_table(store):
     for point, spec in fake_sweep.POINTS.items():
         fake_sweep.write_run(store, point, spec)
     view = compare(fake_sweep.SWEEP)
-    table = view.panel[1].object
+    table = view.panel[2].object
     assert len(table) == len(fake_sweep.POINTS) and "gap_to_bf16" in table.columns
+    assert "single runs" in view.panel[1].object
+
+
+def test_compare_groups_seeds_as_the_report_does(store):
+    fake_sweep.write_seeded(store)
+    view = compare(fake_sweep.SEEDED)
+    table = view.panel[2].object
+    assert list(table.index) == list(view.data.grouped_table().point)  # a row per point
+    assert table.loc["preset=bf16", "final_val_loss (± sd)"] == "2.5000 ± 0.0200"
+    assert "over its seeds" in view.panel[1].object
