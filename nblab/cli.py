@@ -363,7 +363,7 @@ def cmd_sweeps(args) -> int:
 
 
 def cmd_cancel(args) -> int:
-    from nblab.batch.cancel import cancel
+    from nblab.batch.cancellation import cancel
     from nblab.runs import RunStore
 
     try:

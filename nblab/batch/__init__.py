@@ -5,9 +5,9 @@
 
 `job` runs one notebook for one run, `base` is the `Launcher` interface, `launcher`
 starts jobs (LocalLauncher: a local process pool), `slurm` the same as Slurm jobs,
-`cancel` stops runs wherever they run, `sweeps` turns a sweep into queued runs,
+`cancellation` stops runs wherever they run, `sweeps` turns a sweep into queued runs,
 `progress.watch` shows runs as they go (a bar per run). The run store holds every
-status. Imports point one way: job, base < slurm < cancel < launcher < sweeps.
+status. Imports point one way: job, base < slurm < cancellation < launcher < sweeps.
 """
 
 import importlib
@@ -20,8 +20,8 @@ _EXPORTS = {
     "get_launcher": "nblab.batch.launcher",
     "launch_detached": "nblab.batch.launcher",
     "SweepHandle": "nblab.batch.sweeps",
-    "cancel": "nblab.batch.cancel",
-    "cancel_run": "nblab.batch.cancel",
+    "cancel": "nblab.batch.cancellation",
+    "cancel_run": "nblab.batch.cancellation",
     "latest_runs": "nblab.batch.sweeps",
     "run_sweep": "nblab.batch.sweeps",
     "watch": "nblab.batch.progress",

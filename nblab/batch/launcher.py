@@ -196,7 +196,7 @@ class LocalLauncher(Launcher):
         return {run_id: status.get(run_id, "unknown") for run_id in self._submitted}
 
     def cancel(self, run_id: str) -> None:
-        from nblab.batch.cancel import cancel_run  # it may scancel: slurm, then this module
+        from nblab.batch.cancellation import cancel_run  # it may scancel: slurm, then this module
 
         with self._lock:
             if run_id in self._queue:

@@ -5,7 +5,7 @@
     handle.status()                  # DataFrame from the run store
     handle.wait(); handle.cancel()
     run_sweep(sweep, resume=True)    # reruns only the points whose latest run failed
-    cancel("formats-cpu")            # a sweep name or a run id (nblab.batch.cancel)
+    cancel("formats-cpu")            # a sweep name or a run id (nblab.batch.cancellation)
 
 Every point is validated (`sweep.expand()`) before any run is created, so a bad
 point leaves the store untouched. Runs carry `sweep=sweep.name` and the point's name
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from nblab.batch.base import Launcher
-from nblab.batch.cancel import CANCEL_GRACE_S, cancel, cancel_run, cancel_runs
+from nblab.batch.cancellation import CANCEL_GRACE_S, cancel, cancel_run, cancel_runs
 from nblab.batch.launcher import LocalLauncher, launch_detached
 from nblab.runs import TERMINAL_STATUSES, RunStore
 

@@ -209,6 +209,8 @@ class RunMonitor(PanelView):
         runs seen for the first time."""
         import tomllib
 
+        if list(self.groups) == run_ids:
+            return  # the same runs: the same groups
         for run_id in run_ids:
             if run_id not in self._recipes:
                 self._recipes[run_id] = tomllib.loads(self.store.run(run_id)["recipe"])
