@@ -102,7 +102,7 @@ class QuantErrorHeatmap(PanelView):
             height=max(240, 18 * len(self.data) + 80),
             invert_yaxis=True,
             xlabel="step",
-            xticks=step_ticks(steps),
+            xticks=step_ticks(steps) or None,  # none yet: holoviews takes no empty list
             xrotation=45 if len(steps) > 8 else 0,
             title=f"{self.names.get(self.run_id, self.run_id)}: {self.layer} of {self.role}",
         )

@@ -167,7 +167,8 @@ test('With no setup line: RecipeBuilder, a live RunMonitor and a QuantErrorHeatm
   const monitor = monitorCell.locator('.jp-OutputArea-output');
   await monitor.last().scrollIntoViewIfNeeded();
   await expectGrowingCurves(page, monitor, { first: 5, more: 5, timeout: 30000 });
-  await monitor.screenshot({ path: path.join(SHOTS, 'widgets-monitor.png') });
+  // the cell's outputs: panel's JavaScript (the first view loads it), then the view
+  await monitor.last().screenshot({ path: path.join(SHOTS, 'widgets-monitor.png') });
 
   // the heatmap of 300 steps: drawn, with about 20 step labels (not 300 in a black band)
   const heatCell = panel.locator('.jp-Cell').nth(3);

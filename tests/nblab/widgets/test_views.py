@@ -110,6 +110,15 @@ def test_heatmap_labels_about_twenty_of_many_steps_on_a_numeric_axis(store):
     assert list(axis.ticker.ticks) == list(range(10))  # few steps: every one labelled
 
 
+def test_heatmap_of_a_run_without_stats_yet_draws(store):
+    import holoviews as hv
+
+    run_id = store.create_run("w", RECIPE)  # a job that has not logged stats yet
+    view = QuantErrorHeatmap(run_id)
+    assert view.data.empty
+    hv.render(view.plot(), backend="bokeh")  # an empty plot, no error
+
+
 def test_heatmap_click_shows_the_cell_histograms(stats_run):
     view = QuantErrorHeatmap(stats_run)
     view._tapped(1.2, "layers.1.mlp.down", [5, 10, 15])  # column 1: step 10
