@@ -252,6 +252,7 @@ class SweepData:
         final_val_loss_sd (their sample standard deviation), gap_to_bf16 (mean final val
         loss minus that of the best bf16 group), gap_to_bf16_se (its standard error,
         nblab.groups.gap), paired (whether that pairs the two groups' seeds),
+        reference (the bf16 group the gaps are measured against),
         tokens_per_s (mean of the runs' medians), peak_memory_mib (max), run_ids."""
         per_run = self.table().set_index("run_id")
         seed_axis = self.axis_names.get(groups.SEED_FIELD)
@@ -307,6 +308,7 @@ class SweepData:
         table.insert(at, "gap_to_bf16", [g for g, _, _ in gaps])
         table.insert(at + 1, "gap_to_bf16_se", [se for _, se, _ in gaps])
         table.insert(at + 2, "paired", [paired for _, _, paired in gaps])
+        table.insert(at + 3, "reference", table.point == reference)
         table["_missing"] = table.final_val_loss.isna()
         table = table.sort_values(
             ["_ok", "_missing", "final_val_loss", "point"],
@@ -355,10 +357,14 @@ class SweepData:
             _pm(m, sd) for m, sd in zip(table.final_val_loss, table.final_val_loss_sd, strict=True)
         ]
         table["noise"] = [
-            ""
+            "reference"
+            if ref
+            else ""
             if math.isnan(g) or math.isnan(se)
             else ("within noise" if abs(g) < 2 * se else "beyond noise")
-            for g, se in zip(table.gap_to_bf16, table.gap_to_bf16_se, strict=True)
+            for g, se, ref in zip(
+                table.gap_to_bf16, table.gap_to_bf16_se, table.reference, strict=True
+            )
         ]
         table["gap_to_bf16"] = [
             _pm(g, se, sign=True)
@@ -369,7 +375,7 @@ class SweepData:
         table["tokens_per_s"] = table.tokens_per_s.round(0)
         table["peak_memory_mib"] = table.peak_memory_mib.round(1)
         table[["final_loss", "best_val_loss"]] = table[["final_loss", "best_val_loss"]].round(4)
-        drop = ["final_val_loss_sd", "gap_to_bf16_se", "paired", "run_ids"]
+        drop = ["final_val_loss_sd", "gap_to_bf16_se", "paired", "reference", "run_ids"]
         if table.peak_memory_mib.fillna(0).eq(0).all():
             drop.append("peak_memory_mib")
         return table.drop(columns=drop).set_index("point")

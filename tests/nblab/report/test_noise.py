@@ -80,6 +80,7 @@ def test_the_table_shows_mean_sd_and_what_is_within_noise(seeded):
     assert shown.loc["preset=mxfp8", "noise"] == "within noise"
     assert shown.loc["preset=mxfp4", "noise"] == "beyond noise"
     assert shown.loc["preset=nvfp4", "noise"] == ""  # no standard error from one seed
+    assert shown.loc["preset=bf16", "noise"] == "reference"
     assert "run_ids" not in shown.columns
     assert "over its seeds" in seeded.noise_note()
 
