@@ -152,6 +152,7 @@ class MetricsSection:
     log_interval: int = 10  # loss / lr / throughput
     stats_interval: int = 50  # quantization statistics; 0: never
     histogram_interval: int = 100  # weight and scale histograms; 0: never
+    tensorboard: bool = False  # also write TensorBoard events live, to runs/<run_id>/tensorboard
 
 
 SECTIONS: dict[str, type] = {
@@ -441,6 +442,19 @@ def _dedup(problems: list[Problem]) -> list[Problem]:
 # ---------------------------------------------------------------------------
 # Overrides
 # ---------------------------------------------------------------------------
+
+
+def dotted_fields(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A recipe's TOML table as {dotted field path: value}, the paths overrides use
+    ("optimizer.lr"); an empty table stays one field (precision.roles = {})."""
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out |= dotted_fields(value, path + ".")
+        else:
+            out[path] = value
+    return out
 
 
 def _split_override(item: Any, problems: list[Problem]) -> tuple[str, str] | None:

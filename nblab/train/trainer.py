@@ -519,7 +519,9 @@ def train(
     run_dir = store.run_dir(run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = _file_log(run_dir)
-    writer = store.writer(run_id) if runtime.is_rank0() else None
+    from nblab.export.tensorboard import mirror  # metrics.tensorboard: live event files
+
+    writer = mirror(store.writer(run_id), recipe, run_dir) if runtime.is_rank0() else None
     trainer = None
     try:
         log.info("run %s (pid %d): %s", run_id, os.getpid(), recipe.name)
