@@ -8,14 +8,15 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
+# pyproject.toml declares ranges; constraints.txt pins this venv inside them.
 # torch first, by exact version, so pip takes the local CPU wheel and never a CUDA build.
 # `pip install -e` also builds the labextension (hatch-jupyter-builder runs jlpm, which
 # jupyter-builder brings into pip's build environment; needs Node >= 20).
-$(STAMP): pyproject.toml package.json
+$(STAMP): pyproject.toml constraints.txt package.json
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt torch
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
