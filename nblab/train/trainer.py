@@ -121,7 +121,13 @@ class Trainer:
                 max_seq_len=t.seq_len,
                 tie_embeddings=recipe.model.tie_embeddings,
             )
-        self.plan = apply_precision(model, recipe.precision, backend=recipe.precision.backend)
+        self.plan = apply_precision(
+            model,
+            recipe.precision,
+            backend=recipe.precision.backend,
+            device=self.device,
+            dtype=torch.bfloat16 if t.dtype == "bfloat16" else torch.float32,
+        )
         self.model = model.to(self.device)
         # of the whole model: a pipeline stage holds only part of it
         self._flops_per_token = flops_per_token(self.model, t.seq_len)
