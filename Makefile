@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint venv clean labextension ui-test ui-test-e2e
+.PHONY: demo test lint venv clean labextension ui-test ui-test-e2e gpu-check
 
 venv: $(STAMP)
 
@@ -29,6 +29,11 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(PY) -m pytest
 	$(MAKE) -j3 ui-test
+
+# On a GPU machine that has torch, triton, numpy and pytest: no venv, no install; results
+# under gpu-check/ (scripts/gpu_check.py says what runs). ARGS=--dry-run lists the steps.
+gpu-check:
+	PYTHON=$(PYTHON) scripts/gpu-check.sh $(ARGS)
 
 # -- JupyterLab extension: rebuild after labext/ changes; galata tests ---------------
 LABEXT := nblab/labextension/package.json

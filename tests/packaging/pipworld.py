@@ -17,14 +17,31 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
+
+from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def declared() -> dict[str, Requirement]:
+    """pyproject.toml's requirements (dev included), by normalized name."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    reqs = [*project["dependencies"], *project["optional-dependencies"]["dev"]]
+    return {normalize(r.name): r for r in map(Requirement, reqs)}
+
+
+def declared_floor(name: str) -> str:
+    """The lower bound pyproject.toml declares for `name`."""
+    bounds = [s.version for s in declared()[name].specifier if s.operator == ">="]
+    assert len(bounds) == 1, f"{name}: expected one '>=' bound in pyproject.toml"
+    return bounds[0]
 
 
 def _escape(name: str) -> str:

@@ -15,9 +15,7 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata as md
 import json
-import tomllib
 import zipfile
 from pathlib import Path
 
@@ -29,17 +27,10 @@ from packaging.version import Version
 
 import nblab_kernels as nk
 
-PYPROJECT = tomllib.loads((pw.REPO / "pyproject.toml").read_text())
 CONSTRAINTS = pw.REPO / "constraints.txt"
 # the torch a CUDA 2.11 wheel would bring, and the triton it pins (Linux)
 USER_TORCH, USER_TRITON = "2.11.0", "3.6.0"
 QUANTIZED = ("mxfp8", "mxfp4", "nvfp4", "fp8_e4m3_row", "int8_row")
-
-
-def declared() -> dict[str, Requirement]:
-    reqs = [Requirement(r) for r in PYPROJECT["project"]["dependencies"]]
-    reqs += [Requirement(r) for r in PYPROJECT["project"]["optional-dependencies"]["dev"]]
-    return {pw.normalize(r.name): r for r in reqs}
 
 
 def pins() -> dict[str, str]:
@@ -52,15 +43,8 @@ def pins() -> dict[str, str]:
     return out
 
 
-def floor(name: str) -> str:
-    """The lower bound pyproject.toml declares for `name`."""
-    bounds = [s.version for s in declared()[name].specifier if s.operator == ">="]
-    assert len(bounds) == 1, f"{name}: expected one '>=' bound in pyproject.toml"
-    return bounds[0]
-
-
 def test_constraints_pin_every_dependency_inside_its_declared_range():
-    reqs, pinned = declared(), pins()
+    reqs, pinned = pw.declared(), pins()
     assert not set(pinned) - set(reqs), "constraints.txt pins what pyproject.toml never asks"
     unpinned = set(reqs) - set(pinned) - {"numpy"}  # numpy floats, as it always has
     assert not unpinned, f"pyproject.toml dependencies without a pin: {sorted(unpinned)}"
@@ -127,20 +111,11 @@ def test_pip_keeps_a_users_torch_and_triton(wheel, world, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def beside_real_torch(wheel, tmp_path_factory) -> Path:
+def beside_real_torch(wheel, floor_python, tmp_path_factory) -> Path:
     """The wheel, really installed (without its dependencies: the resolver is the test
     above) into a venv that sees the real torch of this venv's version, the oldest
-    triton of the declared range, and this venv's numpy and pytest."""
-    base = pw.cached_venv(
-        "nblab-floor",
-        [
-            f"torch=={Version(torch.__version__).public}",
-            f"triton=={floor('triton')}",
-            f"numpy=={md.version('numpy')}",
-            f"pytest=={md.version('pytest')}",
-        ],
-    )
-    python = pw.overlay_venv(tmp_path_factory.mktemp("beside") / "venv", base)
+    triton of the declared range, and this venv's numpy and pytest (conftest.py)."""
+    python = pw.overlay_venv(tmp_path_factory.mktemp("beside") / "venv", floor_python)
     pw.run(
         [*pw.pip_for(python), "install", "--quiet", "--no-deps", wheel], env=pw.isolated_pip_env()
     )
@@ -187,7 +162,7 @@ def test_the_installed_wheel_imports_and_quantizes_beside_real_torch(
     for path in got["files"]:  # the installed files, never this checkout
         assert Path(path).is_relative_to(venv), path
     assert got["torch"] == torch.__version__
-    assert Version(got["triton"]) == Version(floor("triton"))
+    assert Version(got["triton"]) == Version(pw.declared_floor("triton"))
     x = torch.randn(64, 128, generator=torch.Generator().manual_seed(0))
     assert got["digest"] == _digests(x)  # the same bits as this checkout's reference
     # and pip keeps this real torch too
@@ -209,15 +184,7 @@ def test_kernels_are_bit_exact_with_the_oldest_triton(beside_real_torch, tmp_pat
     cmd += ["-W", "ignore::pytest.PytestConfigWarning", "--rootdir", pw.REPO]
     proc = pw.run([*cmd, *(pw.REPO / t for t in FLOOR_SUITE)], env=env, cwd=tmp_path)
     assert " passed" in proc.stdout and "failed" not in proc.stdout, proc.stdout[-2000:]
-    where = pw.run(
-        [
-            beside_real_torch,
-            "-c",
-            "import triton, nblab_kernels as k; print(triton.__version__, k.__file__)",
-        ],
-        env=env,
-        cwd=tmp_path,
-    ).stdout.split()
-    assert Version(where[0]) == Version(floor("triton")) and Path(where[1]).is_relative_to(
-        beside_real_torch.parent.parent
-    )
+    code = "import triton, nblab_kernels as k; print(triton.__version__, k.__file__)"
+    version, kernels = pw.run([beside_real_torch, "-c", code], env=env, cwd=tmp_path).stdout.split()
+    assert Version(version) == Version(pw.declared_floor("triton"))
+    assert Path(kernels).is_relative_to(beside_real_torch.parent.parent)  # the installed copy
