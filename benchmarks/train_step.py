@@ -76,9 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plans", type=Path, help="write each config's precision plan here")
+    parser.add_argument("--check", action="store_true", help="validate every recipe, run none")
     args = parser.parse_args(argv)
 
-    base = Recipe.preset(args.recipe).with_overrides(args.set)
+    base = Recipe.preset(args.recipe).with_overrides(args.set)  # validates: RecipeError
+    recipes = [base.with_overrides(_config(text)[1]) for text in args.configs]
+    if args.check:
+        print(f"{len(recipes)} recipes valid: {' '.join(args.configs)}")
+        return 0
     t = base.train
     cuda = torch.cuda.is_available() and t.device != "cpu"
     name = torch.cuda.get_device_name() if cuda else platform.processor() or "cpu"
@@ -94,9 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print("\n".join(lines), flush=True)
     rows, first = [], None
-    for text in args.configs:
-        label, overrides = _config(text)
-        m = measure(base.with_overrides(overrides), args.steps, args.warmup)
+    for text, recipe in zip(args.configs, recipes, strict=True):
+        label = text
+        m = measure(recipe, args.steps, args.warmup)
         sec = m["s_per_step"]
         first = first or sec
         line = (

@@ -173,7 +173,9 @@ def dry_run(plan: list[Step], python: str) -> int:
     print(f"gpu-check --dry-run: {len(plan)} steps, {BUDGET_S} s budget in all")
     for s in plan:
         env = " ".join(f"{k}={v}" for k, v in (s.env or {}).items())
-        print(f"  {s.name:13s} <= {s.limit_s:3d} s  {env + ' ' if env else ''}{' '.join(s.argv)}")
+        shown = ["<ENV_SCRIPT of scripts/gpu_check.py>" if a == ENV_SCRIPT else a for a in s.argv]
+        argv = " ".join(shown)
+        print(f"  {s.name:13s} <= {s.limit_s:3d} s  {env + ' ' if env else ''}{argv}")
     problems = check_imports(python)
     env = {**os.environ, "PYTHONPATH": _pythonpath(), "TRITON_INTERPRET": "1"}
     collect = subprocess.run(
@@ -188,6 +190,15 @@ def dry_run(plan: list[Step], python: str) -> int:
     else:
         n = re.search(r"(\d+) tests? collected", collect.stdout)
         print(f"  cuda-tests collect {n.group(1) if n else '?'} tests")
+    for s in plan:  # the training benches' recipes are valid here
+        if "benchmarks/train_step.py" in s.argv:
+            check = subprocess.run(
+                [*s.argv, "--check"], capture_output=True, text=True, env=env, cwd=REPO
+            )
+            if check.returncode != 0:
+                problems.append(f"{s.name}: {check.stderr.strip()[-2000:]}")
+            else:
+                print(f"  {s.name}: {check.stdout.strip()}")
     for p in problems:
         print(f"PROBLEM: {p}", file=sys.stderr)
     print("imports: ok (torch, triton, numpy, pytest only)" if not problems else "imports: FAILED")

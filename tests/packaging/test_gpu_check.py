@@ -34,6 +34,8 @@ def test_dry_run_lists_the_steps_and_its_imports_resolve_on_a_bare_machine(floor
         assert f"  {step} " in proc.stdout
     assert "nblab_kernels.bench --peer torchao" in proc.stdout
     assert "fp8_rowwise:native fp8_rowwise:emulated mxfp8 nvfp4" in proc.stdout
+    assert "train-small: 7 recipes valid" in proc.stdout  # model.flavour=small and the rest
+    assert "train-125m: 7 recipes valid" in proc.stdout
     assert "imports: ok" in proc.stdout
     collected = int(proc.stdout.split("cuda-tests collect ")[1].split()[0])
     assert collected > 100  # tests/gpu and the scaled-matmul file
