@@ -129,13 +129,18 @@ def test_gpt_tiny_with_native_gemms_tracks_the_emulated_loss():
     same setup). A wrong scale or operand layout moves the first loss by far more."""
     from nblab.train.trainer import Trainer
 
-    losses = {}
-    for gemm in ("emulated", "native"):
-        trainer = Trainer(_tiny_recipe(gemm))
-        whys = [w for m in trainer.plan.modules for w in m.gemms.values()]
-        native = [w for w in whys if w.startswith("native fp8 tensor-wise")]
-        assert len(whys) == 84 and len(native) == (84 if gemm == "native" else 0)  # 28 x 3
-        losses[gemm] = [trainer.train_step() for _ in range(30)]
+    losses, threads = {}, torch.get_num_threads()
+    # one thread, as measured; two OpenMP threads on a busy 2-core machine wait on each other
+    torch.set_num_threads(1)
+    try:
+        for gemm in ("emulated", "native"):
+            trainer = Trainer(_tiny_recipe(gemm))
+            whys = [w for m in trainer.plan.modules for w in m.gemms.values()]
+            native = [w for w in whys if w.startswith("native fp8 tensor-wise")]
+            assert len(whys) == 84 and len(native) == (84 if gemm == "native" else 0)  # 28 x 3
+            losses[gemm] = [trainer.train_step() for _ in range(30)]
+    finally:
+        torch.set_num_threads(threads)
     drift = [abs(a - b) for a, b in zip(losses["emulated"], losses["native"], strict=True)]
     assert max(drift[:EARLY_STEPS]) <= EARLY, drift
     assert max(drift) <= ALL, drift
