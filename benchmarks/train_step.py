@@ -7,8 +7,10 @@ For each config (a precision preset, optionally `:gemm` for precision.gemm: emul
 native or auto, the recipe's default): mean seconds per optimizer step (after warm-up
 steps), tokens/s, and the cost relative to the first config (bf16 by default), all
 measured in this run on this machine. On CUDA also the peak memory allocated during the
-timed steps against the planner's estimate for one GPU (nblab.parallel.planner), and
-each run's precision plan, which says which GEMMs ran natively. Prints a table; --out
+timed steps against the planner's estimate for one GPU (nblab.parallel.planner); on the
+CPU also this process's CPU seconds per step (what other work on a shared machine does
+not inflate; run with OMP_NUM_THREADS=1 to compare them). Each run's precision plan says
+which GEMMs ran natively. Prints a table; --out
 writes it to a file, --json the rows, --plans one plan file per config.
 """
 
@@ -44,11 +46,13 @@ def measure(recipe: Recipe, steps: int, warmup: int) -> dict:
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(steps):
         trainer.train_step()
     _sync(device)
     out = {"s_per_step": (time.perf_counter() - start) / steps, "plan": str(trainer.plan)}
+    # this process's CPU seconds: on a shared CPU the cost that other work does not inflate
+    out["cpu_s_per_step"] = (time.process_time() - cpu_start) / steps
     if device.type == "cuda":
         from nblab.parallel import ParallelDims
         from nblab.parallel.planner import estimate_layout
@@ -95,10 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         f"threads {torch.get_num_threads()}",
         "",
         f"{'config':24s} {'s/step':>8s} {'steps/s':>8s} {'tokens/s':>10s} {'vs first':>8s}"
-        + (f" {'peak GB':>8s} {'planner GB':>10s} {'peak/plan':>9s}" if cuda else ""),
+        + (f" {'peak GB':>8s} {'planner GB':>10s} {'peak/plan':>9s}" if cuda else "")
+        + ("" if cuda else f" {'cpu s/step':>10s} {'vs first':>8s}"),
     ]
     print("\n".join(lines), flush=True)
-    rows, first = [], None
+    rows, first, first_cpu = [], None, None
     for text, recipe in zip(args.configs, recipes, strict=True):
         label = text
         m = measure(recipe, args.steps, args.warmup)
@@ -111,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
         if cuda:
             peak, plan = m["peak_bytes"], m["planner_bytes"]
             line += f" {peak / 1e9:8.2f} {plan / 1e9:10.2f} {peak / plan:9.2f}"
+        else:
+            cpu_sec = m["cpu_s_per_step"]
+            first_cpu = first_cpu or cpu_sec
+            line += f" {cpu_sec:10.3f} {cpu_sec / first_cpu:7.2f}x"
         lines.append(line)
         print(line, flush=True)
         rows.append({"config": label, **{k: v for k, v in m.items() if k != "plan"}})
