@@ -27,9 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomli_w
-
 from nblab.precision.presets import (
+    GEMM_MODES,
     PRECISION_PRESETS,
     format_problems,
     precision_problems,
@@ -119,6 +118,8 @@ class PrecisionSection:
     # added to the preset's list; "!entry" removes one of the preset's entries
     keep_high_precision: list[str] = field(default_factory=list)
     backend: str = "auto"
+    # emulated | native | auto: the GEMMs of quantized operands (nblab.precision.gemm)
+    gemm: str = "auto"
 
     def resolve(self):
         """The PrecisionPreset this section means (preset + overrides + keep list)."""
@@ -264,6 +265,8 @@ class Recipe:
         return out
 
     def to_toml(self) -> str:
+        import tomli_w  # lazily: training on a bare GPU machine needs no TOML writer
+
         return tomli_w.dumps(self.to_dict())
 
     # -- overrides --------------------------------------------------------------
@@ -709,6 +712,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.device": _choice(DEVICES),
     "train.dtype": _choice(DTYPES),
     "precision.backend": _choice(BACKENDS),
+    "precision.gemm": _choice(GEMM_MODES),
     "parallel.dp_replicate": _int_at_least(1),
     "parallel.dp_shard": _int_at_least(1),
     "parallel.tp": _int_at_least(1),

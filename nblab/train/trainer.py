@@ -163,6 +163,8 @@ class Trainer:
             backend=recipe.precision.backend,
             block_prefix=self.arch.block_prefix,
             head=self.arch.head,
+            device=self.device,
+            dtype=torch.bfloat16 if t.dtype == "bfloat16" else torch.float32,
         )
         self.model = model.to(self.device)
         self._flops_per_token = self.shape.flops_per_token(t.seq_len)

@@ -23,7 +23,7 @@ from typing import Any
 import ipywidgets as w
 
 from nblab.batch.launcher import LocalLauncher
-from nblab.precision.presets import PRECISION_PRESETS, ROLES
+from nblab.precision.presets import GEMM_MODES, PRECISION_PRESETS, ROLES
 from nblab.recipe import (
     BACKENDS,
     DECAYS,
@@ -51,6 +51,7 @@ CHOICES: dict[str, Any] = {
     "train.dtype": DTYPES,
     "precision.preset": tuple(PRECISION_PRESETS),
     "precision.backend": BACKENDS,
+    "precision.gemm": GEMM_MODES,
 }
 HINTS = {
     "precision.keep_high_precision": "comma-separated globs, e.g. lm_head, layers.11.*",
