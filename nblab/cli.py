@@ -17,7 +17,9 @@
   nblab cancel SWEEP|RUN                     stop a sweep's unfinished runs, or one run
   nblab report SWEEP [--log-x]               the sweep's report.ipynb and offline report.html
   nblab export RUN|SWEEP [--tensorboard DIR] [--mlflow URI [--experiment NAME]]
-                                             runs as TensorBoard events / MLflow runs
+                         [--hf DIR [--step N]]
+                                             runs as TensorBoard events / MLflow runs /
+                                             Hugging Face checkpoints
   nblab plan RECIPE --gpus N --gpu-mem 80GB  rank DP/FSDP/TP/PP layouts by memory and time
   nblab lab [JUPYTER LAB OPTIONS]            JupyterLab here, with the sidebar and the quickstart
 
@@ -208,7 +210,7 @@ def cmd_export(args) -> int:
     options = {o: getattr(args, o) for e in EXPORTERS.values() for o in e.option_names}
     try:
         done = export(args.target, store=RunStore(), **destinations, **options)
-    except KeyError as err:
+    except (KeyError, ValueError) as err:
         print(f"nblab export: {err.args[0]}", file=sys.stderr)
         return EXIT_USAGE
     for name, lines in done.items():
@@ -454,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(func=cmd_report)
 
     export = commands.add_parser(
-        "export", help="runs as TensorBoard event files and/or MLflow runs"
+        "export", help="runs as TensorBoard event files, MLflow runs, Hugging Face checkpoints"
     )
     export.add_argument("target", metavar="RUN_ID|SWEEP", help="a run, or every run of a sweep")
     _add_export_targets(export)

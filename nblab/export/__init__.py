@@ -6,8 +6,8 @@ DIR --mlflow URI`.
 
 One module per target, registered in EXPORTERS; each has
 `export(store, run_ids, destination, **options) -> list[str]` (a line per run). The CLI
-makes one option per target from this table, so a new target (a Hugging Face checkpoint
-of a run, `--hf DIR`) is one entry and its module. Imports are lazy: `nblab export`
+makes one option per target from this table, so a new target is one entry and its
+module (`--hf DIR`: a Hugging Face checkpoint of a run). Imports are lazy: `nblab export`
 loads only the targets it was asked for.
 """
 
@@ -47,6 +47,13 @@ EXPORTERS: dict[str, Exporter] = {
         "an MLflow run per run at URI (a tracking server, a database, or a local folder "
         "as a file store): recipe params, metrics with steps, tags, artifacts",
         options=(("experiment", "NAME", "the MLflow experiment (default: the run's sweep)"),),
+    ),
+    "hf": Exporter(
+        "nblab.export.hf",
+        "DIR",
+        "a Hugging Face checkpoint in DIR (save_pretrained, safetensors; a GPT run as "
+        "LlamaForCausalLM) with the run's tokenizer; a sweep: a folder per run",
+        options=(("step", "N", "the checkpoint of step N (default: the run's latest)"),),
     ),
 }
 
