@@ -39,7 +39,7 @@ from nblab.precision.plan import PlanReport, apply_precision, quant_linears
 from nblab.recipe import Recipe
 from nblab.runs import RunStore
 from nblab.train import checkpoint
-from nblab.train.data import AdditionDataset, build_dataset, exact_match_accuracy
+from nblab.train.data import AdditionDataset, build_data, exact_match_accuracy
 from nblab.train.metrics import WeightHistograms, flops_per_token, peak_memory_bytes, peak_tflops
 from nblab.train.model import build_model
 from nblab.train.optim import build_optimizer, build_schedule
@@ -71,19 +71,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("train.device='cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
     return torch.device(name)
-
-
-def build_data(recipe: Recipe):
-    d = recipe.data
-    extra = {"digits": d.digits} if d.name == "addition" else {}
-    return build_dataset(
-        d.name,
-        path=d.path or None,
-        tokenizer=d.tokenizer,
-        val_fraction=d.val_fraction,
-        seed=recipe.train.seed,
-        **extra,
-    )
 
 
 def _batch_generator(seed: int, step: int, micro: int) -> torch.Generator:
