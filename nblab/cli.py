@@ -2,6 +2,7 @@
 
   nblab demo [--jobs N]                      the main job: formats, a CPU sweep, its report
   nblab run RECIPE [--set k=v ...] [--name N] train one recipe (a TOML file or a preset)
+  nblab run RECIPE --dry-run                 the model and every module's spec per role, no run
   nblab run RECIPE --nproc N                 ... on N processes with torchrun (FSDP over the
                                              rest when the recipe sets no [parallel] degrees)
   nblab run --resume RUN                     continue an interrupted run from its checkpoint
@@ -86,9 +87,9 @@ def _cancel_on_sigterm() -> None:
 
 
 def cmd_run(args) -> int:
+    from nblab.launch import check_layout, launch
     from nblab.recipe import Recipe, RecipeError
     from nblab.runs import RunStore
-    from nblab.train.trainer import train
 
     store = RunStore()
     try:
@@ -106,9 +107,12 @@ def cmd_run(args) -> int:
         else:
             recipe = _load_recipe(args.recipe, args.set, args.name, args.nproc)
         if recipe.parallel.nproc > 1:
-            from nblab.parallel.launch import check_layout
-
             check_layout(recipe)
+        if args.dry_run:
+            from nblab.train.trainer import dry_run
+
+            print(dry_run(recipe))
+            return EXIT_OK
     except (RecipeError, KeyError, ValueError, NotImplementedError) as err:
         print(f"nblab run: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -119,7 +123,7 @@ def cmd_run(args) -> int:
     print(f"run {run_id}  ({store.run_dir(run_id)})", flush=True)
     bar, update = _progress_bar(recipe.train.steps, 0)
     try:
-        result = train(
+        result = launch(
             recipe, store=store, run_id=run_id, resume=bool(args.resume), progress=update
         )
     except KeyboardInterrupt:
@@ -413,6 +417,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="processes (torchrun --standalone); sets parallel.nproc, and parallel.dp_shard "
         "when the recipe sets no degree",
+    )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the model and what each of its linear modules' roles would be quantized "
+        "to, validate the layout, and stop (nothing is trained or written)",
     )
     run.set_defaults(func=cmd_run)
 

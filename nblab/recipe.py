@@ -58,9 +58,20 @@ class RecipeError(ValueError):
 
 @dataclass
 class ModelSection:
-    name: str = "gpt"  # a key of nblab.train.model.MODELS
-    flavour: str = "tiny"  # a key of nblab.train.model.FLAVOURS
-    tie_embeddings: bool = True
+    """The model (nblab.models): "gpt" (built in), "hf" (a Hugging Face causal LM) or "py"
+    (a module of one's own). Each kind reads its own fields (nblab.models.KIND_FIELDS)."""
+
+    name: str = "gpt"  # a key of nblab.models.MODEL_KINDS
+    flavour: str = "tiny"  # gpt: a key of nblab.models.gpt.FLAVOURS
+    tie_embeddings: bool = True  # gpt (hf: [model.config] tie_word_embeddings)
+    # gpt: GPTConfig fields over the flavour's; hf: fields of its config class; py: the
+    # factory's own settings
+    config: dict[str, Any] = field(default_factory=dict)
+    path: str = ""  # hf: a local checkpoint folder (config.json, optional *.safetensors)
+    architecture: str = ""  # hf: a transformers model_type (llama, qwen2, ...), random init
+    factory: str = ""  # py: "package.module:function" or "path/to/file.py:function"
+    # start from these weights: an exported folder (safetensors) or RUN_ID[:STEP]
+    init_from: str = ""
 
 
 @dataclass
@@ -176,8 +187,8 @@ PARALLEL_DEGREES = ("dp_replicate", "dp_shard", "tp", "pp")
 
 # Registries owned by other modules, imported only when a recipe is validated.
 _REGISTRIES = {
-    "model": ("nblab.train.model", "MODELS"),
-    "flavour": ("nblab.train.model", "FLAVOURS"),
+    "model": ("nblab.models", "MODEL_KINDS"),
+    "flavour": ("nblab.models.gpt", "FLAVOURS"),
     "dataset": ("nblab.train.data", "DATASETS"),
     "tokenizer": ("nblab.train.data", "TOKENIZERS"),
 }
@@ -492,7 +503,10 @@ def apply_override(data: dict[str, Any], path: Any, raw: Any, problems: list[Pro
         if not isinstance(data[head][key], dict):
             problems.append((path, raw, f"{head}.{key} to be a table first"))
             return
-        _apply_role_override(data[head][key], path, parts[2:], raw, problems)
+        if path.startswith("precision.roles."):
+            _apply_role_override(data[head][key], path, parts[2:], raw, problems)
+        else:
+            _apply_table_override(data[head][key], parts[2:], raw)
         return
     if len(parts) > 2:
         problems.append((path, raw, f"{head}.{key} is a single value, not a table"))
@@ -503,6 +517,20 @@ def apply_override(data: dict[str, Any], path: Any, raw: Any, problems: list[Pro
     value = _parse_or_problem(path, raw, tp, problems)
     if value is not _BAD:
         data[head][key] = _plain(value)
+
+
+def _apply_table_override(table: dict[str, Any], keys: list[str], raw: Any) -> None:
+    """section.table.key[.key...]=value: a TOML value (a bare word stays a string), e.g.
+    model.config.hidden_size=256, model.config.rope_parameters.rope_theta=5e5."""
+    for key in keys[:-1]:
+        if not isinstance(table.get(key), dict):
+            table[key] = {}
+        table = table[key]
+    value = raw
+    if isinstance(raw, str):
+        parsed = _parse_toml_value(raw)
+        value = _unquote(raw) if parsed is _BAD else parsed
+    table[keys[-1]] = _plain(value)
 
 
 def _apply_role_override(
@@ -768,6 +796,7 @@ def _check(recipe: Recipe) -> list[Problem]:
 SOURCE_CHECKS = (
     ("nblab.train.data", "data_problems"),
     ("nblab.models", "model_problems"),
+    ("nblab.train.weights", "init_problems"),
 )
 
 

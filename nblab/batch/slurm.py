@@ -323,11 +323,13 @@ def multinode_torchrun_command(
     resume: bool = False,
 ) -> list[str]:
     """The command every node of a multi-node point runs: torchrun with a c10d
-    rendezvous on the allocation's first node, each rank nblab.parallel.launch."""
+    rendezvous on the allocation's first node, each rank nblab.launch."""
+    from nblab.launch import ENTRY_MODULE
+
     cmd = [sys.executable, "-m", "torch.distributed.run"]
     cmd += [f"--nnodes={nnodes}", f"--nproc-per-node={nproc_per_node}"]
     cmd += ["--rdzv-backend=c10d", f"--rdzv-endpoint={head}:{port}", f"--rdzv-id={rdzv_id}"]
-    cmd += ["-m", "nblab.parallel.launch", "--run-id", run_id, "--home", str(home)]
+    cmd += ["-m", ENTRY_MODULE, "--run-id", run_id, "--home", str(home)]
     return cmd + (["--resume"] if resume else [])
 
 

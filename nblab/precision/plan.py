@@ -1,8 +1,15 @@
-"""apply_precision: swap a model's nn.Linear modules for QuantLinear, by plan.
+"""apply_precision: swap a model's linear modules for QuantLinear, by plan.
 
-The plan report says, for every Linear, which spec each role got, or why the
-module stayed in high precision (a keep_high_precision entry, or a dimension the
-spec's block does not divide).
+Linear modules are nn.Linear and transformers' Conv1D (GPT-2), as
+nblab.precision.linear.linear_shape says. The plan report says, for every one, which
+spec each role got, or why the module stayed in high precision (a keep_high_precision
+entry, or a dimension the spec's block does not divide).
+
+Block entries of keep_high_precision (first:N, last:N, last:P%) count the model's repeated
+blocks, whose modules are named f"{block_prefix}{i}." (the model protocol says the prefix:
+"layers." for nblab's GPT, "model.layers." for a Llama). The entry "lm_head" stands for the
+model's output head whatever its name (`head`), so the presets keep every model's head
+in high precision, as torchao and TransformerEngine do.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from typing import Any
 
 from torch import nn
 
-from nblab.precision.linear import QuantLinear, on_stored_layout
+from nblab.precision.linear import QuantLinear, linear_shape, on_stored_layout
 from nblab.precision.presets import (
     ROLES,
     PrecisionPreset,
@@ -24,7 +31,7 @@ from nblab.precision.presets import (
     resolve_precision,
 )
 
-_BLOCK_NAME = re.compile(r"^layers\.(\d+)\.")
+HEAD_TOKEN = "lm_head"  # a keep_high_precision glob that also means the model's head
 
 
 @dataclass
@@ -83,42 +90,57 @@ def _as_preset(precision: Any) -> PrecisionPreset:
     return resolve_precision(precision)
 
 
-def _n_blocks(model: nn.Module) -> int:
-    layers = getattr(model, "layers", None)
-    return len(layers) if isinstance(layers, nn.ModuleList) else 0
+def _block_of(name: str, block_prefix: str) -> int | None:
+    match = re.match(rf"^{re.escape(block_prefix)}(\d+)\.", name)
+    return int(match.group(1)) if match else None
 
 
-def keeping_token(name: str, preset: PrecisionPreset, n_blocks: int) -> str:
+def count_blocks(names, block_prefix: str) -> int:
+    """The number of blocks among module names (1 + the largest block index)."""
+    found = [b for n in names if (b := _block_of(n, block_prefix)) is not None]
+    return max(found) + 1 if found else 0
+
+
+def keeping_token(
+    name: str,
+    preset: PrecisionPreset,
+    n_blocks: int,
+    block_prefix: str = "layers.",
+    head: str = HEAD_TOKEN,
+) -> str:
     """The keep_high_precision entry (a glob, first:N, last:N or last:P%) that keeps
     module `name` of a model with `n_blocks` blocks in high precision, or ''."""
-    match = _BLOCK_NAME.match(name)
+    block = _block_of(name, block_prefix)
     for token in preset.keep_high_precision:
         parsed = parse_keep_token(token)
         if parsed.kind == "glob":
             if fnmatch.fnmatchcase(name, parsed.pattern):
                 return token
-        elif match and int(match.group(1)) in keep_blocks([token], n_blocks):
+            if parsed.pattern == HEAD_TOKEN and name == head:
+                return token
+        elif block is not None and block in keep_blocks([token], n_blocks):
             return token
     return ""
 
 
-def _kept_by(name: str, preset: PrecisionPreset, n_blocks: int) -> str:
+def _kept_by(
+    name: str, preset: PrecisionPreset, n_blocks: int, block_prefix: str, head: str
+) -> str:
     """Why `name` stays in high precision by a keep entry, or ''."""
-    token = keeping_token(name, preset, n_blocks)
+    token = keeping_token(name, preset, n_blocks, block_prefix, head)
     if not token or parse_keep_token(token).kind == "glob":
         return f"keep_high_precision {token!r}" if token else ""
-    block = _BLOCK_NAME.match(name).group(1)
+    block = _block_of(name, block_prefix)
     return f"block {block} of {n_blocks} kept by keep_high_precision {token!r}"
 
 
-def _shape_problem(linear: nn.Linear, role: str, spec) -> str:
+def _shape_problem(in_f: int, out_f: int, role: str, spec) -> str:
     """Why `spec` cannot quantize this role's weight-side dims, or ''. Token dims
     (batch x seq) are checked when the tensor arrives."""
     stored = on_stored_layout(spec, role)
     if stored is None or stored.padding == "pad" or stored.block is None:
         return ""
     b = stored.block
-    out_f, in_f = linear.out_features, linear.in_features
     # the weight-side dims each role's blocks run along (a tile runs along both)
     along, across = {
         "fwd_x": ("in", None),
@@ -142,25 +164,37 @@ def _shape_problem(linear: nn.Linear, role: str, spec) -> str:
     return ""
 
 
-def apply_precision(model: nn.Module, precision: Any, backend: str = "auto") -> PlanReport:
-    """Swap every nn.Linear of `model` (in place) for a QuantLinear as `precision`
-    says: a preset name, a PrecisionPreset, or a [precision] section / mapping.
-    Modules kept in high precision stay plain nn.Linear. Returns the plan report."""
-    if isinstance(model, nn.Linear):
+def apply_precision(
+    model: nn.Module,
+    precision: Any,
+    backend: str = "auto",
+    *,
+    block_prefix: str = "layers.",
+    head: str = HEAD_TOKEN,
+) -> PlanReport:
+    """Swap every linear module of `model` (nn.Linear or Conv1D, in place) for a
+    QuantLinear as `precision` says: a preset name, a PrecisionPreset, or a [precision]
+    section / mapping. Modules kept in high precision stay as they are. block_prefix and
+    head: where the model keeps its blocks and its output head (see the module doc).
+    Returns the plan report."""
+    if linear_shape(model) is not None:
         raise ValueError("apply_precision swaps submodules: wrap a bare nn.Linear in a module")
     preset = _as_preset(precision)
-    n_blocks = _n_blocks(model)
+    linears = [
+        (name, module, dims)
+        for name, module in model.named_modules()
+        if not isinstance(module, QuantLinear) and (dims := linear_shape(module)) is not None
+    ]
+    n_blocks = count_blocks((name for name, _ in model.named_modules()), block_prefix)
     plans: list[ModulePlan] = []
-    swaps: list[tuple[str, nn.Linear]] = []
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear) or isinstance(module, QuantLinear):
-            continue
-        plan = ModulePlan(name, module.in_features, module.out_features, quantized=False)
+    swaps: list[tuple[str, nn.Module]] = []
+    for name, module, (in_f, out_f, _) in linears:
+        plan = ModulePlan(name, in_f, out_f, quantized=False)
         if preset.is_high_precision:
             plan.reason = f"preset {preset.name} is high precision"
         else:
-            plan.reason = _kept_by(name, preset, n_blocks) or next(
-                (p for r in ROLES if (p := _shape_problem(module, r, preset.roles[r]))), ""
+            plan.reason = _kept_by(name, preset, n_blocks, block_prefix, head) or next(
+                (p for r in ROLES if (p := _shape_problem(in_f, out_f, r, preset.roles[r]))), ""
             )
         if not plan.reason:
             plan.quantized = True

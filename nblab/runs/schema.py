@@ -74,6 +74,19 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
 )
 
+# What a run is: a training run (the default), an evaluation of a run's checkpoint, a
+# merge of several runs. `sources` is JSON: [{"run_id": ..., "step": ...}, ...], the runs
+# (and their checkpoints) an eval or merge run was made from; NULL for training runs.
+RUN_KINDS = ("train", "eval", "merge")
+_KIND_CHECK = ", ".join(f"'{k}'" for k in RUN_KINDS)
+MIGRATIONS += (
+    # 4: run kinds and their sources
+    (
+        f"ALTER TABLE runs ADD COLUMN kind TEXT NOT NULL DEFAULT 'train' "
+        f"CHECK (kind IN ({_KIND_CHECK}))",
+        "ALTER TABLE runs ADD COLUMN sources TEXT",
+    ),
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -22,7 +22,7 @@ import pandas as pd
 
 from nblab.runs import db
 from nblab.runs.liveness import HOST, death_of
-from nblab.runs.schema import TERMINAL_STATUSES, check_status
+from nblab.runs.schema import RUN_KINDS, TERMINAL_STATUSES, check_status
 from nblab.runs.writer import RunWriter
 
 RUN_COLUMNS = (
@@ -41,6 +41,8 @@ RUN_COLUMNS = (
     "error",
     "scheduler_job",
     "scheduler_state",
+    "kind",
+    "sources",
 )
 _RUN_DTYPES = {"step": "Int64", "steps": "Int64", "pid": "Int64"} | {
     t: "float64" for t in ("created", "started", "ended", "heartbeat")
@@ -119,12 +121,23 @@ class RunStore:
     # -- writes ---------------------------------------------------------------------
 
     def create_run(
-        self, name: str, recipe: str, sweep: str | None = None, *, steps: int | None = None
+        self,
+        name: str,
+        recipe: str,
+        sweep: str | None = None,
+        *,
+        steps: int | None = None,
+        kind: str = "train",
+        sources: list[dict[str, Any]] | None = None,
     ) -> str:
         """Register a `queued` run; write its recipe to `run_dir(run_id)/recipe.toml`.
 
         `recipe` is the recipe as TOML text; `steps`, if known, the total for progress.
+        `kind`: train, eval or merge; `sources`: what an eval or merge run was made from,
+        [{"run_id": ..., "step": ...}, ...] (each run must exist).
         """
+        if kind not in RUN_KINDS:
+            raise ValueError(f"kind {kind!r} is not one of {', '.join(RUN_KINDS)}")
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty string, got {name!r}")
         if sweep is not None and (not isinstance(sweep, str) or not sweep):
@@ -137,6 +150,13 @@ class RunStore:
             tomllib.loads(recipe)
         except tomllib.TOMLDecodeError as error:
             raise ValueError(f"recipe is not valid TOML: {error}") from None
+        sources_json = None
+        if sources is not None:
+            for source in sources:
+                if not isinstance(source, dict) or "run_id" not in source:
+                    raise ValueError(f"a source must be a dict with a run_id, got {source!r}")
+                self.run(source["run_id"])  # KeyError names an unknown run
+            sources_json = json.dumps([dict(s) for s in sources])
 
         for _ in range(100):
             now = time.time()
@@ -144,9 +164,9 @@ class RunStore:
             try:
                 self._write(
                     lambda conn, run_id=run_id, now=now: conn.execute(
-                        "INSERT INTO runs (run_id, name, sweep, recipe, status, steps, created)"
-                        " VALUES (?, ?, ?, ?, 'queued', ?, ?)",
-                        (run_id, name, sweep, recipe, steps, now),
+                        "INSERT INTO runs (run_id, name, sweep, recipe, status, steps, created,"
+                        " kind, sources) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
+                        (run_id, name, sweep, recipe, steps, now, kind, sources_json),
                     )
                 )
                 break
@@ -251,7 +271,8 @@ class RunStore:
         """One row per run (oldest first), optionally of one sweep and/or some statuses.
 
         Columns: run_id, name, sweep, status, step, steps, pid, host, created, started,
-        ended, heartbeat, error. The recipe text is left out; `run()` has it.
+        ended, heartbeat, error, scheduler_job, scheduler_state, kind, sources (JSON
+        text). The recipe text is left out; `run()` has it.
         """
         where, params = [], []
         if sweep is not None:

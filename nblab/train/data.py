@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import torch
 
+from nblab.models.protocol import IGNORE_INDEX, greedy_generate
 from nblab.train.tokenizer import (
     ByteTokenizer,
     CharTokenizer,
@@ -38,7 +39,6 @@ from nblab.train.tokenizer import (
     parse_spec,
 )
 
-IGNORE_INDEX = -100
 SPLITS = ("train", "val")
 
 
@@ -390,7 +390,7 @@ def exact_match_accuracy(
             prompts = torch.tensor(
                 [dataset.encode(dataset.prompt(a, b)) for a, b in chunk], device=device
             )  # (b, prompt_len)
-            out = model.generate(prompts, dataset.max_answer_len, greedy=True)  # (b, P + A)
+            out = greedy_generate(model, prompts, dataset.max_answer_len)  # (b, P + A)
             for (a, b), ids in zip(chunk, out[:, dataset.prompt_len :].tolist(), strict=True):
                 text = dataset.decode(ids)
                 got = text[: text.index(dataset.END) + 1] if dataset.END in text else text

@@ -5,11 +5,16 @@
 Batches are drawn from a generator seeded by (seed, step, micro-batch), so the data
 position is just the step and a resumed run sees exactly the batches it would have.
 
-Under torchrun (WORLD_SIZE > 1; see nblab.parallel.launch) the same loop runs on every
+The model is whatever the recipe's [model] section builds (nblab.models: the built-in
+GPT, a Hugging Face causal LM, a module of one's own); the trainer speaks to it only
+through the model protocol (nblab.models.protocol): its Architecture's logits, blocks and
+parts, its ModelShape's counts.
+
+Under torchrun (WORLD_SIZE > 1; nblab.launch starts it) the same loop runs on every
 rank: nblab.parallel.runtime builds the mesh and applies TP / FSDP2 / DDP, each dp rank
 takes its rows of the same global micro-batch, the loss is divided by grad_accum x dp
-before backward (gradients are SUM-reduced), and only rank 0 writes to the store.
-`train()` of a recipe with parallel.nproc > 1 from a single process launches torchrun.
+before backward (gradients are SUM-reduced), and only rank 0 writes to the store. A
+recipe with parallel.nproc > 1 is started with nblab.launch.launch, not train() here.
 
 With parallel.pp > 1 (pipeline parallelism, nblab.parallel.pipeline) each rank keeps one
 stage of the model; a step stacks its grad_accum micro-batches and runs the pipeline
@@ -34,14 +39,16 @@ import torch
 from torch import nn
 
 import nblab_kernels as nk
+from nblab.models import build_model, model_shape, shape_of
+from nblab.models.protocol import architecture, lm_loss
+from nblab.models.py import from_module
 from nblab.parallel import runtime
 from nblab.precision.plan import PlanReport, apply_precision, quant_linears
 from nblab.recipe import Recipe
 from nblab.runs import RunStore
-from nblab.train import checkpoint
+from nblab.train import checkpoint, weights
 from nblab.train.data import AdditionDataset, build_data, exact_match_accuracy
-from nblab.train.metrics import WeightHistograms, flops_per_token, peak_memory_bytes, peak_tflops
-from nblab.train.model import build_model
+from nblab.train.metrics import WeightHistograms, peak_memory_bytes, peak_tflops
 from nblab.train.optim import build_optimizer, build_schedule
 
 log = logging.getLogger("nblab.train")
@@ -65,12 +72,35 @@ class TrainResult:
     plan: PlanReport | None = None
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device='cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
-    return torch.device(name)
+def describe_plan(shape, plan: PlanReport) -> str:
+    """A model's kind and parameter count, then every linear module with the spec of each
+    of its roles, or why it stays in high precision."""
+    s = shape
+    head = f"model {s.kind}: {s.n_params:,} parameters ({s.n_matmul_params:,} in matmuls)"
+    return f"{head}\n{plan}"
+
+
+def dry_run(recipe: Recipe) -> str:
+    """What training `recipe` would quantize, without training or writing anything: the
+    model is built on the meta device (no weights are read), the precision plan applied,
+    the parallel layout validated. Raises what training would raise first."""
+    recipe.validate()
+    t = recipe.train
+    vocab = build_data(recipe).vocab_size
+    shape = model_shape(recipe.model, vocab, t.seq_len)
+    if recipe.parallel.nproc > 1:
+        runtime.dims_for(recipe, recipe.parallel.nproc).validate(recipe, model=shape)
+    with torch.device("meta"):
+        model = build_model(recipe.model, vocab_size=vocab, max_seq_len=t.seq_len, weights=False)
+    arch = architecture(model)
+    plan = apply_precision(
+        model,
+        recipe.precision,
+        backend=recipe.precision.backend,
+        block_prefix=arch.block_prefix,
+        head=arch.head,
+    )
+    return describe_plan(shape, plan)
 
 
 def _batch_generator(seed: int, step: int, micro: int) -> torch.Generator:
@@ -94,28 +124,38 @@ class Trainer:
         self.recipe, self.writer, self.progress = recipe, writer, progress
         self.run_dir = run_dir
         t = recipe.train
-        torch.manual_seed(t.seed)  # the same on every rank: TP / FSDP shard one init
-        self.parallel = runtime.init_distributed(recipe)  # None in a single process
-        self.device = self.parallel.device if self.parallel else resolve_device(t.device)
+        self.dataset = dataset if dataset is not None else build_data(recipe)
+        vocab = self.dataset.vocab_size
+        # of the whole model, from its config: a pipeline stage holds only part of it
+        self.shape = (shape_of(model, vocab) if model is not None else None) or model_shape(
+            recipe.model, vocab, t.seq_len
+        )
+        # None in a single process; validates the layout against the model's shape first
+        self.parallel = runtime.init_distributed(recipe, self.shape)
+        self.device = self.parallel.device if self.parallel else runtime.resolve_device(t.device)
         self.rank0 = self.parallel is None or self.parallel.is_rank0
         self.writer = writer if self.rank0 else None  # metrics from rank 0 only
-        self.dataset = dataset if dataset is not None else build_data(recipe)
+        torch.manual_seed(t.seed)  # the same on every rank: TP / FSDP shard one init
         if model is None:
-            model = build_model(
-                recipe.model.name,
-                recipe.model.flavour,
-                vocab_size=self.dataset.vocab_size,
-                max_seq_len=t.seq_len,
-                tie_embeddings=recipe.model.tie_embeddings,
-            )
-        self.plan = apply_precision(model, recipe.precision, backend=recipe.precision.backend)
+            model = build_model(recipe.model, vocab_size=vocab, max_seq_len=t.seq_len)
+        model = from_module(model, vocab)  # a module handed in gets its Architecture too
+        self.init_source = None
+        if recipe.model.init_from:  # a fine-tuning run: start from these weights
+            self.init_source = weights.resolve(recipe.model.init_from)
+            weights.load_weights(model, self.init_source)
+        self.arch = architecture(model)
+        self.plan = apply_precision(
+            model,
+            recipe.precision,
+            backend=recipe.precision.backend,
+            block_prefix=self.arch.block_prefix,
+            head=self.arch.head,
+        )
         self.model = model.to(self.device)
-        # of the whole model: a pipeline stage holds only part of it
-        self._flops_per_token = flops_per_token(self.model, t.seq_len)
+        self._flops_per_token = self.shape.flops_per_token(t.seq_len)
         self.pipeline = None
         if self.parallel is not None:
             p = self.parallel
-            p.dims.validate(recipe, vocab_size=self.dataset.vocab_size)
             if p.dims.pp > 1:
                 self.pipeline = self._build_pipeline()
             else:
@@ -147,6 +187,15 @@ class Trainer:
                 f"parallel.pp={pp} does not support yet; set eval.interval=0 or parallel.pp=1"
             )
         return Pipeline(self.model, self.parallel, self.recipe)
+
+    def describe(self) -> str:
+        """The model (its kind and parameter count), where its weights came from, and its
+        precision plan: plan.txt."""
+        text = describe_plan(self.shape, self.plan)
+        if self.init_source is not None:
+            head, _, rest = text.partition("\n")
+            text = f"{head}\n{self.init_source.describe()}\n{rest}"
+        return text
 
     # -- pieces -------------------------------------------------------------------
 
@@ -193,7 +242,7 @@ class Trainer:
                 q.recording = record and micro == 0 and self._records_stats
             x, y = self._batch("train", _batch_generator(t.seed, self.step, micro))
             with self._autocast():
-                _, loss = self.step_fn(x, y)
+                loss = lm_loss(self.arch.logits(self.step_fn, x), y)
             # gradients are SUM-reduced over dp ranks: dividing by dp gives the global mean
             (loss / (t.grad_accum * self.dp)).backward()
             total += float(loss.detach())
@@ -258,7 +307,7 @@ class Trainer:
         for _ in range(e.batches):
             x, y = self._batch("val", generator)
             with self._autocast():
-                _, loss = self.model(x, y)
+                loss = lm_loss(self.arch.logits(self.model, x), y)
             losses.append(float(loss))
         out = {"val_loss": self._mean(sum(losses) / len(losses))}
         if isinstance(self.dataset, AdditionDataset):
@@ -389,7 +438,9 @@ class Trainer:
 
     def run(self) -> dict[str, float]:
         t, e, c = self.recipe.train, self.recipe.eval, self.recipe.checkpoint
-        log.info("%s", self.plan)
+        log.info("%s", self.describe())
+        if self.writer is not None and self.step == 0:  # at step 0: kept by a resume's rewind
+            self.writer.log_metrics(0, {"params": float(self.shape.n_params)})
         # NBLAB_STEP_DELAY_S: a pause after every step, so that tests of time limits and
         # preemption can make a run outlast a limit on a machine of any speed
         delay = float(os.environ.get("NBLAB_STEP_DELAY_S", "0") or 0)
@@ -437,21 +488,19 @@ def train(
     resume=True continues it from its latest checkpoint. Exceptions other than
     divergence are recorded as `failed` and raised again.
 
-    parallel.nproc > 1 from a single process: torchrun is started (nblab.parallel.launch)
-    and this call waits for it. Under torchrun every rank calls train() with the same
-    run_id; rank 0 alone writes the run's events and status."""
+    This process trains: under torchrun every rank calls train() with the same run_id
+    (nblab.launch starts them), and rank 0 alone writes the run's events and status. A
+    recipe with parallel.nproc > 1 in a single process is refused: start it with
+    nblab.launch.launch, which runs torchrun (or this function when nproc is 1)."""
     recipe.validate()
     store = store or RunStore()
     if recipe.parallel.nproc > 1 and runtime.world_size() == 1:
-        if model is not None or dataset is not None:
-            raise ValueError("a parallel run (parallel.nproc > 1) builds its own model and data")
-        from nblab.parallel.launch import launch
-
-        return launch(
-            recipe, store=store, run_id=run_id, sweep=sweep, resume=resume, progress=progress
+        raise ValueError(
+            f"parallel.nproc={recipe.parallel.nproc} needs torchrun: start the run with "
+            f"nblab.launch.launch(recipe), not nblab.train.trainer.train"
         )
     if run_id is None and runtime.world_size() > 1:
-        raise ValueError("under torchrun every rank needs the same run_id (nblab.parallel.launch)")
+        raise ValueError("under torchrun every rank needs the same run_id (nblab.launch)")
     if run_id is None:
         run_id = store.create_run(recipe.name, recipe.to_toml(), sweep, steps=recipe.train.steps)
     run_dir = store.run_dir(run_id)
@@ -465,7 +514,9 @@ def train(
             recipe, model=model, dataset=dataset, run_dir=run_dir, writer=writer, progress=progress
         )
         if trainer.rank0:
-            (run_dir / "plan.txt").write_text(str(trainer.plan) + "\n")
+            (run_dir / "plan.txt").write_text(trainer.describe() + "\n")
+            if trainer.init_source is not None:
+                weights.record(run_dir, trainer.init_source)
         if resume:
             trainer.resume()
         metrics = trainer.run()

@@ -141,7 +141,7 @@ def test_a_failing_point_fails_alone_with_its_error(failing_sweep):
     assert bad.error.startswith("cell ")  # where: the cell index of the output notebook
     cells = executed_cells(store.run_dir(bad.run_id) / OUTPUT_NOTEBOOK)
     errors = [c for c in cells if any(o.output_type == "error" for o in c.outputs)]
-    assert len(errors) == 1 and "train(" in errors[0].source
+    assert len(errors) == 1 and "launch(" in errors[0].source
     assert "missing.txt" in outputs_text(errors[0])
     # the recipe of a point is named after its sweep and point
     assert Recipe.from_toml(store.run(bad.run_id)["recipe"]).name == f"iso/{missing}"

@@ -491,11 +491,14 @@ def test_unknown_keys_in_overrides_and_toml_agree():
 
 
 def _fake_registry_modules(monkeypatch, models, flavours, datasets):
-    model = types.ModuleType("nblab.train.model")
-    model.MODELS, model.FLAVOURS = models, flavours
+    kinds = types.ModuleType("nblab.models")
+    kinds.MODEL_KINDS = models
+    gpt = types.ModuleType("nblab.models.gpt")
+    gpt.FLAVOURS = flavours
     data = types.ModuleType("nblab.train.data")
     data.DATASETS = datasets
-    monkeypatch.setitem(sys.modules, "nblab.train.model", model)
+    monkeypatch.setitem(sys.modules, "nblab.models", kinds)
+    monkeypatch.setitem(sys.modules, "nblab.models.gpt", gpt)
     monkeypatch.setitem(sys.modules, "nblab.train.data", data)
 
 
@@ -513,7 +516,8 @@ def test_names_are_checked_against_the_registries(monkeypatch):
 
 
 def test_missing_registry_module_skips_the_check(monkeypatch):
-    monkeypatch.setitem(sys.modules, "nblab.train.model", None)
+    monkeypatch.setitem(sys.modules, "nblab.models", None)
+    monkeypatch.setitem(sys.modules, "nblab.models.gpt", None)
     assert known_names("model") is None
     assert Recipe.from_dict({"model": {"name": "anything", "flavour": "any"}}).model.name == (
         "anything"

@@ -247,7 +247,7 @@ def test_slurm_multinode_command_uses_c10d_rendezvous_on_the_head_node():
     assert "--nnodes=2" in cmd and "--nproc-per-node=8" in cmd
     assert "--rdzv-backend=c10d" in cmd and "--rdzv-endpoint=node01:29417" in cmd
     assert "--standalone" not in cmd
-    tail = ["nblab.parallel.launch", "--run-id", "r1", "--home", "/shared/nblab", "--resume"]
+    tail = ["nblab.launch", "--run-id", "r1", "--home", "/shared/nblab", "--resume"]
     assert cmd[-6:] == tail
 
 

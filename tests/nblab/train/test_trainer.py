@@ -97,13 +97,10 @@ def test_non_finite_gradient_stops_the_run_as_diverged(store):
         calls["n"] += 1
         return grad * math.nan if calls["n"] == 5 else grad
 
-    from nblab.train.model import build_model
+    from nblab.models import build_model
 
     model = build_model(
-        "gpt",
-        "debug",
-        vocab_size=build_dataset("pydoc").vocab_size,
-        max_seq_len=DEBUG.train.seq_len,
+        DEBUG.model, vocab_size=build_dataset("pydoc").vocab_size, max_seq_len=DEBUG.train.seq_len
     )
     model.layers[0].mlp.down.weight.register_hook(poison)
     result = train(recipe, store=store, model=model)
@@ -118,12 +115,16 @@ def test_non_finite_gradient_stops_the_run_as_diverged(store):
 def test_an_exception_fails_the_run_and_keeps_its_log(store):
     other = train(DEBUG.with_overrides(["train.steps=2"]), store=store)
 
-    class Broken(torch.nn.Module):
+    vocab = build_dataset("pydoc").vocab_size
+
+    class Broken(torch.nn.Module):  # a model nblab can read, whose forward fails
         def __init__(self):
             super().__init__()
-            self.layer = torch.nn.Linear(4, 4)
+            self.emb = torch.nn.Embedding(vocab, 4)
+            self.blocks = torch.nn.ModuleList([torch.nn.Linear(4, 4)])
+            self.head = torch.nn.Linear(4, vocab)
 
-        def forward(self, x, y):
+        def forward(self, x):
             raise RuntimeError("shape trouble in block 3")
 
     with pytest.raises(RuntimeError, match="shape trouble"):

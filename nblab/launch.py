@@ -1,13 +1,15 @@
-"""Launch a parallel run with torchrun, and the entry point each rank runs.
+"""Start a run: in this process, or on N processes with torchrun; and the entry point
+each rank runs. It sits above the trainer (the trainer never starts processes).
 
-    result = launch(recipe, nproc=2)          # the parent: returns a TrainResult
+    result = launch(recipe)                   # parallel.nproc 1: nblab.train.train here
+    result = launch(recipe, nproc=2)          # torchrun; returns a TrainResult
     nblab run gpt-debug --nproc 2             # the same from the command line
 
-The parent validates the layout (before any process starts), creates the run in the
-store (queued) and runs
+For nproc > 1 the parent validates the layout (before any process starts), creates the
+run in the store (queued) and runs
 
     python -m torch.distributed.run --standalone --nproc-per-node N \\
-        -m nblab.parallel.launch --run-id RUN --home NBLAB_HOME [--resume]
+        -m nblab.launch --run-id RUN --home NBLAB_HOME [--resume]
 
 in a session of its own, with its output in the run folder's torchrun.log. Every rank
 (`main()` below) reads the recipe from the store and calls nblab.train.train with that
@@ -23,6 +25,9 @@ parent stops torchrun and its workers and records `cancelled`.
 
 Fault injection for tests: NBLAB_FAULT="RANK:STEP" makes that rank raise before
 optimizer step STEP.
+
+This module imports torch and the trainer only where a function needs them, so that the
+sweep and Slurm launchers can name its entry point cheaply.
 """
 
 from __future__ import annotations
@@ -36,8 +41,6 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-from nblab.parallel.runtime import dims_for
 
 TORCHRUN_LOG = "torchrun.log"
 FAULT_ENV = "NBLAB_FAULT"
@@ -99,17 +102,35 @@ def _reap_workers(run_dir: Path, grace: float = 5.0) -> None:
 
 
 def check_layout(recipe, nproc: int | None = None):
-    """The ParallelDims of `recipe` on `nproc` processes (default parallel.nproc), validated:
-    LayoutError lists every problem."""
+    """The ParallelDims of `recipe` on `nproc` processes (default parallel.nproc), validated
+    against the recipe's model (its shape from the config alone): LayoutError lists every
+    problem."""
+    from nblab.models import model_shape
+    from nblab.parallel.runtime import dims_for
+
     recipe.validate()
     dims = dims_for(recipe, nproc or recipe.parallel.nproc)
-    dims.validate(recipe)
+    shape = model_shape(recipe.model, _vocab_size(recipe), recipe.train.seq_len)
+    dims.validate(recipe, model=shape)
     return dims
+
+
+def _vocab_size(recipe) -> int:
+    """The tokenizer's vocabulary when it is known without reading the corpus (GPT-2's
+    otherwise: it only sizes the head, which stays in high precision by default)."""
+    from nblab.parallel.dims import DEFAULT_VOCAB_SIZE
+    from nblab.train import data
+
+    known = getattr(data, "tokenizer_vocab_size", None)
+    return (known(recipe.data) if known else None) or DEFAULT_VOCAB_SIZE
+
+
+ENTRY_MODULE = "nblab.launch"  # what each rank runs (main below)
 
 
 def torchrun_command(run_id: str, home: Path, nproc: int, resume: bool = False) -> list[str]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    cmd += ["--nproc-per-node", str(nproc), "-m", "nblab.parallel.launch"]
+    cmd += ["--nproc-per-node", str(nproc), "-m", ENTRY_MODULE]
     cmd += ["--run-id", run_id, "--home", str(home)]
     return cmd + (["--resume"] if resume else [])
 
@@ -126,14 +147,21 @@ def launch(
     env: dict[str, str] | None = None,
     poll_s: float = 0.5,
 ):
-    """Run `recipe` on `nproc` processes (default parallel.nproc) with torchrun and wait.
+    """Train `recipe` and wait: on `nproc` processes (default parallel.nproc) with torchrun,
+    or in this process when that is 1 (nblab.train.trainer.train).
 
     Returns nblab.train.trainer.TrainResult (status from the store). Raises LayoutError /
     NotImplementedError before starting anything when the layout is invalid."""
     from nblab.runs import TERMINAL_STATUSES, RunStore
-    from nblab.train.trainer import TrainResult
+    from nblab.train.trainer import TrainResult, train
 
     nproc = nproc or recipe.parallel.nproc
+    if nproc == 1:
+        if env:
+            raise ValueError("env applies to torchrun's processes; this run is in this process")
+        return train(
+            recipe, store=store, run_id=run_id, sweep=sweep, resume=resume, progress=progress
+        )
     check_layout(recipe, nproc)
     store = store or RunStore()
     if run_id is None:
@@ -228,7 +256,7 @@ def _record_error(run_dir: Path, rank: int, err: BaseException) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """The entry point of one rank under torchrun."""
-    parser = argparse.ArgumentParser(prog="python -m nblab.parallel.launch")
+    parser = argparse.ArgumentParser(prog=f"python -m {ENTRY_MODULE}")
     parser.add_argument("--run-id", required=True)
     parser.add_argument("--home", required=True, help="the run store's NBLAB_HOME")
     parser.add_argument("--resume", action="store_true")
