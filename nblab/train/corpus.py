@@ -3,7 +3,7 @@ glob of them, read with Hugging Face `datasets` and never fetched from a hub.
 
     files = corpus_files("/data/corpus/")          # sorted; folders are walked
     folder, built = token_cache(CorpusSpec(files, "text", "paragraph", "bpe:8192", 0.1, 0))
-    ds = CorpusDataset(folder)                     # get_batch reads windows of a memmap
+    ds = CorpusDataset(folder)                     # get_batch reads windows of its token files
 
 A document is a record's `text_column` (JSON lines, JSON, parquet) or a piece of a text file
 (`text_documents`: a line, a paragraph between blank lines, or the whole file). Empty and
@@ -17,7 +17,7 @@ split settings. Files are fingerprinted by path, size and modification time, not
 every job of a sweep computes the key before training, and hashing a 1 GB corpus in every
 job costs seconds of reading, while any write to a file changes its mtime (a copy or a
 `touch` only costs a fresh tokenization). Concurrent jobs take a file lock: one tokenizes
-into a temporary folder and renames it into place, the others wait and then map its files.
+into a temporary folder and renames it into place, the others wait and then read its files.
 """
 
 from __future__ import annotations
