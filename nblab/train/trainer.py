@@ -47,7 +47,7 @@ from nblab.precision.plan import PlanReport, apply_precision, quant_linears
 from nblab.recipe import Recipe
 from nblab.runs import RunStore
 from nblab.train import checkpoint, weights
-from nblab.train.data import AdditionDataset, build_dataset, exact_match_accuracy
+from nblab.train.data import AdditionDataset, build_data, exact_match_accuracy
 from nblab.train.metrics import WeightHistograms, peak_memory_bytes, peak_tflops
 from nblab.train.optim import build_optimizer, build_schedule
 
@@ -70,19 +70,6 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)  # the last value of each key
     error: str | None = None
     plan: PlanReport | None = None
-
-
-def build_data(recipe: Recipe):
-    d = recipe.data
-    extra = {"digits": d.digits} if d.name == "addition" else {}
-    return build_dataset(
-        d.name,
-        path=d.path or None,
-        tokenizer=d.tokenizer,
-        val_fraction=d.val_fraction,
-        seed=recipe.train.seed,
-        **extra,
-    )
 
 
 def describe_plan(shape, plan: PlanReport) -> str:
