@@ -178,8 +178,10 @@ def _fwht_rows(x, ROWS: tl.constexpr, COLS: tl.constexpr, LOG2N: tl.constexpr):
     x[i + h]) of each 2h-run to (lo + hi, lo - hi). No tl.dot: each output is the
     same chain of fp32 additions as the reference's, so the result is bit for bit."""
     for s in tl.static_range(LOG2N):
-        H: tl.constexpr = 1 << s
-        t = tl.permute(tl.reshape(x, [ROWS, COLS // (2 * H), 2, H]), (0, 1, 3, 2))
+        # h = 1 << s stays inline: a name bound to it would be rebound on each unrolled
+        # stage, which the compiler refuses for `h: tl.constexpr` and turns into a
+        # tensor (no shape) for a plain name; the interpreter accepted both
+        t = tl.permute(tl.reshape(x, [ROWS, COLS // (2 << s), 2, 1 << s]), (0, 1, 3, 2))
         lo, hi = tl.split(t)  # (ROWS, COLS / 2H, H) each
         t = tl.permute(tl.join(lo + hi, lo - hi), (0, 1, 3, 2))
         x = tl.reshape(t, [ROWS, COLS])
