@@ -31,6 +31,13 @@ MAX_INTILE_GROUP = 8192
 # Target elements per program when the groups leave the tile shape free.
 TILE_ELEMS = 4096
 MAX_TILE_K = 128
+# No tile holds more (a 128 x 128 tile: 16 warps, 32 elements a thread). A column
+# group lies in one tile only with at least COL_TILE_K columns beside it (a 128-byte
+# fp32 row segment, so loads stay coalesced): at most 512 rows. A taller column group
+# spans tiles (two passes); in one tile it spilled (sm_90: 2048 x 128 fp32, 20 KB of
+# spill stores a thread, found by the AOT compile, nblab_kernels.aot).
+MAX_TILE_ELEMS = 16384
+COL_TILE_K = 32
 
 
 def unsupported_reason(x: torch.Tensor, spec: QuantSpec) -> str | None:
@@ -91,7 +98,8 @@ class TilePlan:
         elif g == "row":
             ext = (1, full_k if full_k <= MAX_INTILE_GROUP else None)
         elif g == "col":
-            ext = (full_m if full_m <= MAX_INTILE_GROUP else None, 1)
+            fits = full_m <= MAX_INTILE_GROUP and full_m * COL_TILE_K <= MAX_TILE_ELEMS
+            ext = (full_m if fits else None, 1)
         elif g == "tile":
             ext = (b, b)
         else:
@@ -99,7 +107,7 @@ class TilePlan:
         gm, gk = (e or 1 for e in ext)
         # a Hadamard chunk of n along its dim lies whole inside one tile
         had_m, had_k = (spec.hadamard, 1) if spec.dim == 0 else (1, spec.hadamard or 1)
-        bk = max(gk, had_k, min(full_k, MAX_TILE_K))
+        bk = max(gk, had_k, min(full_k, MAX_TILE_K, max(1, MAX_TILE_ELEMS // gm)))
         bm = max(gm, had_m, min(full_m, max(1, TILE_ELEMS // bk)))
         return TilePlan(
             bm=bm,

@@ -284,7 +284,9 @@ def _scales(abits, tbits, SCALE_KIND: tl.constexpr, RULE: tl.constexpr,
 # ---------------------------------------------------------------------------
 
 
-@triton.jit
+# The scale-grid extents only address scale stores: specializing on their values
+# (== 1, multiple of 16) would only multiply the compiled variants.
+@triton.jit(do_not_specialize=["GK_N"])
 def _amax_kernel(x_ptr, sxm, sxk, M, K, amax_ptr, GK_N, signs_ptr,
                  BM: tl.constexpr, BK: tl.constexpr, RM: tl.constexpr, RK: tl.constexpr,
                  SPAN_M: tl.constexpr, SPAN_K: tl.constexpr, X_BF16: tl.constexpr,
@@ -304,10 +306,13 @@ def _amax_kernel(x_ptr, sxm, sxk, M, K, amax_ptr, GK_N, signs_ptr,
     tl.atomic_max(amax_ptr + gi_m[:, None] * GK_N + gi_k[None, :], g, sem="relaxed")
 
 
-@triton.jit
+# The seed arrives as two int32 halves, never specialized: one compiled kernel for
+# every seed (a whole int64 seed would compile apart for seeds below 2^31, for seeds
+# divisible by 16 and for seed 1).
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "GM_N", "GK_N"])
 def _quantize_kernel(
     x_ptr, sxm, sxk, M, K,
-    rbits_ptr, seed,
+    rbits_ptr, seed_lo, seed_hi,  # SR bits (int64 uint32 values), or the Philox seed
     gamax_ptr, tamax_ptr,  # pass-1 group amax bits (spanning groups), tensor amax bits
     codes_ptr, scale_ptr, ts_ptr, out_ptr, signs_ptr, stats_ptr,
     GM_N, GK_N,  # scales shape (gm, gk)
@@ -371,6 +376,7 @@ def _quantize_kernel(
     offs = rm[:, None] * K + rk[None, :]  # row-major index in (M, K): the SR stream
     if SR:
         if SEEDED:
+            seed = (seed_hi.to(tl.int64) << 32) | (seed_lo.to(tl.int64) & 0xFFFFFFFF)
             rbits = tl.randint(seed, offs).to(tl.int64) & 0xFFFFFFFF
         else:
             rbits = tl.load(rbits_ptr + offs, mask=mask, other=0)
@@ -539,6 +545,14 @@ def _sr_bits(x2: torch.Tensor, spec: QuantSpec, rbits, seed):
     return None, seed - 2**64 if seed >= 2**63 else seed
 
 
+def _int32_halves(seed: int) -> tuple[int, int]:
+    """(low, high) 32 bits of a 64-bit seed, each as a signed int32 (the kernel's i32
+    arguments; it puts the int64 back together)."""
+    seed %= 2**64
+    lo, hi = seed & 0xFFFFFFFF, seed >> 32
+    return tuple(h - 2**32 if h >= 2**31 else h for h in (lo, hi))
+
+
 _SIGNS: dict[tuple[int, int, torch.device], torch.Tensor] = {}
 
 
@@ -621,7 +635,7 @@ def _launch(x: torch.Tensor, spec: QuantSpec, rbits, seed, fake: bool, stats: bo
         _quantize_kernel[grid](
             *args,
             bits if bits is not None else dummy,
-            seed if seed is not None else 0,
+            *_int32_halves(seed if seed is not None else 0),
             gamax,
             tamax,
             codes,

@@ -359,6 +359,17 @@ def test_groups_spanning_tiles_take_two_passes(monkeypatch, name, nonfinite):
     check(x, spec_sr, **kw)
 
 
+def test_tall_column_groups_span_tiles():
+    """A column group fits one tile only up to 512 rows beside 32 columns (a taller one
+    spilled on sm_90); taller ones take the two passes, with the same numbers."""
+    spec = SPAN_SPECS["col"]
+    short, tall = plan.TilePlan.of(spec, 512, 256), plan.TilePlan.of(spec, 1024, 256)
+    assert not short.spans and short.bm == 512 and short.bm * short.bk <= plan.MAX_TILE_ELEMS
+    assert tall.span_m and tall.bm * tall.bk <= plan.MAX_TILE_ELEMS
+    x = _randn((1024, 32), torch.bfloat16)
+    check(x, spec)
+
+
 # ---------------------------------------------------------------------------
 # stochastic rounding drawn in the kernel
 # ---------------------------------------------------------------------------
