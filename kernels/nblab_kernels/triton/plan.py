@@ -31,12 +31,12 @@ MAX_INTILE_GROUP = 8192
 # Target elements per program when the groups leave the tile shape free.
 TILE_ELEMS = 4096
 MAX_TILE_K = 128
-# No tile holds more (a 128 x 128 tile: 16 warps, 32 elements a thread). A column
-# group lies in one tile only with at least COL_TILE_K columns beside it (a 128-byte
-# fp32 row segment, so loads stay coalesced): at most 512 rows. A taller column group
-# spans tiles (two passes); in one tile it spilled (sm_90: 2048 x 128 fp32, 20 KB of
-# spill stores a thread, found by the AOT compile, nblab_kernels.aot).
-MAX_TILE_ELEMS = 16384
+# Groups taller than one row keep the tile near TILE_ELEMS by narrowing it, but to no
+# fewer than COL_TILE_K columns (a 128-byte fp32 row segment: coalesced loads). So a
+# column group lies in one tile up to 128 rows; a taller one spans tiles (two passes).
+# The AOT compile (nblab_kernels.aot) found the wider tiles spilling: 2048 x 128 fp32
+# (20 KB a thread, sm_90), and the statistics kernels of 512 x 32 and of 128 x 128
+# for 128-row blocks. Only a 128 x 128 tile group is still 16384 elements a program.
 COL_TILE_K = 32
 
 
@@ -98,7 +98,7 @@ class TilePlan:
         elif g == "row":
             ext = (1, full_k if full_k <= MAX_INTILE_GROUP else None)
         elif g == "col":
-            fits = full_m <= MAX_INTILE_GROUP and full_m * COL_TILE_K <= MAX_TILE_ELEMS
+            fits = full_m <= MAX_INTILE_GROUP and full_m * COL_TILE_K <= TILE_ELEMS
             ext = (full_m if fits else None, 1)
         elif g == "tile":
             ext = (b, b)
@@ -107,7 +107,8 @@ class TilePlan:
         gm, gk = (e or 1 for e in ext)
         # a Hadamard chunk of n along its dim lies whole inside one tile
         had_m, had_k = (spec.hadamard, 1) if spec.dim == 0 else (1, spec.hadamard or 1)
-        bk = max(gk, had_k, min(full_k, MAX_TILE_K, max(1, MAX_TILE_ELEMS // gm)))
+        narrow = max(COL_TILE_K, TILE_ELEMS // max(gm, had_m))
+        bk = max(gk, had_k, min(full_k, MAX_TILE_K, narrow))
         bm = max(gm, had_m, min(full_m, max(1, TILE_ELEMS // bk)))
         return TilePlan(
             bm=bm,
