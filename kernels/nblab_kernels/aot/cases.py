@@ -14,6 +14,11 @@ nblab.precision.aot), each crossed with
 - the input dtype: fp32, bf16, fp16;
 - the SR bits: none for rne; for sr both a given bits tensor and a Philox seed;
 - the shapes in SHAPES: the tile plans that matter (see there).
+
+Not enumerated, so compiled on a GPU at first use only: dims that are not multiples
+of 16 (triton specializes M, K and the row stride on divisibility by 16: the same
+code without the alignment hints), in-tile rows and columns of other powers of two
+(the same code over another tile extent), and strided views other than a transpose.
 """
 
 from __future__ import annotations
@@ -36,11 +41,11 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SHAPES = {
     # tokens x features: every block and tile spec's one plan (the same for any
     # M >= 32 and K >= 128); a row of 8192, the widest in one tile (1 x 8192, 16
-    # warps); tensor groups, and column groups over more than 512 rows, span tiles
+    # warps); tensor groups, and column groups over more than 128 rows, span tiles
     "train": (1024, 8192),
     # rows wider than 8192 span tiles (an MLP's down projection, K = 14336 and up);
-    # a column group of 512 rows, the tallest in one tile (512 x 32)
-    "wide": (512, 16384),
+    # a column group of 128 rows, the tallest in one tile (128 x 32)
+    "wide": (128, 16384),
     # a whole tensor of 8192 elements, the most in one tile (64 x 128)
     "small": (64, 128),
 }

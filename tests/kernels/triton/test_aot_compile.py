@@ -78,11 +78,12 @@ def test_the_enumeration_spans_every_axis(aot):
 
 def test_no_spill_without_a_reason(aot):
     for row in aot["rows"]:
+        kind = report.Row(row["kernel"], row["label"], 1, row["plan"], row["consts"]).kind
         for arch, rec in row["records"].items():
             if rec["spill_stores"] or rec["spill_loads"]:
-                assert any(
-                    report.fnmatch.fnmatchcase(row["label"], p) for p in report.ACCEPTED_SPILLS
-                ), f"{row['label']} spills on sm_{arch}"
+                assert any(report.fnmatch.fnmatchcase(kind, p) for p in report.ACCEPTED_SPILLS), (
+                    f"{row['label']} ({kind}) spills on sm_{arch}"
+                )
 
 
 def test_no_fma_in_the_ptx_unless_marked_exact(aot):
@@ -170,3 +171,18 @@ def test_roofline_counts_passes_rbits_codes_and_scales():
         1 + 1 / 32,
         1,
     )
+
+
+def test_a_spill_fails_unless_its_row_says_why(monkeypatch):
+    record = dict(registers=255, spill_stores=64, spill_loads=64, shared=0, num_warps=8, fma=[])
+    consts = dict(FAKE=False, STATS=True)
+    row = report.Row("_quantize_kernel", "QuantSpec x stats fp32", 1, "32x128/32x1", consts)
+    row.records = {80: record, 90: dict(record, spill_stores=0, spill_loads=0)}
+    assert row.kind == "quantize 32x128/32x1 stats"
+    (problem,) = report.problems([row], [80, 90])
+    assert "spills (sm_80 64/64 B)" in problem and "ACCEPTED_SPILLS" in problem
+    assert "[spills: NOT ACCEPTED]" in report.aot_text([row], [80, 90], 1, "3.9.0", "cmd")
+    monkeypatch.setitem(report.ACCEPTED_SPILLS, "quantize 32x128/* stats", "a cold path")
+    assert report.problems([row], [80, 90]) == []
+    text = report.aot_text([row], [80, 90], 1, "3.9.0", "cmd")
+    assert "[spills: note 1]" in text and "# spill note 1: a cold path" in text
