@@ -14,6 +14,7 @@ import traceback
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from nblab.runs.db import StoreFullError
 from nblab.runs.schema import TERMINAL_STATUSES, check_status
 
 if TYPE_CHECKING:
@@ -181,7 +182,14 @@ class RunWriter:
             return
         check_status(status, TERMINAL_STATUSES)
         self._check_open()
-        self._flush(merge=True)  # its small metric chunks become one per key
+        try:
+            self._flush(merge=True)  # its small metric chunks become one per key
+        except StoreFullError:
+            if status == "succeeded":
+                raise  # the caller fails the run, closing again with the error
+            # the events that did not fit are dropped so the end of the run is recorded:
+            # a one-row update, which fits where the rolled-back write's pages were
+            self._metrics, self._stats, self._histograms = [], [], []
         self.store.set_status(self.run_id, status, error=error)
         self.closed = True
 
