@@ -51,8 +51,43 @@ def recipe_toml(preset: str, seed: int, steps: int) -> str:
     return Recipe.preset("gpt-tiny").with_overrides(sets).to_toml()
 
 
-def write_run(writer, steps: int, val_every: int, flush_steps: int, rng, outcome: str) -> int:
-    """Log `steps` steps as a trainer does; return the rows written."""
+# --quant-stats: what gpt-tiny's trainer logs at its default intervals (4 layers of 7
+# Linears): quantization stats of 3 roles every 50 steps (quantized presets), weight
+# histograms of 64 bins every 100 steps
+MODULES = [
+    f"layers.{i}.{m}"
+    for i in range(4)
+    for m in ("attn.wq", "attn.wk", "attn.wv", "attn.wo", "mlp.gate", "mlp.up", "mlp.down")
+]
+ROLES = ("weight", "input", "grad_output")
+STATS_EVERY, HISTOGRAM_EVERY, BINS = 50, 100, 64
+
+
+def write_quant(writer, step: int, preset: str, rng) -> None:
+    """The stats and histograms a trainer logs at `step` (see MODULES)."""
+    if step % STATS_EVERY == 0 and preset != "bf16":
+        for m, module in enumerate(MODULES):
+            for role in ROLES:
+                sqnr = 20.0 - 0.2 * m + rng.standard_normal()
+                writer.log_stats(step, module, role, sqnr, 1e-3 * rng.random(), 1e-2 * rng.random())
+    if step % HISTOGRAM_EVERY == 0:
+        edges = np.linspace(-0.2, 0.2, BINS + 1).tolist()
+        for module in MODULES:
+            counts = rng.multinomial(4096, np.full(BINS, 1 / BINS)).tolist()
+            writer.log_histogram(step, module, edges, counts)
+
+
+def write_run(
+    writer,
+    steps: int,
+    val_every: int,
+    flush_steps: int,
+    rng,
+    outcome: str,
+    preset: str | None = None,
+) -> int:
+    """Log `steps` steps as a trainer does; return the metric rows written. `preset`: also
+    log quantization stats and weight histograms (write_quant)."""
     step = np.arange(1, steps + 1)
     loss = 4.0 / np.sqrt(step) + 1.5 + 0.05 * rng.standard_normal(steps)
     if outcome == "diverged":
@@ -74,6 +109,8 @@ def write_run(writer, steps: int, val_every: int, flush_steps: int, rng, outcome
         if s % val_every == 0:
             writer.log_metrics(s, {"val_loss": lists["loss"][i] + 0.05})
             rows += 1
+        if preset is not None:
+            write_quant(writer, s, preset, rng)
         if s % flush_steps == 0:
             writer.flush()
     return rows
@@ -88,6 +125,7 @@ def generate(
     flush_steps: int = 50,
     seed: int = 0,
     quiet: bool = False,
+    quant_stats: bool = False,
 ) -> dict:
     from nblab.runs import RunStore
 
@@ -108,7 +146,8 @@ def generate(
         name = f"{preset}-seed{run_seed}"
         run_id = store.create_run(name, recipes[key], sweep, steps=steps)
         writer = store.writer(run_id, flush_every=None)
-        written += write_run(writer, steps, val_every, flush_steps, rng, outcome)
+        stats_of = preset if quant_stats else None
+        written += write_run(writer, steps, val_every, flush_steps, rng, outcome, stats_of)
         error = {
             "failed": "RuntimeError: CUDA error: an illegal memory access was encountered",
             "diverged": f"loss is nan at step {steps}",
@@ -141,12 +180,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep-size", type=int, default=20)
     parser.add_argument("--flush-steps", type=int, default=50, help="steps between flushes")
     parser.add_argument("--val-every", type=int, default=57)
+    parser.add_argument(
+        "--quant-stats",
+        action="store_true",
+        help="also quantization stats and weight histograms, as gpt-tiny's trainer logs them",
+    )
     args = parser.parse_args(argv)
     if (args.home / "nblab.db").exists():
         parser.error(f"--home {args.home} already holds a store; give a new folder")
     print(f"generating {args.runs} runs, {args.rows:,} metric rows into {args.home}")
     out = generate(
-        args.home, args.runs, args.rows, args.sweep_size, args.val_every, args.flush_steps
+        args.home,
+        args.runs,
+        args.rows,
+        args.sweep_size,
+        args.val_every,
+        args.flush_steps,
+        quant_stats=args.quant_stats,
     )
     print(
         f"wrote {out['rows']:,} rows ({out['steps_per_run']} steps per full run) in "

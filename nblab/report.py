@@ -557,10 +557,9 @@ class SweepData:
         """The module whose weights the report shows: the last block's down
         projection when the model has one (where low precision hurts most), else the
         last module with histograms."""
-        hist = self.store.histograms(list(self.runs.run_id))
-        if hist.empty:
+        modules = self.store.histogram_modules(list(self.runs.run_id))
+        if not modules:
             return None
-        modules = sorted(set(hist.module))
         downs = [m for m in modules if m.endswith("mlp.down")]
         return downs[-1] if downs else modules[-1]
 

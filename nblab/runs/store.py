@@ -437,6 +437,15 @@ class RunStore:
         dtypes = {c: "float64" for c in ("sqnr", "saturation", "underflow", "time")}
         return _dataframe(rows, columns, dtypes | {"step": "int64"})
 
+    def histogram_modules(self, run_ids: str | Iterable[str]) -> list[str]:
+        """The modules that have histograms in `run_ids`, sorted, without reading the
+        histograms themselves (a 200-run sweep holds about 150k of them)."""
+        ids = self._known(run_ids)
+        sql = (
+            f"SELECT DISTINCT module FROM histograms WHERE run_id IN ({', '.join('?' * len(ids))})"
+        )
+        return sorted(row[0] for row in self._read(sql, ids))
+
     def histograms(
         self,
         run_ids: str | Iterable[str],
