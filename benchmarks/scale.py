@@ -3,7 +3,7 @@ target.
 
     .venv/bin/python benchmarks/store_gen.py --home /tmp/nblab-1k
     .venv/bin/python benchmarks/store_gen.py --home /tmp/nblab-200 --runs 200 \
-        --rows 4000000 --sweep-size 200
+        --rows 4000000 --sweep-size 200 --quant-stats
     .venv/bin/python benchmarks/scale.py --home /tmp/nblab-1k --sweep-home /tmp/nblab-200 \
         [--sidebar ui-tests/test-results/sidebar-scale.json] [--repeat 5]
 
