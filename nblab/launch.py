@@ -78,6 +78,10 @@ def _root_cause(run_dir: Path) -> tuple[int, str, str] | None:
     return rank, line, tb
 
 
+# how ranks are stopped (nblab cancel, Ctrl-C, torchrun stopping the others of a run)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 def _killed_rank(log: Path, offset: int) -> tuple[int, str, str] | None:
     """(rank, "killed by signal N (NAME)", "") when torchrun's report of this attempt (its
     log from `offset` on) names as the first failure a rank that a signal ended: kill -9,
@@ -95,6 +99,8 @@ def _killed_rank(log: Path, offset: int) -> tuple[int, str, str] | None:
     if not (found and rank and code):
         return None
     signum = int(code.group(1))
+    if signum in STOP_SIGNALS:  # a rank stopped (a cancel), not one that failed
+        return None
     try:
         name = signal.Signals(signum).name
     except ValueError:
@@ -227,11 +233,12 @@ def launch(
     run = store.run(run_id)
     status, error = run["status"], run.get("error")
     raised = _root_cause(run_dir) if proc.returncode != 0 else None
-    cause = None
-    if proc.returncode != 0:
-        cause = _killed_rank(run_dir / TORCHRUN_LOG, log_start) or raised
+    killed = _killed_rank(run_dir / TORCHRUN_LOG, log_start) if proc.returncode != 0 else None
+    cause = killed or raised
     if proc.returncode != 0 and status not in ("succeeded", "diverged"):
-        if status == "cancelled" and raised is None:
+        # `cancelled` with a rank killed first: torchrun stopped rank 0 after that rank
+        # died (rank 0 records the stop as a cancel), so the run failed
+        if status == "cancelled" and cause is None:
             return TrainResult(run_id, status, int(run.get("step") or 0), {}, error)
         if cause is not None:
             rank, line, tb = cause

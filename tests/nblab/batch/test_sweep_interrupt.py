@@ -51,7 +51,15 @@ def sweep(path, home, *extra) -> subprocess.Popen:
         text=True,
         env={**os.environ, "NBLAB_HOME": str(home)},
         start_new_session=True,  # its own process group, as in a terminal
+        preexec_fn=default_sigint,
     )
+
+
+def default_sigint() -> None:
+    """A shell starts background commands with SIGINT ignored, and an ignored SIGINT is
+    inherited (Python then never raises KeyboardInterrupt): the sweep gets the
+    terminal's default, whatever started this test."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def test_ctrl_c_mid_sweep_then_resume_runs_no_point_twice_and_loses_none(tmp_path):

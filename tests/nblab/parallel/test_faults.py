@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from nblab.launch import TORCHRUN_LOG, _killed_rank
 from nblab.runs import RunStore
 from nblab.runs.liveness import pid_alive
 
@@ -97,3 +98,31 @@ def test_kill_9_of_one_rank_fails_the_run_and_the_checkpoint_resumes_exactly(tmp
     again = [s for s in before if s > last]
     # the same layout from the same checkpoint: the same losses, bit for bit on CPU
     assert [after[s] for s in again] == pytest.approx([before[s] for s in again], abs=1e-6)
+
+
+REPORT = """\
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+Failures:
+[1]:
+  rank      : 0 (local_rank: 0)
+  exitcode  : {other} (pid: 16423)
+Root Cause (first observed failure):
+[0]:
+  rank      : 1 (local_rank: 1)
+  exitcode  : {first} (pid: 16424)
+  traceback : Signal 9 (SIGKILL) received by PID 16424
+"""
+
+
+def test_the_rank_a_signal_ended_first_is_read_from_torchruns_report(tmp_path):
+    """Whatever rank 0 recorded after it (a connection reset, or a cancel when torchrun
+    stopped it), the run names the rank killed first; a rank stopped by SIGTERM or
+    SIGINT (a cancel) is not a failure, nor one that exited with an error code."""
+    log = tmp_path / TORCHRUN_LOG
+    log.write_text(REPORT.format(first=-9, other=-15))
+    assert _killed_rank(log, 0) == (1, "killed by signal 9 (SIGKILL)", "")
+    assert _killed_rank(log, log.stat().st_size) is None  # an earlier attempt's report
+    for first in (-15, -2, 1):
+        log.write_text(REPORT.format(first=first, other=-15))
+        assert _killed_rank(log, 0) is None
+    assert _killed_rank(tmp_path / "absent.log", 0) is None
