@@ -17,6 +17,9 @@
   nblab cancel SWEEP|RUN                     stop a sweep's unfinished runs, or one run
   nblab report SWEEP [--log-x]               the sweep's report.ipynb and offline report.html
   nblab plan RECIPE --gpus N --gpu-mem 80GB  rank DP/FSDP/TP/PP layouts by memory and time
+  nblab merge SWEEP|RUN... --method M [--top-k K] [--base RUN]
+                                             merge fine-tuned runs (uniform, greedy,
+                                             task-arithmetic, ties, dare, fisher) into a run
   nblab lab [JUPYTER LAB OPTIONS]            JupyterLab here, with the sidebar and the quickstart
 
 Exit codes of `run` and `sweep`: 0 all succeeded, 1 a run failed, diverged or was
@@ -150,7 +153,7 @@ def cmd_runs(args) -> int:
     if frame.empty:
         print("no runs")
         return EXIT_OK
-    columns = ["run_id", "name", "sweep", "status", "step", "steps", "error"]
+    columns = ["run_id", "name", "kind", "sweep", "status", "step", "steps", "error"]
     print(frame[columns].astype(object).fillna("").to_string(index=False, max_colwidth=60))
     return EXIT_OK
 
@@ -394,6 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     # listed for --help; main() hands `nblab plan ...` to the planner's own parser
     commands.add_parser("plan", help="rank parallel layouts: RECIPE --gpus N --gpu-mem 80GB")
+    # likewise `nblab merge ...` (nblab.merge.command)
+    commands.add_parser("merge", help="merge fine-tuned runs: SWEEP|RUN... --method M")
 
     report = commands.add_parser("report", help="a sweep's report: report.ipynb + report.html")
     report.add_argument("sweep")
@@ -477,6 +482,10 @@ def main(argv: list[str] | None = None) -> int:
         from nblab.parallel.planner import plan_command
 
         return plan_command(argv[1:])
+    if argv[:1] == ["merge"]:
+        from nblab.merge.command import merge_command
+
+        return merge_command(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 

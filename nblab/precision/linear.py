@@ -90,15 +90,21 @@ class _QuantLinearFn(torch.autograd.Function):
         x2, weight, xq, wq = ctx.saved_tensors
         module = ctx.module
         specs, backend = module.stored_specs, module.backend
+        # a frozen weight (a fine-tuned base) needs no wgrad GEMM: its roles do not run
+        need_dw = ctx.needs_input_grad[1]
         for role, t in (("dgrad_dy", dy), ("dgrad_w", weight), ("wgrad_dy", dy), ("wgrad_x", x2)):
-            module._tap(role, t)
+            if need_dw or not role.startswith("wgrad"):
+                module._tap(role, t)
         dyq = _fq(dy, specs["dgrad_dy"], backend)
         wq = wq if wq is not None else _fq(weight, specs["dgrad_w"], backend)
         dx = dyq @ wq  # (T, out) @ (out, in)
-        dyq = dyq if _shared(specs, "dgrad_dy", "wgrad_dy") else _fq(dy, specs["wgrad_dy"], backend)
-        xq = xq if xq is not None else _fq(x2, specs["wgrad_x"], backend)
-        dw = dyq.t() @ xq  # (out, T) @ (T, in)
-        db = dy.sum(0) if ctx.has_bias else None
+        dw = None
+        if need_dw:
+            shared = _shared(specs, "dgrad_dy", "wgrad_dy")
+            dyq = dyq if shared else _fq(dy, specs["wgrad_dy"], backend)
+            xq = xq if xq is not None else _fq(x2, specs["wgrad_x"], backend)
+            dw = dyq.t() @ xq  # (out, T) @ (T, in)
+        db = dy.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return dx, dw, db, None
 
 

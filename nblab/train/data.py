@@ -20,6 +20,7 @@ from typing import Protocol
 import torch
 
 from nblab.models.protocol import IGNORE_INDEX, greedy_generate
+from nblab.train.instruct import build_instruct
 
 SPLITS = ("train", "val")
 
@@ -425,6 +426,7 @@ def exact_match_accuracy(
 DATASETS: dict[str, Callable[..., Dataset]] = {
     "addition": build_addition,
     "hf": build_hf,
+    "instruct": build_instruct,  # prompt / response jsonl, loss on responses (instruct.py)
     "pydoc": build_pydoc,
     "text": build_text,
 }

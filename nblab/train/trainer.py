@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 import nblab_kernels as nk
+from nblab import finetune
 from nblab.models import build_model, model_shape, shape_of
 from nblab.models.protocol import architecture, lm_loss
 from nblab.models.py import from_module
@@ -75,6 +76,10 @@ class TrainResult:
 def build_data(recipe: Recipe):
     d = recipe.data
     extra = {"digits": d.digits} if d.name == "addition" else {}
+    if d.name == "instruct":  # fine-tuning data: its field names, the base's tokenizer
+        f = recipe.finetune
+        extra = {"prompt_field": f.prompt_field, "response_field": f.response_field}
+        extra["base_tokenizer"] = _base_tokenizer(recipe)
     return build_dataset(
         d.name,
         path=d.path or None,
@@ -83,6 +88,18 @@ def build_data(recipe: Recipe):
         seed=recipe.train.seed,
         **extra,
     )
+
+
+def _base_tokenizer(recipe: Recipe):
+    """The tokenizer of the run a fine-tune starts from (model.init_from = RUN_ID[:STEP]),
+    so that token ids mean what they meant to it; None otherwise."""
+    if not recipe.model.init_from:
+        return None
+    source = weights.resolve(recipe.model.init_from)
+    if source.kind != "run":
+        return None
+    base = Recipe.from_toml(RunStore().run(source.run_id)["recipe"])
+    return getattr(build_data(base), "tokenizer", None)
 
 
 def describe_plan(shape, plan: PlanReport) -> str:
@@ -164,6 +181,8 @@ class Trainer:
             block_prefix=self.arch.block_prefix,
             head=self.arch.head,
         )
+        # LoRA and a packed base go on after the plan, so their linears keep its roles
+        self.finetune = finetune.prepare(model, recipe.finetune, self.arch)
         self.model = model.to(self.device)
         self._flops_per_token = self.shape.flops_per_token(t.seq_len)
         self.pipeline = None
@@ -194,17 +213,19 @@ class Trainer:
                 f"train.compile=true with parallel.pp={pp} is not supported yet; set "
                 f"train.compile=false"
             )
-        if isinstance(self.dataset, AdditionDataset) and e.interval:
+        graded = isinstance(self.dataset, AdditionDataset) or hasattr(self.dataset, "exact_match")
+        if graded and e.interval:
             raise NotImplementedError(
-                f"data.name='addition' evaluates exact-match accuracy by generation, which "
-                f"parallel.pp={pp} does not support yet; set eval.interval=0 or parallel.pp=1"
+                f"data.name={self.recipe.data.name!r} evaluates exact-match accuracy by "
+                f"generation, which parallel.pp={pp} does not support yet; set eval.interval=0 "
+                f"or parallel.pp=1"
             )
         return Pipeline(self.model, self.parallel, self.recipe)
 
     def describe(self) -> str:
         """The model (its kind and parameter count), where its weights came from, and its
         precision plan: plan.txt."""
-        text = describe_plan(self.shape, self.plan)
+        text = describe_plan(self.shape, self.plan) + "\n" + self.finetune.describe()
         if self.init_source is not None:
             head, _, rest = text.partition("\n")
             text = f"{head}\n{self.init_source.describe()}\n{rest}"
@@ -325,6 +346,8 @@ class Trainer:
         out = {"val_loss": self._mean(sum(losses) / len(losses))}
         if isinstance(self.dataset, AdditionDataset):
             out["val_accuracy"] = exact_match_accuracy(self.model, self.dataset, 256, self.device)
+        elif hasattr(self.dataset, "exact_match"):  # instruct data: exact answers, graded
+            out["val_accuracy"] = self.dataset.exact_match(self.model, 256, self.device)
         self.model.train()
         return out
 
