@@ -68,3 +68,9 @@ def runs(tmp_path_factory) -> Runs:
 def store(runs, monkeypatch) -> RunStore:
     monkeypatch.setenv("NBLAB_HOME", str(runs.store.home))
     return runs.store
+
+
+@pytest.fixture
+def base_recipe() -> Recipe:
+    """The pretraining recipe (gpt-debug on 2-digit addition, a few steps)."""
+    return BASE
