@@ -135,25 +135,40 @@ def _model_linears(recipe: Any) -> list[str] | None:
 
 @dataclass(frozen=True)
 class FinetuneMemory:
-    """What fine-tuning changes in the planner's per-GPU memory, for the whole model:
-    parameters that train (get grads and optimizer state), base weights held packed and
-    their bytes, adapter parameters added."""
+    """What LoRA changes in the planner's per-GPU memory, for the whole model: the base's
+    parameters, the adapter parameters (the only ones with grads and optimizer state), the
+    base weights held packed and their bytes."""
 
-    trainable: int
+    base: int
+    adapters: int
     packed: int
     packed_bytes: float
-    total: int
+
+    def describe(self) -> str:
+        total = self.base + self.adapters
+        line = (
+            f"lora: {self.adapters:,} adapter parameters train "
+            f"({self.adapters / total:.2%} of {total:,})"
+        )
+        if self.packed:
+            bf16 = 2 * self.packed
+            line += (
+                f"; packed base: {self.packed:,} weights in {self.packed_bytes / 1e9:.3f} GB "
+                f"against {bf16 / 1e9:.3f} GB in bf16, {(bf16 - self.packed_bytes) / 1e9:.3f} GB "
+                f"saved"
+            )
+        return line
 
     def states(self, p_rank: float, optimizer_bytes: int) -> dict[str, float]:
-        """params / grads / optimizer bytes of a rank holding p_rank of the model's
-        parameters (the model's mix, scaled: adapters and packing are spread over every
-        block)."""
-        share = p_rank / self.total if self.total else 0.0
-        params = (self.total - self.packed) * 4 + self.packed_bytes
+        """params / grads / optimizer bytes of a rank holding p_rank of the base's
+        parameters: the model's mix scaled to its share (adapters and packing are spread
+        over every block, so this is an estimate, like the rest of the plan)."""
+        share = p_rank / self.base if self.base else 0.0
+        params = (self.base - self.packed) * 4 + self.packed_bytes + self.adapters * 4
         return {
             "params": share * params,
-            "grads": share * self.trainable * 4,
-            "optimizer": share * self.trainable * optimizer_bytes,
+            "grads": share * self.adapters * 4,
+            "optimizer": share * self.adapters * optimizer_bytes,
         }
 
 
@@ -184,7 +199,7 @@ def finetune_memory(
             if s.block is not None:
                 packed += s.in_features * s.out_features
                 packed_bytes += per * s.in_features * s.out_features
-    return FinetuneMemory(adapters, packed, packed_bytes, shape.n_params + adapters)
+    return FinetuneMemory(shape.n_params, adapters, packed, packed_bytes)
 
 
 __all__ = [

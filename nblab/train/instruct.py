@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +196,25 @@ def build_instruct(
     return InstructDataset(examples, tok, source=str(path), val_fraction=val_fraction, seed=seed)
 
 
+def instruct_options(recipe: Any, build_data: Callable[[Any], Any]) -> dict[str, Any]:
+    """build_instruct's options from a recipe: the [finetune] field names, and the
+    tokenizer of the run a fine-tune starts from (model.init_from = RUN_ID[:STEP]: its data,
+    built by `build_data`), so that token ids mean what they meant to it."""
+    f = recipe.finetune
+    options = {"prompt_field": f.prompt_field, "response_field": f.response_field}
+    options["base_tokenizer"] = None
+    if recipe.model.init_from:
+        from nblab.recipe import Recipe
+        from nblab.runs import RunStore
+        from nblab.train import weights
+
+        source = weights.resolve(recipe.model.init_from)
+        if source.kind == "run":
+            base = Recipe.from_toml(RunStore().run(source.run_id)["recipe"])
+            options["base_tokenizer"] = getattr(build_data(base), "tokenizer", None)
+    return options
+
+
 def instruct_problems(recipe: Any) -> list[Problem]:
     """nblab.recipe.SOURCE_CHECKS: data.name = "instruct" reads a jsonl file whose lines
     have both fields as strings."""
@@ -222,4 +242,10 @@ def instruct_problems(recipe: Any) -> list[Problem]:
     return []
 
 
-__all__ = ["InstructDataset", "build_instruct", "instruct_problems", "read_examples"]
+__all__ = [
+    "InstructDataset",
+    "build_instruct",
+    "instruct_options",
+    "instruct_problems",
+    "read_examples",
+]

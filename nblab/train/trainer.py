@@ -49,6 +49,7 @@ from nblab.recipe import Recipe
 from nblab.runs import RunStore
 from nblab.train import checkpoint, weights
 from nblab.train.data import AdditionDataset, build_dataset, exact_match_accuracy
+from nblab.train.instruct import instruct_options
 from nblab.train.metrics import WeightHistograms, peak_memory_bytes, peak_tflops
 from nblab.train.optim import build_optimizer, build_schedule
 
@@ -76,10 +77,8 @@ class TrainResult:
 def build_data(recipe: Recipe):
     d = recipe.data
     extra = {"digits": d.digits} if d.name == "addition" else {}
-    if d.name == "instruct":  # fine-tuning data: its field names, the base's tokenizer
-        f = recipe.finetune
-        extra = {"prompt_field": f.prompt_field, "response_field": f.response_field}
-        extra["base_tokenizer"] = _base_tokenizer(recipe)
+    if d.name == "instruct":  # fine-tuning data: its field names, the base run's tokenizer
+        extra = instruct_options(recipe, build_data)
     return build_dataset(
         d.name,
         path=d.path or None,
@@ -88,18 +87,6 @@ def build_data(recipe: Recipe):
         seed=recipe.train.seed,
         **extra,
     )
-
-
-def _base_tokenizer(recipe: Recipe):
-    """The tokenizer of the run a fine-tune starts from (model.init_from = RUN_ID[:STEP]),
-    so that token ids mean what they meant to it; None otherwise."""
-    if not recipe.model.init_from:
-        return None
-    source = weights.resolve(recipe.model.init_from)
-    if source.kind != "run":
-        return None
-    base = Recipe.from_toml(RunStore().run(source.run_id)["recipe"])
-    return getattr(build_data(base), "tokenizer", None)
 
 
 def describe_plan(shape, plan: PlanReport) -> str:
