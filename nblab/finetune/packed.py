@@ -67,6 +67,7 @@ class PackedLinear(QuantLinear):
         self.specs = {role: specs.get(role) for role in ROLES}
         self.stored_specs = {role: on_stored_layout(s, role) for role, s in self.specs.items()}
         self.backend = getattr(linear, "backend", "auto")
+        self.native_gemms = getattr(linear, "native_gemms", frozenset())
         self.recording = False
         self.recorded: list[tuple[str, nk.QuantStats]] = []
         self.base_name = spec if isinstance(spec, str) else spec.describe()

@@ -5,6 +5,8 @@ Times are Unix seconds (float, UTC) everywhere: in the database, in DataFrames a
 `pd.to_datetime(df.created, unit="s", utc=True)`.
 """
 
+from __future__ import annotations
+
 import json
 import numbers
 import os
@@ -16,14 +18,24 @@ import time
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from nblab.runs import db
 from nblab.runs.liveness import HOST, death_of
 from nblab.runs.schema import RUN_KINDS, TERMINAL_STATUSES, check_status
 from nblab.runs.writer import RunWriter
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def _dataframe(rows: list, columns: Iterable[str], dtypes: dict) -> pd.DataFrame:
+    # pandas is imported here, not at the top: a training job (a bare GPU machine
+    # included) writes to the store without it
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=list(columns)).astype(dtypes)
+
 
 RUN_COLUMNS = (
     "run_id",
@@ -289,7 +301,7 @@ class RunStore:
         if where:
             sql += " WHERE " + " AND ".join(where)
         rows = self._read(sql + " ORDER BY created, run_id", params)
-        return pd.DataFrame(rows, columns=list(RUN_COLUMNS)).astype(_RUN_DTYPES)
+        return _dataframe(rows, RUN_COLUMNS, _RUN_DTYPES)
 
     def run(self, run_id: str) -> dict[str, Any]:
         """Everything about `run_id` (the `runs()` columns plus `recipe`) as plain values."""
@@ -350,7 +362,7 @@ class RunStore:
         columns = ("run_id", "step", "key", "value", "time")
         rows = self._events("metrics", columns, run_ids, {"key": keys}, since_step)
         dtypes = {"step": "int64", "value": "float64", "time": "float64"}
-        return pd.DataFrame(rows, columns=list(columns)).astype(dtypes)
+        return _dataframe(rows, columns, dtypes)
 
     def stats(
         self,
@@ -364,7 +376,7 @@ class RunStore:
         filters = {"module": module, "role": role}
         rows = self._events("stats", columns, run_ids, filters, since_step)
         dtypes = {c: "float64" for c in ("sqnr", "saturation", "underflow", "time")}
-        return pd.DataFrame(rows, columns=list(columns)).astype(dtypes | {"step": "int64"})
+        return _dataframe(rows, columns, dtypes | {"step": "int64"})
 
     def histograms(
         self,
@@ -382,4 +394,4 @@ class RunStore:
             )
         ]
         dtypes = {"step": "int64", "time": "float64"}
-        return pd.DataFrame(rows, columns=list(columns)).astype(dtypes)
+        return _dataframe(rows, columns, dtypes)

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from nblab.models.protocol import IGNORE_INDEX, greedy_generate
+from nblab.train.tokenizer import ByteTokenizer, CharTokenizer
 
 Problem = tuple[str, Any, str]
 PAD_ID = 0  # the input filler after a row's last example (its targets are masked)
@@ -182,8 +183,6 @@ def build_instruct(
 ) -> InstructDataset:
     """The registry's builder (nblab.train.data.DATASETS["instruct"]). base_tokenizer: the
     tokenizer of the model being fine-tuned, which replaces `tokenizer`."""
-    from nblab.train.data import ByteTokenizer, CharTokenizer  # data.py registers this module
-
     if path is None:
         raise ValueError("dataset 'instruct' needs path=... (a jsonl file); got path=None")
     examples = read_examples(path, prompt_field, response_field)

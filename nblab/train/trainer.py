@@ -48,8 +48,7 @@ from nblab.precision.plan import PlanReport, apply_precision, quant_linears
 from nblab.recipe import Recipe
 from nblab.runs import RunStore
 from nblab.train import checkpoint, weights
-from nblab.train.data import AdditionDataset, build_dataset, exact_match_accuracy
-from nblab.train.instruct import instruct_options
+from nblab.train.data import AdditionDataset, build_data, exact_match_accuracy
 from nblab.train.metrics import WeightHistograms, peak_memory_bytes, peak_tflops
 from nblab.train.optim import build_optimizer, build_schedule
 
@@ -72,21 +71,6 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)  # the last value of each key
     error: str | None = None
     plan: PlanReport | None = None
-
-
-def build_data(recipe: Recipe):
-    d = recipe.data
-    extra = {"digits": d.digits} if d.name == "addition" else {}
-    if d.name == "instruct":  # fine-tuning data: its field names, the base run's tokenizer
-        extra = instruct_options(recipe, build_data)
-    return build_dataset(
-        d.name,
-        path=d.path or None,
-        tokenizer=d.tokenizer,
-        val_fraction=d.val_fraction,
-        seed=recipe.train.seed,
-        **extra,
-    )
 
 
 def describe_plan(shape, plan: PlanReport) -> str:
@@ -167,6 +151,8 @@ class Trainer:
             backend=recipe.precision.backend,
             block_prefix=self.arch.block_prefix,
             head=self.arch.head,
+            device=self.device,
+            dtype=torch.bfloat16 if t.dtype == "bfloat16" else torch.float32,
         )
         # LoRA and a packed base go on after the plan, so their linears keep its roles
         self.finetune = finetune.prepare(model, recipe.finetune, self.arch)
@@ -529,7 +515,9 @@ def train(
     run_dir = store.run_dir(run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = _file_log(run_dir)
-    writer = store.writer(run_id) if runtime.is_rank0() else None
+    from nblab.export.tensorboard import mirror  # metrics.tensorboard: live event files
+
+    writer = mirror(store.writer(run_id), recipe, run_dir) if runtime.is_rank0() else None
     trainer = None
     try:
         log.info("run %s (pid %d): %s", run_id, os.getpid(), recipe.name)

@@ -23,7 +23,7 @@ from typing import Any
 import ipywidgets as w
 
 from nblab.batch.launcher import LocalLauncher
-from nblab.precision.presets import PRECISION_PRESETS, ROLES
+from nblab.precision.presets import GEMM_MODES, PRECISION_PRESETS, ROLES
 from nblab.recipe import (
     BACKENDS,
     DECAYS,
@@ -32,6 +32,7 @@ from nblab.recipe import (
     OPTIMIZERS,
     RECIPE_PRESETS,
     SECTIONS,
+    TEXT_DOCUMENTS,
     Recipe,
     RecipeError,
     known_names,
@@ -44,15 +45,17 @@ CHOICES: dict[str, Any] = {
     "model.name": lambda: known_names("model"),
     "model.flavour": lambda: known_names("flavour"),
     "data.name": lambda: known_names("dataset"),
-    "data.tokenizer": lambda: known_names("tokenizer"),
+    "data.text_documents": TEXT_DOCUMENTS,
     "optimizer.name": OPTIMIZERS,
     "schedule.decay": DECAYS,
     "train.device": DEVICES,
     "train.dtype": DTYPES,
     "precision.preset": tuple(PRECISION_PRESETS),
     "precision.backend": BACKENDS,
+    "precision.gemm": GEMM_MODES,
 }
 HINTS = {
+    "data.tokenizer": "char, byte, bpe:8192, or a local tokenizer.json / folder",
     "precision.keep_high_precision": "comma-separated globs, e.g. lm_head, layers.11.*",
     "optimizer.betas": "two numbers, e.g. 0.9, 0.95",
     "precision.roles": "empty: the preset's; high; a QuantSpec name (nvfp4); or {rounding = 'sr'}",

@@ -379,7 +379,10 @@ def _quantize_kernel(
     if FAKE or STATS:  # dequantize in the same pass, as reference.fake_quantize
         nan = tl.full([BM, BK], _NAN_BITS, tl.int32).to(tl.float32, bitcast=True)
         value = q * _pow2(e - ELEM_MBITS)
-        value = tl.where(negative, -value, value)
+        # the sign bit set by hand: triton < 3.8 compiles -x as 0 - x, so -(+0.0) was +0.0
+        value = (value.to(tl.int32, bitcast=True) | (negative.to(tl.int32) << 31)).to(
+            tl.float32, bitcast=True
+        )
         dq_e = _expand(dq, BM, BK, RM, RK)
         if SCALE_KIND <= 1:
             out = tl.math.div_rn(value, dq_e)

@@ -183,6 +183,7 @@ def test_html_has_the_sweep_points_failures_recipes_and_versions(built):
     assert '\npreset = "nvfp4"\n' in text  # an exact recipe, in its <details>
     assert importlib.metadata.version("torch") in text
     assert re.search(r"<td>0\.125</td>", text)  # mxfp8's gap in the table
+    assert "The ranking is from single runs" in text  # no seed axis: said in one line
 
 
 def test_html_is_self_contained(built):
