@@ -9,16 +9,21 @@
 
 methods.py holds one function per paper on state dicts; run.py makes a merge a run of kind
 "merge" (checked first, then made; evaluated on the same val batches as its members);
-command.py is `nblab merge`; report.py is the report's section.
+command.py is `nblab merge`; report.py is the report's section (no torch: this package
+imports run.py only when one of its names is used).
 """
 
-from nblab.merge.run import (
-    METHODS,
-    MergeError,
-    MergeResult,
-    MergeSpec,
-    plan_merge,
-    run_merge,
-)
+from __future__ import annotations
 
-__all__ = ["METHODS", "MergeError", "MergeResult", "MergeSpec", "plan_merge", "run_merge"]
+import importlib
+
+_FROM_RUN = ("METHODS", "MergeError", "MergeResult", "MergeSpec", "plan_merge", "run_merge")
+
+
+def __getattr__(name: str):
+    if name in _FROM_RUN:
+        return getattr(importlib.import_module("nblab.merge.run"), name)
+    raise AttributeError(f"module 'nblab.merge' has no attribute {name!r}")
+
+
+__all__ = list(_FROM_RUN)

@@ -165,7 +165,7 @@ def plain_shapes(recipe: Recipe) -> dict[str, tuple[int, ...]]:
         recipe.train.seq_len,
     )
     if key not in _SHAPES:
-        from nblab.train.trainer import build_data
+        from nblab.train.data import build_data
 
         vocab = build_data(recipe).vocab_size
         with torch.device("meta"):
@@ -298,7 +298,8 @@ class Evaluator:
     the batches its members were evaluated on when they share data and seed)."""
 
     def __init__(self, recipe: Recipe):
-        from nblab.train.trainer import Trainer, build_data
+        from nblab.train.data import build_data
+        from nblab.train.trainer import Trainer
 
         self.dataset = build_data(recipe)  # with model.init_from: the base's tokenizer
         plain = recipe.with_overrides({"model.init_from": ""})  # weights come from load()
@@ -514,6 +515,28 @@ def _make(spec: MergeSpec, store: RunStore, run_id: str, writer) -> MergeResult:
     return result
 
 
+def start_merge(spec: MergeSpec, store: RunStore) -> str:
+    """Queue a merge run for `spec` and make it in a detached process (`python -m
+    nblab.merge RUN_ID`, its own session: it outlives a notebook kernel or a server
+    request); return the run id at once. Its output goes to the run's merge.log."""
+    import os
+    import subprocess
+    import sys
+
+    run_id = create_merge_run(spec, store)
+    env = dict(os.environ, NBLAB_HOME=str(store.home))
+    with open(store.run_dir(run_id) / "merge.log", "ab") as log:
+        subprocess.Popen(
+            [sys.executable, "-m", "nblab.merge", run_id],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    return run_id
+
+
 def spec_of(run_id: str, store: RunStore) -> MergeSpec:
     """The spec a merge run was created with (its merge.json)."""
     return MergeSpec(**read_json(store.run_dir(run_id))["spec"])
@@ -532,4 +555,5 @@ __all__ = [
     "read_json",
     "run_merge",
     "spec_of",
+    "start_merge",
 ]

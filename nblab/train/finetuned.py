@@ -26,12 +26,11 @@ from nblab.models.protocol import architecture
 from nblab.recipe import Recipe
 from nblab.runs import RunStore
 from nblab.train import checkpoint
+from nblab.train.data import build_data
 from nblab.train.weights import resolve
 
 
 def _vocab(recipe: Recipe) -> int:
-    from nblab.train.trainer import build_data  # the trainer builds every run's data
-
     return build_data(recipe).vocab_size
 
 

@@ -12,9 +12,9 @@ import torch
 from nblab import Recipe
 from nblab.models.protocol import IGNORE_INDEX
 from nblab.recipe import RecipeError
-from nblab.train.data import AdditionDataset, CharTokenizer, build_dataset
+from nblab.train.data import AdditionDataset, CharTokenizer, build_data, build_dataset
 from nblab.train.instruct import InstructDataset
-from nblab.train.trainer import build_data, train
+from nblab.train.trainer import train
 
 
 def _jsonl(path, rows):
