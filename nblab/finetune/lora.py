@@ -69,10 +69,12 @@ def apply_lora(model: nn.Module, names: list[str], *, r: int, alpha: float, drop
 
     if not names:
         raise ValueError("LoRA needs at least one target linear module")
+    transposed = [stored_transposed(model.get_submodule(n)) for n in names]
     config = LoraConfig(
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
+        fan_in_fan_out=all(transposed),  # GPT-2's Conv1D stores W as (in, out)
         # a regex peft matches against each module's full name: exactly these modules
         target_modules="(?:" + "|".join(re.escape(n) for n in names) + ")",
         bias="none",
@@ -101,8 +103,14 @@ def lora_delta(layer: nn.Module) -> torch.Tensor:
     a = layer.lora_A[ADAPTER].weight.detach().float()  # (r, in)
     b = layer.lora_B[ADAPTER].weight.detach().float()  # (out, r)
     delta = (b @ a) * layer.scaling[ADAPTER]  # (out, in)
-    transposed = getattr(layer.get_base_layer(), "transposed_weight", False)
-    return delta.t() if transposed else delta
+    return delta.t() if stored_transposed(layer.get_base_layer()) else delta
+
+
+def stored_transposed(module: nn.Module) -> bool:
+    """Whether a linear stores its weight (in, out), as transformers' Conv1D does (and a
+    QuantLinear or PackedLinear standing in for one)."""
+    shape = linear_shape(module)
+    return bool(shape and shape[2])
 
 
 def base_weight(module: nn.Module) -> torch.Tensor:

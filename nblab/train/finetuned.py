@@ -98,7 +98,8 @@ def export_adapter(
         return llama_name(f"{name}.weight")[: -len(".weight")] if isinstance(model, GPT) else name
 
     tensors, modules = {}, []
-    for name, layer in finetune.lora.lora_layers(model).items():
+    layers = finetune.lora.lora_layers(model)
+    for name, layer in layers.items():
         hf = hf_module(name)
         modules.append(hf)
         for part in ("lora_A", "lora_B"):
@@ -110,6 +111,10 @@ def export_adapter(
         lora_alpha=f.alpha,
         lora_dropout=f.dropout,
         target_modules=modules,
+        # the exported base's layout: GPT-2's Conv1D stores W as (in, out)
+        fan_in_fan_out=all(
+            finetune.lora.stored_transposed(l.get_base_layer()) for l in layers.values()
+        ),
         bias="none",
         task_type="CAUSAL_LM",
         base_model_name_or_path=base if base and Path(base).is_dir() else None,

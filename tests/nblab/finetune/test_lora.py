@@ -116,3 +116,52 @@ def test_bad_finetune_sections_are_refused_with_the_field_named(overrides, field
     with pytest.raises(RecipeError) as err:
         DEBUG.with_overrides(overrides)
     assert [p[0] for p in err.value.problems] == [field]
+
+
+HF_TINY = {
+    "llama": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+    },
+    "gpt2": {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_inner": 128, "n_positions": 32},
+}
+
+
+@pytest.mark.parametrize(("arch", "base_format"), [("llama", "nvfp4"), ("gpt2", "")])
+def test_lora_fine_tunes_a_hugging_face_model_and_folds_back_to_its_plain_weights(
+    arch, base_format
+):
+    recipe = DEBUG.with_overrides(
+        {
+            "model.name": "hf",
+            "model.architecture": arch,
+            "model.config": HF_TINY[arch],
+            "finetune.method": "lora",
+            "finetune.base_format": base_format,
+            "metrics.histogram_interval": 1,
+        }
+    )
+    trainer = Trainer(recipe)
+    assert (
+        trainer.finetune.trainable
+        == sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        > 0
+    )
+    trainer.train_step()  # histograms read the packed weights too
+    dense = dense_state_dict(trainer.model)
+    vocab = trainer.dataset.vocab_size
+    plain = build_model(recipe.model, vocab_size=vocab, max_seq_len=20).state_dict()
+    assert {k: tuple(v.shape) for k, v in dense.items()} == {
+        k: tuple(v.shape) for k, v in plain.items()
+    }
+    for name, layer in lora_layers(trainer.model).items():
+        a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+        delta = (b @ a) * 2.0  # alpha 16 / r 8
+        if arch == "gpt2":
+            delta = delta.t()  # Conv1D stores W as (in, out)
+        base = layer.get_base_layer()
+        w = base.dequantized(torch.float32) if base_format else base.weight
+        assert torch.equal(dense[f"{name}.weight"], w.detach().float() + delta.detach())
