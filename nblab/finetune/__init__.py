@@ -133,6 +133,12 @@ def _model_linears(recipe: Any) -> list[str] | None:
         return None
 
 
+def _size(n: float) -> str:
+    if n >= 1e9:
+        return f"{n / 1e9:.3f} GB"
+    return f"{n / 1e6:.3f} MB" if n >= 1e6 else f"{n:,.0f} bytes"
+
+
 @dataclass(frozen=True)
 class FinetuneMemory:
     """What LoRA changes in the planner's per-GPU memory, for the whole model: the base's
@@ -153,9 +159,8 @@ class FinetuneMemory:
         if self.packed:
             bf16 = 2 * self.packed
             line += (
-                f"; packed base: {self.packed:,} weights in {self.packed_bytes / 1e9:.3f} GB "
-                f"against {bf16 / 1e9:.3f} GB in bf16, {(bf16 - self.packed_bytes) / 1e9:.3f} GB "
-                f"saved"
+                f"; packed base: {self.packed:,} weights in {_size(self.packed_bytes)} against "
+                f"{_size(bf16)} in bf16, {_size(bf16 - self.packed_bytes)} saved"
             )
         return line
 

@@ -44,6 +44,7 @@ from nblab.models import build_model, model_shape, shape_of
 from nblab.models.protocol import architecture, lm_loss
 from nblab.models.py import from_module
 from nblab.parallel import runtime
+from nblab.parallel.planner import quant_bytes_per_element
 from nblab.precision.plan import PlanReport, apply_precision, quant_linears
 from nblab.recipe import Recipe
 from nblab.runs import RunStore
@@ -101,7 +102,9 @@ def dry_run(recipe: Recipe) -> str:
         block_prefix=arch.block_prefix,
         head=arch.head,
     )
-    return describe_plan(shape, plan)
+    # LoRA and a packed base from the shape alone (nothing is quantized on the meta device)
+    ft = finetune.finetune_memory(recipe, shape, lambda s: quant_bytes_per_element(s, 4))
+    return describe_plan(shape, plan) + (f"\n{ft.describe()}" if ft is not None else "")
 
 
 def _batch_generator(seed: int, step: int, micro: int) -> torch.Generator:

@@ -142,3 +142,9 @@ def test_a_lora_run_exports_merged_and_as_a_peft_adapter_that_peft_merges_the_sa
     assert changed  # the adapter moved the attention weights
     with pytest.raises(ValueError, match="no adapter"):
         export_adapter(runs.members["full"], tmp_path / "none", store=store)
+    # the same through the CLI: a sweep writes a folder per LoRA run, skips the full one
+    from nblab.cli import main as cli
+
+    assert cli(["export", "ft", "--adapter", str(tmp_path / "cli")]) == 0
+    written = sorted(p.name for p in (tmp_path / "cli").iterdir())
+    assert written == sorted(f"{point}-{runs.members[point]}" for point in ("lora", "lora-nvfp4"))

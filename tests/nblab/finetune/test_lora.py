@@ -165,3 +165,40 @@ def test_lora_fine_tunes_a_hugging_face_model_and_folds_back_to_its_plain_weight
         base = layer.get_base_layer()
         w = base.dequantized(torch.float32) if base_format else base.weight
         assert torch.equal(dense[f"{name}.weight"], w.detach().float() + delta.detach())
+
+
+def test_a_lora_run_on_a_packed_base_resumes_exactly(tmp_path, monkeypatch):
+    import shutil
+
+    from nblab.runs import RunStore
+    from nblab.train import checkpoint
+    from nblab.train.trainer import train
+
+    monkeypatch.setenv("NBLAB_HOME", str(tmp_path / "home"))
+    store = RunStore()
+    recipe = DEBUG.with_overrides(
+        {
+            "finetune.method": "lora",
+            "finetune.base_format": "nvfp4",
+            "train.steps": 4,
+            "train.batch_size": 8,
+            "checkpoint.interval": 2,
+            "checkpoint.keep": 3,
+            "eval.interval": 0,
+            "metrics.log_interval": 1,
+            "metrics.histogram_interval": 0,
+        }
+    )
+
+    def losses(run_id):
+        m = store.metrics(run_id, keys="loss")
+        return m.groupby("step").value.last().tolist()
+
+    first = train(recipe, store=store)
+    folder = store.run_dir(first.run_id) / "checkpoints"
+    assert [p.name for p in checkpoint.list_checkpoints(folder)] == ["step_0000002", "step_0000004"]
+    whole = losses(first.run_id)
+    shutil.rmtree(folder / "step_0000004")  # as if it stopped after step 2's checkpoint
+    resumed = train(recipe, store=store, run_id=first.run_id, resume=True)
+    assert resumed.status == "succeeded" and resumed.step == 4
+    assert len(whole) == 4 and losses(first.run_id) == whole  # steps 3 and 4 again, the same

@@ -113,3 +113,17 @@ def test_members_of_another_architecture_are_refused_naming_the_parameter(
     assert cli(["merge", runs.members["lora"], odd.run_id, "--method", "greedy"]) == 2
     assert "layers.0.mlp.gate.weight" in capsys.readouterr().err
     assert _count(store) == before
+
+
+def test_members_of_several_precisions_merge_evaluated_in_bf16(tmp_path, base_recipe):
+    from nblab.merge.run import MergeSpec, merge_recipe
+    from nblab.runs import RunStore
+
+    store = RunStore(tmp_path / "home")
+    recipes = [base_recipe.with_overrides({"precision.preset": p}) for p in ("nvfp4", "mxfp8")]
+    ids = [store.create_run(f"p{i}", r.to_toml(), "s") for i, r in enumerate(recipes)]
+    mixed = merge_recipe(MergeSpec("uniform", ids, [1, 1], "s", name="merge-uniform"), store)
+    assert mixed.precision.preset == "bf16" and mixed.name == "merge-uniform"
+    assert mixed.finetune.method == "full"  # the merged model is plain
+    same = merge_recipe(MergeSpec("uniform", [ids[0]] * 2, [1, 1], "s", name="m"), store)
+    assert same.precision.preset == "nvfp4"

@@ -40,3 +40,13 @@ def test_nblab_plan_prints_the_bytes_the_packed_base_saves(capsys):
     cli(args)
     out = capsys.readouterr().out
     assert "adapter parameters train" in out and "GB saved" in out
+
+
+def test_a_dry_run_names_the_adapters_and_the_packed_base(capsys):
+    args = ["run", "gpt-debug", "--dry-run", "--set", "finetune.method=lora"]
+    assert cli([*args, "--set", "finetune.base_format=mxfp4"]) == 0
+    out = capsys.readouterr().out
+    # gpt-debug, r 8: 2 blocks x (4 x (64 + 64) + 3 x (64 + 128))
+    assert "lora: 17,408 adapter parameters train" in out
+    # mxfp4: 4.25 bits a weight over 2 x (4 x 64 x 64 + 3 x 64 x 128) weights
+    assert f"packed base: 81,920 weights in {81920 * 4.25 / 8:,.0f} bytes" in out
