@@ -33,7 +33,7 @@ def parser() -> argparse.ArgumentParser:
         "--lam",
         type=float,
         help="scale of the merged task vector, in (0, 1] "
-        "(default 1/n for task-arithmetic and dare, 1 for ties)",
+        "(default 1/n for task-arithmetic and dare, 1 for ties and dare --then ties)",
     )
     p.add_argument("--p", type=float, default=0.0, help="DARE's drop rate, in [0, 1)")
     p.add_argument(

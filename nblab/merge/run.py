@@ -118,6 +118,8 @@ def _check_options(method, lam, p, trim, then, top_k) -> None:
         raise MergeError("--top-k", top_k, "an integer >= 1 (the members with the best val loss)")
     if p and method != "dare":
         raise MergeError("--p", p, "only with --method dare")
+    if lam is not None and method not in NEEDS_BASE:
+        raise MergeError("--lam", lam, f"only with --method {', '.join(NEEDS_BASE)}")
 
 
 def _members(target: str | list[str], store: RunStore) -> tuple[list[str], str | None]:
@@ -247,6 +249,10 @@ def plan_merge(
             raise MergeError("members", run_id, f"a run with a checkpoint: {err}") from None
     recipes = {r: _recipe(store, r) for r in members}
     check_architecture({r: plain_shapes(rec) for r, rec in recipes.items()})
+    if base is not None and method not in NEEDS_BASE:
+        raise MergeError(
+            "--base", base, f"only with --method {', '.join(NEEDS_BASE)} (task vectors)"
+        )
     if method in NEEDS_BASE:
         if base is None:
             inits = {rec.model.init_from for rec in recipes.values()}
@@ -427,7 +433,9 @@ def run_merge(
     try:
         result = _make(spec, store, run_id, writer)
     except BaseException as err:
-        writer.close("failed", error=f"{type(err).__name__}: {err}\n{traceback.format_exc()}")
+        with open(store.run_dir(run_id) / "merge.log", "a") as log:  # the whole traceback
+            log.write(traceback.format_exc())
+        writer.close("failed", error=f"{type(err).__name__}: {err}")
         raise
     writer.close("succeeded")
     return result

@@ -81,6 +81,9 @@ def _count(store) -> int:
         ({"method": "ties", "trim": 0.0}, "--trim"),
         ({"method": "uniform", "top_k": 1}, "members"),
         ({"method": "ties", "base": "no-such-run"}, "--base"),
+        ({"method": "uniform", "base": "no-such-run"}, "--base"),
+        ({"method": "greedy", "lam": 0.5}, "--lam"),
+        ({"method": "ties", "p": 0.5}, "--p"),
     ],
 )
 def test_bad_input_is_refused_with_the_field_named_before_anything_is_written(

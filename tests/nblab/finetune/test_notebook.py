@@ -34,4 +34,6 @@ def test_finetune_and_merge_notebook_runs_headless(tmp_path, monkeypatch):
     assert "frozen base nvfp4" in text and "bytes saved" in text
     markdown = "".join(o["data"].get("text/markdown", "") for o in outputs if "data" in o)
     assert "soups beat their best ingredient" in markdown
-    assert (home / "sweeps" / "ftnb" / "report.html").is_file()
+    report = (home / "sweeps" / "ftnb" / "report.html").read_text()
+    assert "Merges" in report and "soup_minus_best" in report  # the report's merge section
+    assert "its best ingredient (" in report  # the verdict of each merge
