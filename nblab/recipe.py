@@ -435,14 +435,23 @@ def _build(data: Any, problems: list[Problem]) -> Recipe:
 
 
 def _absolute_paths(recipe: Recipe) -> None:
-    """data.path and a tokenizer path, made absolute against the current folder once they
-    are known to exist there: a job runs in its run folder and must read the same files
-    (and the run's recipe.toml then says which). "~" is kept: it is the same user's home."""
+    """data.path, a tokenizer path, model.path, a factory's file and an init_from folder,
+    made absolute against the current folder once they are known to exist there: a job
+    runs in its run folder and must read the same files (and the run's recipe.toml then
+    says which). "~" is kept: it is the same user's home."""
     d = recipe.data
     if d.path and d.name in ("text", "files", "hf"):
         d.path = _absolute(d.path)
     if d.tokenizer not in ("char", "byte") and not d.tokenizer.startswith("bpe:"):
         d.tokenizer = _absolute(d.tokenizer)
+    m = recipe.model
+    if m.path:
+        m.path = _absolute(m.path)
+    module, sep, function = m.factory.rpartition(":")
+    if sep and module.endswith(".py"):
+        m.factory = f"{_absolute(module)}:{function}"
+    if m.init_from and os.path.isdir(os.path.expanduser(m.init_from)):  # not a run id
+        m.init_from = _absolute(m.init_from)
 
 
 def _absolute(path: str) -> str:
@@ -846,6 +855,7 @@ def _check(recipe: Recipe) -> list[Problem]:
 SOURCE_CHECKS = (
     ("nblab.train.data", "data_problems"),
     ("nblab.models", "model_problems"),
+    ("nblab.train.data", "vocab_problems"),
     ("nblab.train.weights", "init_problems"),
     ("nblab.finetune", "finetune_problems"),
     ("nblab.train.instruct", "instruct_problems"),

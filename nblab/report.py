@@ -188,6 +188,10 @@ class SweepData:
             f"#   {path} = {' | '.join(_fmt(v) for v in values)}"
             for path, values in self.axes.items()
         ]
+        params = self.runs.params.dropna()
+        if not params.empty:  # recorded by the trainer once it built the model
+            counts = " | ".join(f"{int(n):,}" for n in sorted(set(params)))
+            header.append(f"# model parameters: {counts}")
         return "\n".join(header) + "\n\n" + tomli_w.dumps(common)
 
     # -- the table --------------------------------------------------------------

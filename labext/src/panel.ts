@@ -5,7 +5,7 @@
  */
 import { Widget } from '@lumino/widgets';
 
-import { isMergeable, ISweepNode, RunsModel } from './model';
+import { isMergeable, ISweepNode, RunsModel, runDetail } from './model';
 import { sparkline } from './sparkline';
 import { IRun, RERUNNABLE, STATUSES, Status, TERMINAL } from './types';
 
@@ -208,11 +208,6 @@ export class NblabPanel extends Widget {
       badge.title = run.error;
     }
     top.appendChild(badge);
-    if (run.kind && run.kind !== 'train') {
-      const kind = el('span', `nblab-badge nblab-kind nblab-kind-${run.kind}`, run.kind);
-      kind.title = `a run of kind ${run.kind}: made from other runs`;
-      top.appendChild(kind);
-    }
     const name = el('span', 'nblab-run-name', run.name);
     name.title = `${run.name} (${run.run_id})`;
     top.appendChild(name);
@@ -231,6 +226,10 @@ export class NblabPanel extends Widget {
       fill.style.width = `${Math.min(100, (100 * step) / run.steps).toFixed(0)}%`;
       bar.appendChild(fill);
       progress.appendChild(bar);
+    }
+    const detail = runDetail(run);
+    if (detail) {
+      progress.appendChild(el('span', 'nblab-run-params', detail));
     }
     bottom.appendChild(progress);
 

@@ -38,8 +38,11 @@ export interface IRun {
   output_file: string;
   output_path: string | null;
   output_exists: boolean;
-  /** absent from servers older than run kinds: a training run */
+  /** train | eval | merge (nblab.runs.schema.RUN_KINDS); absent from servers older than
+   * run kinds: a training run */
   kind?: RunKind;
+  /** the model's parameter count, once its training built the model */
+  params?: number | null;
 }
 
 /** What POST merges answers. */

@@ -147,3 +147,15 @@ test('a sweep counts its succeeded training runs as mergeable, and no merge run 
   assert.equal(isMergeable(soup), false);
   assert.equal(isMergeable(c), false);
 });
+
+test('a run shows its kind and its model size in words', () => {
+  const { runDetail, shortCount } = require('../../lib-test/model.js');
+  assert.equal(shortCount(950), '950');
+  assert.equal(shortCount(88832), '88.8k');
+  assert.equal(shortCount(7_300_000), '7.3M');
+  assert.equal(shortCount(123_551_232), '124M');
+  assert.equal(shortCount(1_109_626_880), '1.11B');
+  assert.equal(runDetail(run('p', 'a', 'running', { params: 7_300_000 })), '7.3M params');
+  assert.equal(runDetail(run('p', 'a', 'running', { kind: 'eval', params: null })), 'eval');
+  assert.equal(runDetail(run('p', 'a', 'running', { kind: 'train' })), '');
+});

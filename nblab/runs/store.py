@@ -55,8 +55,9 @@ RUN_COLUMNS = (
     "scheduler_state",
     "kind",
     "sources",
+    "params",
 )
-_RUN_DTYPES = {"step": "Int64", "steps": "Int64", "pid": "Int64"} | {
+_RUN_DTYPES = {"step": "Int64", "steps": "Int64", "pid": "Int64", "params": "Int64"} | {
     t: "float64" for t in ("created", "started", "ended", "heartbeat")
 }
 _SAFE_RUN_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]*")
@@ -201,6 +202,16 @@ class RunStore:
 
         self._write(body)
 
+    def set_params(self, run_id: str, params: int) -> None:
+        """Record the parameter count of the model `run_id` trains."""
+        if isinstance(params, bool) or not isinstance(params, numbers.Integral) or params < 0:
+            raise ValueError(f"params must be a non-negative integer, got {params!r}")
+        self._write(
+            lambda conn: conn.execute(
+                "UPDATE runs SET params = ? WHERE run_id = ?", (int(params), run_id)
+            )
+        )
+
     def set_scheduler_job(self, run_id: str, job: str | None, state: str | None) -> None:
         """Record the cluster scheduler's job of `run_id` (e.g. "slurm:1234_0") and its
         latest state, so `nblab runs`, the widgets and the sidebar can show them."""
@@ -284,7 +295,8 @@ class RunStore:
 
         Columns: run_id, name, sweep, status, step, steps, pid, host, created, started,
         ended, heartbeat, error, scheduler_job, scheduler_state, kind, sources (JSON
-        text). The recipe text is left out; `run()` has it.
+        text), params (the model's parameter count, once training built it). The recipe
+        text is left out; `run()` has it.
         """
         where, params = [], []
         if sweep is not None:

@@ -564,6 +564,28 @@ Problem = tuple[str, Any, str]
 BUILTIN_DATASETS = ("pydoc", "addition")  # generated: no path
 
 
+def vocab_problems(recipe) -> list[Problem]:
+    """A model that keeps its own embedding (a Hugging Face checkpoint with weights) with
+    fewer rows than the tokenizer has ids: the problem names both numbers."""
+    from nblab.models import embedding_rows
+
+    try:
+        rows = embedding_rows(recipe.model)
+    except (ValueError, OSError):
+        return []  # model_problems names what is wrong with the model
+    vocab = tokenizer_vocab_size(recipe.data)
+    if rows is None or vocab is None or vocab <= rows:
+        return []
+    return [
+        (
+            "data.tokenizer",
+            recipe.data.tokenizer,
+            f"a tokenizer of at most {rows} ids: model.path's embedding has {rows} rows, "
+            f"but this tokenizer has {vocab} ids",
+        )
+    ]
+
+
 def data_problems(recipe) -> list[Problem]:
     """What recipe.data names that does not exist or does not fit, as (field path, bad
     value, what is accepted). Cheap: reads a corpus file's first record (cached by path,

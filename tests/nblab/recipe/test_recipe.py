@@ -516,9 +516,11 @@ def test_names_are_checked_against_the_registries(monkeypatch):
 
 
 def test_missing_registry_module_skips_the_check(monkeypatch):
-    monkeypatch.setitem(sys.modules, "nblab.models", None)
-    monkeypatch.setitem(sys.modules, "nblab.models.gpt", None)
+    # the models package and the modules built on it (data, weights) are absent
+    for name in ("nblab.models", "nblab.models.gpt", "nblab.train.data", "nblab.train.weights"):
+        monkeypatch.setitem(sys.modules, name, None)
     assert known_names("model") is None
+    assert known_names("dataset") is None
     assert Recipe.from_dict({"model": {"name": "anything", "flavour": "any"}}).model.name == (
         "anything"
     )

@@ -47,6 +47,7 @@ def write_run(store: RunStore, point: str, spec, *, sweep: str = SWEEP, offset: 
     preset, lr, status, error, curve = spec
     run_id = store.create_run(f"{sweep}/{point}", recipe(preset, lr), sweep=sweep, steps=4)
     writer = store.writer(run_id, flush_every=None)
+    store.set_params(run_id, 88_832)  # as the trainer records its model's count
     for step, loss, val_loss in curve:
         values = {"loss": loss + offset, "tokens_per_s": 1000.0 * step, "peak_memory_bytes": 0}
         if val_loss is not None:
