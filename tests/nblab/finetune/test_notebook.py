@@ -26,14 +26,15 @@ def test_finetune_and_merge_notebook_runs_headless(tmp_path, monkeypatch):
     assert set(runs.status) == {"succeeded"}
     train, merges = runs[runs.kind == "train"], runs[runs.kind == "merge"]
     assert sorted(train.name) == sorted(
-        f"lr={lr},base={b}" for lr in ("0.001", "0.003") for b in ("trained", "nvfp4")
+        f"lr={lr},base={b}" for lr in ("0.003", "0.01") for b in ("trained", "nvfp4")
     )
     assert sorted(merges.name) == ["merge-greedy", "merge-ties", "merge-uniform"]
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     text = "".join(o.get("text", "") for o in outputs)
     assert "frozen base nvfp4" in text and "bytes saved" in text
     markdown = "".join(o["data"].get("text/markdown", "") for o in outputs if "data" in o)
-    assert "soups beat their best ingredient" in markdown
+    assert "soups beat their best ingredient** on val loss, and" in markdown
+    assert "on exact match" in markdown
     report = (home / "sweeps" / "ftnb" / "report.html").read_text()
     assert "Merges" in report and "soup_minus_best" in report  # the report's merge section
     assert "its best ingredient (" in report  # the verdict of each merge
