@@ -4,7 +4,8 @@
                                # ingredient's, soup minus best, the members' spread
     merge_table("ft-sweep")    # one row per (merge, model): the soup and each ingredient
     plot_merges("ft-sweep")    # bars: each soup beside its ingredients (val loss)
-    verdict("ft-sweep")        # a sentence per merge: did the soup beat its best ingredient?
+    verdict("ft-sweep")        # a sentence per merge: did the soup beat its best ingredient
+                               # (and, members of several formats, each format's best)?
 
 Everything comes from each merge run's merge.json: the merged model and every ingredient
 scored on the same val batches when the merge was made (nblab.merge.run). Reads plain JSON
@@ -46,6 +47,19 @@ def _sd(values: list[float]) -> float:
     return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
+def best_by_format(data: dict[str, Any]) -> dict[str, float]:
+    """{format: its best member's val loss} of a merge whose members trained in more than
+    one format (precision preset, packed base), else {}: the soup against each format's
+    best says whether averaging across formats cancelled the quantization noise."""
+    best: dict[str, float] = {}
+    for m in data["members"]:
+        fmt = m.get("format")
+        if fmt is None:  # merge.json written before members carried their format
+            return {}
+        best[fmt] = min(best.get(fmt, math.inf), m["val_loss"])
+    return best if len(best) > 1 else {}
+
+
 def soup_table(sweep: str, store: RunStore | None = None) -> pd.DataFrame:
     """One row per merge of `sweep`: method, members, how many a greedy soup took, the
     soup's val loss and exact match, its best ingredient's (lowest val loss, on the same
@@ -73,6 +87,7 @@ def soup_table(sweep: str, store: RunStore | None = None) -> pd.DataFrame:
                 if acc is None or best_acc is None
                 else acc - best_acc,
                 "precision": data.get("precision"),
+                "member_formats": len({m.get("format") for m in members}),
                 "run_id": run_id,
             }
         )
@@ -146,6 +161,7 @@ def verdict(sweep: str, store: RunStore | None = None) -> str:
     table = soup_table(sweep, store)
     if table.empty:
         return "No merge of this sweep yet (`nblab merge SWEEP --method greedy`)."
+    formats = {run_id: best_by_format(data) for run_id, _, data in merges(sweep, store)}
     lines = []
     for r in table.itertuples():
         diff = r.soup_minus_best
@@ -163,8 +179,17 @@ def verdict(sweep: str, store: RunStore | None = None) -> str:
             )
         if r.exact_match is not None and r.best_member_exact_match is not None:
             line += f"; exact match {r.exact_match:.3f} against {r.best_member_exact_match:.3f}"
+        best = formats[r.run_id]
+        if best:
+            beaten = [f for f, loss in best.items() if r.val_loss < loss]
+            each = ", ".join(f"{f} {loss:.4f}" for f, loss in best.items())
+            line += (
+                f". Across formats, the best ingredient of each: {each}; the soup "
+                f"({r.val_loss:.4f}) beat {len(beaten)} of {len(best)}"
+                + (f" ({', '.join(beaten)})" if beaten else "")
+            )
         lines.append(line + ".")
     return "\n".join(lines)
 
 
-__all__ = ["merge_table", "merges", "plot_merges", "soup_table", "verdict"]
+__all__ = ["best_by_format", "merge_table", "merges", "plot_merges", "soup_table", "verdict"]

@@ -17,8 +17,8 @@ nblab.train.finetuned), merges, and saves the merged model as the run's checkpoi
 are evaluated on the same val batches (the first member's recipe: its data, seed and
 eval.batches, through Trainer.evaluate), in the members' precision recipe when they share
 one, else bf16. merge.json in the run folder holds the method, its options, each member's
-val loss and exact match on those batches, which members a greedy soup took, and the soup
-minus the best member.
+val loss and exact match on those batches and its format, which members a greedy soup
+took, and the soup minus the best member.
 """
 
 from __future__ import annotations
@@ -199,6 +199,14 @@ def check_architecture(shapes: dict[str, dict[str, tuple[int, ...]]]) -> None:
                 run_id,
                 f"the architecture of {runs[0]}, which has no parameter {extra[0]!r}",
             )
+
+
+def member_format(recipe: Recipe) -> str:
+    """The numeric format a member trained in: its precision preset, and the packed base's
+    format when it had one (what the report groups members by to ask whether averaging
+    across formats cancels quantization noise)."""
+    base = recipe.finetune.base_format
+    return recipe.precision.preset + (f" (base {base})" if base else "")
 
 
 def _recorded_val_loss(store: RunStore, run_id: str) -> float:
@@ -461,6 +469,7 @@ def _make(spec: MergeSpec, store: RunStore, run_id: str, writer) -> MergeResult:
                 "val_loss": scores["val_loss"],
                 "val_accuracy": scores.get("val_accuracy"),
                 "recorded_val_loss": _recorded_val_loss(store, member),
+                "format": member_format(_recipe(store, member)),
             }
         )
     losses = [m["val_loss"] for m in members]
@@ -557,6 +566,7 @@ __all__ = [
     "MergeSpec",
     "check_architecture",
     "create_merge_run",
+    "member_format",
     "merge_recipe",
     "plain_shapes",
     "plan_merge",

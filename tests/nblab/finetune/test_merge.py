@@ -40,6 +40,8 @@ def test_a_greedy_soup_is_never_worse_on_held_out_val_than_its_best_ingredient(r
     assert full["val_loss"] == pytest.approx(full["recorded_val_loss"], abs=1e-6)
     saved = read_json(store.run_dir(result.run_id))
     assert saved["taken"] == result.taken and saved["method"] == "greedy"
+    formats = {m["name"]: m["format"] for m in saved["members"]}
+    assert formats == {"lora": "bf16", "lora-nvfp4": "bf16 (base nvfp4)", "full": "bf16"}
     metrics = store.metrics(result.run_id)
     assert set(metrics.key) >= {"val_loss", "val_accuracy", "soup_minus_best_val_loss"}
 

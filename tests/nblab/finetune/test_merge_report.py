@@ -20,14 +20,22 @@ def _merge_run(store, name, status, data):
     return run_id
 
 
-def _member(name, loss, acc):
-    return {"run_id": f"id-{name}", "name": name, "val_loss": loss, "val_accuracy": acc}
+def _member(name, loss, acc, fmt):
+    return {
+        "run_id": f"id-{name}",
+        "name": name,
+        "val_loss": loss,
+        "val_accuracy": acc,
+        "format": fmt,
+    }
 
 
 @pytest.fixture
 def store(tmp_path):
     store = RunStore(tmp_path / "home")
-    members = [_member("a", 1.0, 0.5), _member("b", 1.2, 0.25), _member("c", 1.4, 0.0)]
+    nvfp4 = "bf16 (base nvfp4)"
+    members = [_member("a", 1.0, 0.5, "bf16"), _member("b", 1.2, 0.25, nvfp4)]
+    members.append(_member("c", 1.4, 0.0, nvfp4))
     _merge_run(
         store,
         "merge-uniform",
@@ -58,6 +66,7 @@ def test_soup_table_puts_each_soup_beside_its_best_ingredient(store):
     assert uniform.soup_minus_best == pytest.approx(-0.1)
     assert uniform.exact_match_minus_best == pytest.approx(0.25)
     assert uniform.members_val_loss_sd == pytest.approx(0.2)  # sd of 1.0, 1.2, 1.4
+    assert uniform.member_formats == 2
     greedy = table.loc["merge-greedy"]
     assert greedy.taken == 1 and greedy.soup_minus_best == 0
 
@@ -69,6 +78,18 @@ def test_the_verdict_says_which_soup_beat_its_best_ingredient_against_the_spread
     assert "exact match 0.750 against 0.500" in lines[0]
     assert "(greedy, 1 of 3 members) equals its best ingredient (a)" in lines[1]
     assert len(lines) == 2
+    # members of two formats: the soup against each format's best ingredient
+    each = "Across formats, the best ingredient of each: bf16 1.0000, bf16 (base nvfp4) 1.2000"
+    assert lines[0].endswith(f"{each}; the soup (0.9000) beat 2 of 2 (bf16, bf16 (base nvfp4)).")
+    assert lines[1].endswith(f"{each}; the soup (1.0000) beat 1 of 2 (bf16 (base nvfp4)).")
+
+
+def test_members_of_one_format_or_without_one_get_no_sentence_across_formats():
+    one = {"members": [{"val_loss": 1.0, "format": "bf16"}, {"val_loss": 2.0, "format": "bf16"}]}
+    assert report.best_by_format(one) == {}
+    two = {"members": [{"val_loss": 1.0, "format": "a"}, {"val_loss": 2.0, "format": "b"}]}
+    assert report.best_by_format(two) == {"a": 1.0, "b": 2.0}
+    assert report.best_by_format({"members": [{"val_loss": 1.0}, {"val_loss": 2.0}]}) == {}
 
 
 def test_a_sweep_without_merges_says_so_and_plots_an_empty_figure(tmp_path):

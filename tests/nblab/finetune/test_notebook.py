@@ -35,6 +35,7 @@ def test_finetune_and_merge_notebook_runs_headless(tmp_path, monkeypatch):
     markdown = "".join(o["data"].get("text/markdown", "") for o in outputs if "data" in o)
     assert "soups beat their best ingredient** on val loss, and" in markdown
     assert "on exact match" in markdown
+    assert "Across formats, the best ingredient of each: bf16 " in markdown  # bf16 and nvfp4 base
     report = (home / "sweeps" / "ftnb" / "report.html").read_text()
     assert "Merges" in report and "soup_minus_best" in report  # the report's merge section
     assert "its best ingredient (" in report  # the verdict of each merge
