@@ -150,15 +150,31 @@ def cmd_run(args) -> int:
     return EXIT_OK if result.status == "succeeded" else EXIT_FAILED
 
 
+def _table(rows: list[dict], columns: list[str], width: int = 60) -> str:
+    """Rows as a text table, each column right-aligned under its name (as pandas prints
+    one), a value longer than `width` cut with "...", a missing one blank. Plain Python:
+    `nblab runs` and `nblab show` answer without importing pandas."""
+
+    def text(value) -> str:
+        shown = "" if value is None else " ".join(str(value).split())
+        return shown if len(shown) <= width else shown[: width - 3] + "..."
+
+    cells = [[text(row.get(c)) for c in columns] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    lines = [[c.rjust(w) for c, w in zip(columns, widths, strict=True)]]
+    lines += [[v.rjust(w) for v, w in zip(r, widths, strict=True)] for r in cells]
+    return "\n".join(" ".join(line) for line in lines)
+
+
 def cmd_runs(args) -> int:
     from nblab.runs import RunStore
 
-    frame = RunStore().runs(sweep=args.sweep, status=args.status)
-    if frame.empty:
+    rows = RunStore().rows(sweep=args.sweep, status=args.status)
+    if not rows:
         print("no runs")
         return EXIT_OK
     columns = ["run_id", "name", "kind", "sweep", "status", "step", "steps", "error"]
-    print(frame[columns].astype(object).fillna("").to_string(index=False, max_colwidth=60))
+    print(_table(rows, columns))
     return EXIT_OK
 
 
@@ -174,11 +190,14 @@ def cmd_show(args) -> int:
     for key in ("run_id", "name", "sweep", "status", "step", "steps", "error"):
         print(f"{key:8s} {run.get(key)}")
     print(f"folder   {store.run_dir(args.run)}\n\n{run['recipe']}")
-    metrics = store.metrics(args.run)
-    if not metrics.empty:
-        last = metrics.sort_values("step").groupby("key").tail(1)
+    series = store.series(args.run).get(args.run, {})
+    if series:
+        last = [
+            {"key": key, "step": int(s.step[-1]), "value": f"{float(s.value[-1]):.6g}"}
+            for key, s in series.items()
+        ]
         print("last metrics:")
-        print(last[["key", "step", "value"]].to_string(index=False))
+        print(_table(last, ["key", "step", "value"]))
     return EXIT_OK
 
 

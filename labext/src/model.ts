@@ -121,11 +121,26 @@ export class RunsModel {
     this._changed.emit();
   }
 
+  /** Merge the loss series of many runs (a snapshot's, or one GET series) with one
+   * change signal for all of them. */
+  addLosses(byRun: Record<string, Record<string, ISeries>>): void {
+    for (const [runId, keys] of Object.entries(byRun)) {
+      const loss = keys[LOSS_KEY];
+      if (loss && this._runs.has(runId)) {
+        this._loss.set(runId, mergeSeries(this._loss.get(runId), loss));
+      }
+    }
+    this._changed.emit();
+  }
+
   /** Apply one message of the events websocket. */
   apply(message: EventMessage): void {
     switch (message.type) {
       case 'snapshot':
         this.setRuns(message.runs);
+        if (message.metrics) {
+          this.addLosses(message.metrics);
+        }
         break;
       case 'run':
         this.updateRun(message.run);

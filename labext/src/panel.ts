@@ -117,6 +117,7 @@ export class NblabPanel extends Widget {
     this._mergeChosen.textContent = `merge ${this._chosen.size} chosen`;
     const nodes = this.model.tree(this._filter.value as Status | 'all');
     this._list.textContent = '';
+    this._used.clear();
     if (nodes.length === 0) {
       const empty =
         this.model.size === 0
@@ -127,6 +128,11 @@ export class NblabPanel extends Widget {
     }
     for (const node of nodes) {
       this._list.appendChild(this._sweep(node));
+    }
+    for (const runId of [...this._rows.keys()]) {
+      if (!this._used.has(runId)) {
+        this._rows.delete(runId); // gone, or filtered out: built again when shown
+      }
     }
   }
 
@@ -177,9 +183,27 @@ export class NblabPanel extends Widget {
     }
     details.appendChild(summary);
     for (const run of node.runs) {
-      details.appendChild(this._run(run));
+      details.appendChild(this._row(run));
     }
     return details;
+  }
+
+  /** The row of `run`: the one drawn before when nothing it shows has changed (with 200
+   * runs, an event about one run then moves 199 rows instead of building them again). */
+  private _row(run: IRun): HTMLElement {
+    const loss = this.model.loss(run.run_id);
+    const n = loss ? loss.steps.length : 0;
+    const tail = n ? `${loss!.steps[n - 1]}:${loss!.values[n - 1]}` : '';
+    const key = `${JSON.stringify(run)}|${n}|${tail}`;
+    const drawn = this._rows.get(run.run_id);
+    if (drawn && drawn.key === key) {
+      this._used.add(run.run_id);
+      return drawn.el;
+    }
+    const el = this._run(run);
+    this._rows.set(run.run_id, { key, el });
+    this._used.add(run.run_id);
+    return el;
   }
 
   private _run(run: IRun): HTMLElement {
@@ -274,4 +298,6 @@ export class NblabPanel extends Widget {
   private _footer: HTMLElement;
   private _collapsed = new Set<string>();
   private _pending = false;
+  private _rows = new Map<string, { key: string; el: HTMLElement }>();
+  private _used = new Set<string>();
 }

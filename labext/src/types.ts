@@ -83,8 +83,18 @@ export interface IInfo {
   max_points: number;
 }
 
+/** GET series (metrics of many runs in one request): run_id -> its series by key. */
+export interface IManyMetrics {
+  runs: Record<string, { last_step: number | null; keys: Record<string, ISeries> }>;
+}
+
 export type EventMessage =
-  | { type: 'snapshot'; runs: IRun[] }
+  | {
+      type: 'snapshot';
+      runs: IRun[];
+      /** run_id -> key -> its history, downsampled (the socket's keys) */
+      metrics?: Record<string, Record<string, ISeries>>;
+    }
   | { type: 'run'; run: IRun }
   | ({ type: 'metrics' } & IMetrics)
   | { type: 'error'; message: string };

@@ -159,3 +159,29 @@ test('a run shows its kind and its model size in words', () => {
   assert.equal(runDetail(run('p', 'a', 'running', { kind: 'eval', params: null })), 'eval');
   assert.equal(runDetail(run('p', 'a', 'running', { kind: 'train' })), '');
 });
+
+test('a snapshot carries every sparkline: no request per run', () => {
+  const model = new RunsModel();
+  const a = run('p1', 'a', 'running', { step: 3 });
+  const b = run('p2', 'a', 'succeeded', { step: 2 });
+  model.apply({
+    type: 'snapshot',
+    runs: [a, b],
+    metrics: {
+      [a.run_id]: { loss: { steps: [1, 2, 3], values: [3, 2, 1] } },
+      [b.run_id]: { loss: { steps: [1, 2], values: [4, null] } },
+      gone: { loss: { steps: [1], values: [9] } }
+    }
+  });
+  assert.deepEqual(model.loss(a.run_id), { steps: [1, 2, 3], values: [3, 2, 1] });
+  assert.deepEqual(model.loss(b.run_id), { steps: [1, 2], values: [4, null] });
+  assert.equal(model.loss('gone'), undefined); // not a run of the snapshot
+  // a later metrics event merges by step into the snapshot's series
+  model.apply({
+    type: 'metrics',
+    run_id: a.run_id,
+    last_step: 4,
+    keys: { loss: { steps: [4], values: [0.5] } }
+  });
+  assert.deepEqual(model.loss(a.run_id).steps, [1, 2, 3, 4]);
+});

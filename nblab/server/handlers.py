@@ -7,6 +7,7 @@ websocket authenticates in its own `get`. Routes, relative to `<base_url>`:
     GET  nblab/api/runs?sweep=&status=           runs, oldest first
     GET  nblab/api/runs/{id}                     one run (with its recipe)
     GET  nblab/api/runs/{id}/metrics?keys=&since_step=&max_points=
+    GET  nblab/api/series?keys=&max_points=&run_id=      metrics of many runs (default: all)
     POST nblab/api/runs/{id}/cancel              {"wait": seconds}?
     POST nblab/api/runs/{id}/rerun               a new run with the same recipe
     GET  nblab/api/sweeps                        one summary per sweep
@@ -130,6 +131,22 @@ class MetricsHandler(NblabHandler):
         await self.call(api.get_metrics, self.store, run_id, keys, since, points or api.MAX_POINTS)
 
 
+class SeriesHandler(NblabHandler):
+    """Metrics of many runs in one request: the sidebar's sparklines, not a poll per run.
+    (Not named `metrics`: galata's test pages answer any URL with /api/me in it.)"""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        keys = [k for v in self.get_query_arguments("keys") for k in v.split(",") if k] or None
+        run_ids = [r for v in self.get_query_arguments("run_id") for r in v.split(",") if r]
+        arg = self.get_query_argument
+        points = self.check(api.check_int, "max_points", arg("max_points", None), 2, 100_000)
+        await self.call(
+            api.get_many_metrics, self.store, run_ids or None, keys, points or api.MAX_POINTS
+        )
+
+
 class CancelHandler(NblabHandler):
     @web.authenticated
     @authorized
@@ -241,6 +258,7 @@ def routes() -> list[tuple[str, type]]:
         (rf"/{api_url}/runs", RunsHandler),
         (rf"/{api_url}/runs/{RUN_ID}", RunHandler),
         (rf"/{api_url}/runs/{RUN_ID}/metrics", MetricsHandler),
+        (rf"/{api_url}/series", SeriesHandler),
         (rf"/{api_url}/runs/{RUN_ID}/cancel", CancelHandler),
         (rf"/{api_url}/runs/{RUN_ID}/rerun", RerunHandler),
         (rf"/{api_url}/sweeps", SweepsHandler),
