@@ -21,6 +21,9 @@
                                              runs as TensorBoard events / MLflow runs /
                                              Hugging Face checkpoints
   nblab plan RECIPE --gpus N --gpu-mem 80GB  rank DP/FSDP/TP/PP layouts by memory and time
+  nblab merge SWEEP|RUN... --method M [--top-k K] [--base RUN]
+                                             merge fine-tuned runs (uniform, greedy,
+                                             task-arithmetic, ties, dare, fisher) into a run
   nblab lab [JUPYTER LAB OPTIONS]            JupyterLab here, with the sidebar and the quickstart
 
 Exit codes of `run` and `sweep`: 0 all succeeded, 1 a run failed, diverged or was
@@ -443,10 +446,13 @@ def _add_export_targets(parser: argparse.ArgumentParser) -> None:
     """One option per nblab.export.EXPORTERS target, and the options targets take."""
     from nblab.export import EXPORTERS
 
+    added: set[str] = set()
     for name, exporter in EXPORTERS.items():
         parser.add_argument(f"--{name}", metavar=exporter.metavar, help=exporter.help)
         for option, metavar, text in exporter.options:
-            parser.add_argument(f"--{option}", metavar=metavar, help=f"{text} (--{name})")
+            if option not in added:  # one --step serves --hf and --adapter
+                parser.add_argument(f"--{option}", metavar=metavar, help=f"{text} (--{name})")
+                added.add(option)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -468,6 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     # listed for --help; main() hands `nblab plan ...` to the planner's own parser
     commands.add_parser("plan", help="rank parallel layouts: RECIPE --gpus N --gpu-mem 80GB")
+    # likewise `nblab merge ...` (nblab.merge.command)
+    commands.add_parser("merge", help="merge fine-tuned runs: SWEEP|RUN... --method M")
 
     report = commands.add_parser("report", help="a sweep's report: report.ipynb + report.html")
     report.add_argument("sweep")
@@ -558,6 +566,10 @@ def main(argv: list[str] | None = None) -> int:
         from nblab.parallel.planner import plan_command
 
         return plan_command(argv[1:])
+    if argv[:1] == ["merge"]:
+        from nblab.merge.command import merge_command
+
+        return merge_command(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -18,6 +18,13 @@ export interface ISweepNode {
   counts: Partial<Record<Status, number>>;
   /** points (run names) whose latest run failed, diverged or was cancelled */
   rerunnable: number;
+  /** succeeded training runs (the latest of each point): what a Merge would take */
+  mergeable: number;
+}
+
+/** A run that can be merged: a succeeded training run (not an eval or a merge). */
+export function isMergeable(run: IRun): boolean {
+  return run.status === 'succeeded' && (run.kind ?? 'train') === 'train';
 }
 
 /** A count as people say it: 950, 7.3k, 88.8k, 7.3M, 1.11B. */
@@ -176,8 +183,10 @@ export class RunsModel {
         sweep,
         runs,
         counts,
-        rerunnable: [...latest.values()].filter(r => RERUNNABLE.includes(r.status))
-          .length
+        rerunnable: [...latest.values()].filter(
+          r => RERUNNABLE.includes(r.status) && (r.kind ?? 'train') === 'train'
+        ).length,
+        mergeable: [...latest.values()].filter(isMergeable).length
       });
     }
     const newest = (n: ISweepNode) => Math.max(...n.runs.map(r => r.created));

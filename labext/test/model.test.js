@@ -3,7 +3,7 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 
-const { RunsModel, mergeSeries, SINGLE_RUNS } = require('../../lib-test/model.js');
+const { RunsModel, mergeSeries, SINGLE_RUNS, isMergeable } = require('../../lib-test/model.js');
 const { sparklinePath } = require('../../lib-test/sparkline.js');
 
 let clock = 0;
@@ -130,6 +130,22 @@ test('the sparkline spans its box and a NaN breaks the line', () => {
   assert.equal(d, 'M1.0,1.0L27.7,11.0M81.0,21.0');
   assert.equal(sparklinePath({ steps: [], values: [] }, 80, 18), '');
   assert.equal(sparklinePath({ steps: [7], values: [1] }, 80, 18), 'M40.0,9.0');
+});
+
+test('a sweep counts its succeeded training runs as mergeable, and no merge run as rerunnable', () => {
+  const model = new RunsModel();
+  const a = run('p1', 'ft', 'succeeded');
+  const b = run('p2', 'ft', 'succeeded');
+  const c = run('p3', 'ft', 'failed');
+  const soup = run('merge-greedy', 'ft', 'succeeded', { kind: 'merge' });
+  const broken = run('merge-ties', 'ft', 'failed', { kind: 'merge' });
+  model.apply({ type: 'snapshot', runs: [a, b, c, soup, broken] });
+  const [node] = model.tree();
+  assert.equal(node.mergeable, 2);
+  assert.equal(node.rerunnable, 1);
+  assert.equal(isMergeable(a), true);
+  assert.equal(isMergeable(soup), false);
+  assert.equal(isMergeable(c), false);
 });
 
 test('a run shows its kind and its model size in words', () => {
