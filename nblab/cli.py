@@ -17,6 +17,12 @@
   nblab cancel SWEEP|RUN                     stop a sweep's unfinished runs, or one run
   nblab report SWEEP [--log-x]               the sweep's report.ipynb and offline report.html
   nblab plan RECIPE --gpus N --gpu-mem 80GB  rank DP/FSDP/TP/PP layouts by memory and time
+  nblab eval RUN --precision P1,P2 [--weights-only] [--step N]
+                                             a checkpoint quantized after training (eval runs)
+  nblab sensitivity RUN --precision P [--by module|role]
+                                             Δ val loss with one module (or role) quantized
+  nblab advise RUN --preset P --budget DLOSS | --bits B [--train]
+                                             which modules to keep high; measures the advice
   nblab lab [JUPYTER LAB OPTIONS]            JupyterLab here, with the sidebar and the quickstart
 
 Exit codes of `run` and `sweep`: 0 all succeeded, 1 a run failed, diverged or was
@@ -117,8 +123,10 @@ def cmd_run(args) -> int:
         print(f"nblab run: {err}", file=sys.stderr)
         return EXIT_USAGE
     _cancel_on_sigterm()
+    from nblab.eval.source import run_fields
+
     run_id = args.resume or store.create_run(
-        recipe.name, recipe.to_toml(), steps=recipe.train.steps
+        recipe.name, recipe.to_toml(), **run_fields(recipe, store)
     )
     print(f"run {run_id}  ({store.run_dir(run_id)})", flush=True)
     bar, update = _progress_bar(recipe.train.steps, 0)
@@ -150,7 +158,7 @@ def cmd_runs(args) -> int:
     if frame.empty:
         print("no runs")
         return EXIT_OK
-    columns = ["run_id", "name", "sweep", "status", "step", "steps", "error"]
+    columns = ["run_id", "kind", "name", "sweep", "status", "step", "steps", "error"]
     print(frame[columns].astype(object).fillna("").to_string(index=False, max_colwidth=60))
     return EXIT_OK
 
@@ -395,6 +403,11 @@ def build_parser() -> argparse.ArgumentParser:
     # listed for --help; main() hands `nblab plan ...` to the planner's own parser
     commands.add_parser("plan", help="rank parallel layouts: RECIPE --gpus N --gpu-mem 80GB")
 
+    # listed for --help; main() hands these to nblab.eval.commands (`nblab eval --help`)
+    commands.add_parser("eval", help="evaluate a checkpoint quantized after training")
+    commands.add_parser("sensitivity", help="Δ val loss per module or role of a format")
+    commands.add_parser("advise", help="which modules to keep in high precision")
+
     report = commands.add_parser("report", help="a sweep's report: report.ipynb + report.html")
     report.add_argument("sweep")
     report.add_argument("--log-x", action="store_true", help="log-scale step axis")
@@ -477,6 +490,10 @@ def main(argv: list[str] | None = None) -> int:
         from nblab.parallel.planner import plan_command
 
         return plan_command(argv[1:])
+    if argv[:1] in (["eval"], ["sensitivity"], ["advise"]):  # evaluations own their options
+        from nblab.eval.commands import main as eval_main
+
+        return eval_main(argv)
     args = build_parser().parse_args(argv)
     return args.func(args)
 

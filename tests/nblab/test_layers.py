@@ -63,6 +63,8 @@ def test_the_trainer_never_starts_torchrun():
     [
         ("models", ("nblab.train", "nblab.parallel", "nblab.batch", "nblab.launch")),
         ("precision", ("nblab.models", "nblab.train", "nblab.parallel", "nblab.batch")),
+        # evaluations sit beside the trainer: launch, batch jobs and views call them
+        ("eval", ("nblab.launch", "nblab.batch", "nblab.widgets", "nblab.server", "nblab.cli")),
     ],
 )
 def test_lower_layers_do_not_import_upper_ones(folder, above):
