@@ -26,6 +26,8 @@ _EXPORTS = {
     "QuantErrorHeatmap": "nblab.widgets.heatmap",
     "WeightDistribution": "nblab.widgets.weights",
     "compare": "nblab.widgets.comparison",
+    "SensitivityMap": "nblab.widgets.sensitivity",  # nblab.eval's views
+    "PrecisionAdvisor": "nblab.widgets.advisor",
 }
 __all__ = list(_EXPORTS)
 

@@ -80,6 +80,7 @@ class RunMonitor:
         self._drawn: dict[str, dict[str, dict[str, np.ndarray]]] = {}
         self.status: dict[str, str] = {}
         self.names: dict[str, str] = {}
+        self.kinds: dict[str, str] = {}  # train | eval | merge
         self._reset()
         self._figure_parts: dict[str, Any] | None = None
         self._panel = None
@@ -126,6 +127,7 @@ class RunMonitor:
         run_ids = list(runs.run_id)
         self.status = dict(zip(runs.run_id, runs.status, strict=True))
         self.names = dict(zip(runs.run_id, runs.name, strict=True))
+        self.kinds = dict(zip(runs.run_id, runs.kind, strict=True))
         for row in runs.itertuples():
             if pd.notna(row.started):
                 self._started[row.run_id] = float(row.started)
@@ -233,7 +235,9 @@ class RunMonitor:
     # -- drawing (bokeh) --------------------------------------------------------
     def _label(self, run_id: str) -> str:
         status = self.status.get(run_id, "?")
-        return f"{BADGES.get(status, '?')} {self.names.get(run_id, run_id)} ({status})"
+        kind = self.kinds.get(run_id, "train")
+        kind = "" if kind == "train" else f"{kind} "  # an evaluation: points at its source step
+        return f"{BADGES.get(status, '?')} {kind}{self.names.get(run_id, run_id)} ({status})"
 
     def _new_figure(self) -> dict[str, Any]:
         from bokeh.models import HoverTool, Legend
@@ -284,15 +288,21 @@ class RunMonitor:
                 if source is None:
                     source = ColumnDataSource({"x": [], "y": [], "step": []})
                     parts["sources"][(run_id, key)] = source
-                    line = parts["figure"].line(
-                        "x",
-                        "y",
-                        source=source,
-                        color=color,
-                        line_width=1.6,
-                        line_dash=DASHES[k % len(DASHES)],
-                        name=f"{self.names.get(run_id, run_id)} {key}",
-                    )
+                    name = f"{self.names.get(run_id, run_id)} {key}"
+                    if self.kinds.get(run_id, "train") == "eval":  # one point per key: markers
+                        line = parts["figure"].scatter(
+                            "x", "y", source=source, color=color, size=9, name=name
+                        )
+                    else:
+                        line = parts["figure"].line(
+                            "x",
+                            "y",
+                            source=source,
+                            color=color,
+                            line_width=1.6,
+                            line_dash=DASHES[k % len(DASHES)],
+                            name=name,
+                        )
                     renderers.append(line)
                 if run_id in changed and key in curves:
                     source.data = dict(curves[key])
