@@ -16,6 +16,10 @@
   nblab sweeps                               one line per sweep: counts per status
   nblab cancel SWEEP|RUN                     stop a sweep's unfinished runs, or one run
   nblab report SWEEP [--log-x]               the sweep's report.ipynb and offline report.html
+  nblab export RUN|SWEEP [--tensorboard DIR] [--mlflow URI [--experiment NAME]]
+                         [--hf DIR [--step N]]
+                                             runs as TensorBoard events / MLflow runs /
+                                             Hugging Face checkpoints
   nblab plan RECIPE --gpus N --gpu-mem 80GB  rank DP/FSDP/TP/PP layouts by memory and time
   nblab eval RUN --precision P1,P2 [--weights-only] [--step N]
                                              a checkpoint quantized after training (eval runs)
@@ -202,6 +206,28 @@ def cmd_report(args) -> int:
     return EXIT_OK
 
 
+def cmd_export(args) -> int:
+    from nblab.export import EXPORTERS, export
+    from nblab.runs import RunStore
+
+    destinations = {name: getattr(args, name) for name in EXPORTERS}
+    if not any(destinations.values()):
+        flags = " or ".join(f"--{name} {e.metavar}" for name, e in EXPORTERS.items())
+        print(f"nblab export: say where to: {flags}", file=sys.stderr)
+        return EXIT_USAGE
+    options = {o: getattr(args, o) for e in EXPORTERS.values() for o in e.option_names}
+    try:
+        done = export(args.target, store=RunStore(), **destinations, **options)
+    except (KeyError, ValueError) as err:
+        print(f"nblab export: {err.args[0]}", file=sys.stderr)
+        return EXIT_USAGE
+    for name, lines in done.items():
+        print(f"{name}:")
+        for line in lines:
+            print(f"  {line}")
+    return EXIT_OK
+
+
 def _load_sweep(args):
     """The sweep of `nblab sweep`: a TOML file (plus --grid axes), or a recipe preset /
     recipe file with --grid axes."""
@@ -351,7 +377,7 @@ def cmd_sweeps(args) -> int:
 
 
 def cmd_cancel(args) -> int:
-    from nblab.batch.sweeps import cancel
+    from nblab.batch.cancellation import cancel
     from nblab.runs import RunStore
 
     try:
@@ -366,21 +392,50 @@ def cmd_cancel(args) -> int:
     return EXIT_OK
 
 
+LAB_HELP = """usage: nblab lab [JUPYTER LAB OPTIONS]
+
+JupyterLab in the current folder, with what nblab adds:
+  - the nblab sidebar (every sweep and run of $NBLAB_HOME, live, with actions) and the
+    nblab server API it reads (both installed with nblab);
+  - notebooks/quickstart.ipynb, copied here as nblab-quickstart.ipynb the first time
+    (a notebook must lie inside the server's root to open) and opened; a copy you
+    edited is never overwritten.
+Every option is JupyterLab's own and passes through unchanged; they follow.
+"""
+# options that only print: they start no server and copy nothing
+LAB_INFO_OPTIONS = ("-h", "--help", "--help-all", "--version")
+
+
 def cmd_lab(lab_args: list[str]) -> int:
     """JupyterLab in the current folder with the nblab sidebar and the quickstart open
     (copied here as nblab-quickstart.ipynb the first time: a notebook must live inside
-    the server's root to open)."""
+    the server's root to open). --help says what nblab adds, then JupyterLab's help."""
     import os
     import shutil
+    import subprocess
 
     from nblab.notebooks import notebook
 
+    if any(a in LAB_INFO_OPTIONS for a in lab_args):
+        if "--version" not in lab_args:
+            print(LAB_HELP, flush=True)
+        return subprocess.run([sys.executable, "-m", "jupyterlab", *lab_args]).returncode
     target = Path.cwd() / "nblab-quickstart.ipynb"
     if not target.exists():
         shutil.copyfile(notebook("quickstart.ipynb"), target)
     argv = [sys.executable, "-m", "jupyterlab", target.name, *lab_args]
     print(f"starting JupyterLab in {Path.cwd()} with {target.name}", flush=True)
     os.execv(sys.executable, argv)  # JupyterLab takes over this process (and Ctrl-C)
+
+
+def _add_export_targets(parser: argparse.ArgumentParser) -> None:
+    """One option per nblab.export.EXPORTERS target, and the options targets take."""
+    from nblab.export import EXPORTERS
+
+    for name, exporter in EXPORTERS.items():
+        parser.add_argument(f"--{name}", metavar=exporter.metavar, help=exporter.help)
+        for option, metavar, text in exporter.options:
+            parser.add_argument(f"--{option}", metavar=metavar, help=f"{text} (--{name})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -412,6 +467,13 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("sweep")
     report.add_argument("--log-x", action="store_true", help="log-scale step axis")
     report.set_defaults(func=cmd_report)
+
+    export = commands.add_parser(
+        "export", help="runs as TensorBoard event files, MLflow runs, Hugging Face checkpoints"
+    )
+    export.add_argument("target", metavar="RUN_ID|SWEEP", help="a run, or every run of a sweep")
+    _add_export_targets(export)
+    export.set_defaults(func=cmd_export)
 
     run = commands.add_parser("run", help="train one recipe")
     run.add_argument("recipe", nargs="?", help="a recipe .toml file or a preset name")

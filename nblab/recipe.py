@@ -20,6 +20,7 @@ import dataclasses
 import difflib
 import importlib
 import math
+import os
 import re
 import tomllib
 import typing
@@ -28,9 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomli_w
-
 from nblab.precision.presets import (
+    GEMM_MODES,
     PRECISION_PRESETS,
     format_problems,
     precision_problems,
@@ -78,10 +78,17 @@ class ModelSection:
 @dataclass
 class DataSection:
     name: str = "pydoc"  # a key of nblab.train.data.DATASETS
-    path: str = ""  # a file for "text", a dataset id for "hf"
+    # "text": a text file; "files": a file, folder or glob of .txt/.jsonl/.json/.parquet
+    # files; "hf": a folder saved by datasets' save_to_disk. Local only: nothing is fetched.
+    path: str = ""
+    # char | byte | bpe:N (a byte-level BPE of vocab N trained on the train split) | the
+    # path of a local tokenizer.json or tokenizer folder (bpe:N and paths: "files" only)
     tokenizer: str = "char"
     val_fraction: float = 0.1
     digits: int = 3  # operand digits of the "addition" task
+    text_column: str = "text"  # the text of a JSON / parquet record ("files", "hf")
+    text_documents: str = "paragraph"  # a document of a .txt file: line | paragraph | file
+    split_seed: int = 0  # which documents are val ("files"); train.seed leaves it alone
 
 
 @dataclass
@@ -121,6 +128,8 @@ class PrecisionSection:
     # added to the preset's list; "!entry" removes one of the preset's entries
     keep_high_precision: list[str] = field(default_factory=list)
     backend: str = "auto"
+    # emulated | native | auto: the GEMMs of quantized operands (nblab.precision.gemm)
+    gemm: str = "auto"
 
     def resolve(self):
         """The PrecisionPreset this section means (preset + overrides + keep list)."""
@@ -164,6 +173,7 @@ class MetricsSection:
     log_interval: int = 10  # loss / lr / throughput
     stats_interval: int = 50  # quantization statistics; 0: never
     histogram_interval: int = 100  # weight and scale histograms; 0: never
+    tensorboard: bool = False  # also write TensorBoard events live, to runs/<run_id>/tensorboard
 
 
 SECTIONS: dict[str, type] = {
@@ -185,6 +195,7 @@ DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "bfloat16")
 BACKENDS = ("auto", "reference", "triton")
 PP_SCHEDULES = ("gpipe", "1f1b")  # as nblab.parallel.pipeline.PP_SCHEDULES
+TEXT_DOCUMENTS = ("line", "paragraph", "file")  # as nblab.train.corpus.TEXT_DOCUMENTS
 # the parallel section's degrees; their product is parallel.nproc
 PARALLEL_DEGREES = ("dp_replicate", "dp_shard", "tp", "pp")
 EVAL_SCANS = ("", "module", "role")  # eval.scan: one evaluation, or a sensitivity scan
@@ -279,6 +290,8 @@ class Recipe:
         return out
 
     def to_toml(self) -> str:
+        import tomli_w  # lazily: training on a bare GPU machine needs no TOML writer
+
         return tomli_w.dumps(self.to_dict())
 
     # -- overrides --------------------------------------------------------------
@@ -407,7 +420,32 @@ def _build(data: Any, problems: list[Problem]) -> Recipe:
     problems += recipe.problems()
     if problems:
         raise RecipeError(_dedup(problems))
+    _absolute_paths(recipe)
     return recipe
+
+
+def _absolute_paths(recipe: Recipe) -> None:
+    """data.path, a tokenizer path, model.path, a factory's file and an init_from folder,
+    made absolute against the current folder once they are known to exist there: a job
+    runs in its run folder and must read the same files (and the run's recipe.toml then
+    says which). "~" is kept: it is the same user's home."""
+    d = recipe.data
+    if d.path and d.name in ("text", "files", "hf"):
+        d.path = _absolute(d.path)
+    if d.tokenizer not in ("char", "byte") and not d.tokenizer.startswith("bpe:"):
+        d.tokenizer = _absolute(d.tokenizer)
+    m = recipe.model
+    if m.path:
+        m.path = _absolute(m.path)
+    module, sep, function = m.factory.rpartition(":")
+    if sep and module.endswith(".py"):
+        m.factory = f"{_absolute(module)}:{function}"
+    if m.init_from and os.path.isdir(os.path.expanduser(m.init_from)):  # not a run id
+        m.init_from = _absolute(m.init_from)
+
+
+def _absolute(path: str) -> str:
+    return path if os.path.isabs(os.path.expanduser(path)) else os.path.abspath(path)
 
 
 def _build_section(section: str, table: Mapping[str, Any], problems: list[Problem]):
@@ -457,6 +495,19 @@ def _dedup(problems: list[Problem]) -> list[Problem]:
 # ---------------------------------------------------------------------------
 # Overrides
 # ---------------------------------------------------------------------------
+
+
+def dotted_fields(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A recipe's TOML table as {dotted field path: value}, the paths overrides use
+    ("optimizer.lr"); an empty table stays one field (precision.roles = {})."""
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out |= dotted_fields(value, path + ".")
+        else:
+            out[path] = value
+    return out
 
 
 def _split_override(item: Any, problems: list[Problem]) -> tuple[str, str] | None:
@@ -691,6 +742,9 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     # every dataset splits off a non-empty validation part
     "data.val_fraction": (_finite(lambda v: 0 < v < 1), "a number in (0, 1)"),
     "data.digits": ((lambda v: 1 <= v <= 18), "an integer in 1..18"),
+    "data.text_column": ((lambda v: bool(v)), "a column name (not empty)"),
+    "data.text_documents": _choice(TEXT_DOCUMENTS),
+    "data.split_seed": _int_at_least(0),
     "optimizer.name": _choice(OPTIMIZERS),
     "optimizer.lr": (_finite(lambda v: 0 < v <= 10), "a number in (0, 10]"),
     "optimizer.betas": (
@@ -711,6 +765,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.device": _choice(DEVICES),
     "train.dtype": _choice(DTYPES),
     "precision.backend": _choice(BACKENDS),
+    "precision.gemm": _choice(GEMM_MODES),
     "parallel.dp_replicate": _int_at_least(1),
     "parallel.dp_shard": _int_at_least(1),
     "parallel.tp": _int_at_least(1),
@@ -746,8 +801,7 @@ _REGISTRY_FIELDS = {
     "model.name": "model",
     "model.flavour": "flavour",
     "data.name": "dataset",
-    "data.tokenizer": "tokenizer",
-}
+}  # data.tokenizer takes bpe:N and paths too: nblab.train.data.data_problems checks it
 
 
 def _check(recipe: Recipe) -> list[Problem]:
@@ -800,6 +854,7 @@ def _check(recipe: Recipe) -> list[Problem]:
 SOURCE_CHECKS = (
     ("nblab.train.data", "data_problems"),
     ("nblab.models", "model_problems"),
+    ("nblab.train.data", "vocab_problems"),
     ("nblab.train.weights", "init_problems"),
     ("nblab.eval.source", "source_problems"),
 )
@@ -826,8 +881,13 @@ def _cross_field(ok: dict[str, Any]) -> list[Problem]:
     def have(*paths: str) -> bool:
         return all(p in ok for p in paths)
 
-    if have("data.name", "data.path") and ok["data.name"] in ("text", "hf") and not ok["data.path"]:
-        what = "a text file" if ok["data.name"] == "text" else "a dataset id"
+    needs_path = {
+        "text": "a text file",
+        "files": "a file, folder or glob of corpus files",
+        "hf": "a folder saved by datasets' save_to_disk",
+    }
+    if have("data.name", "data.path") and ok["data.name"] in needs_path and not ok["data.path"]:
+        what = needs_path[ok["data.name"]]
         problems.append(
             (
                 "data.path",
@@ -881,6 +941,7 @@ __all__ = [
     "PP_SCHEDULES",
     "RECIPE_PRESETS",
     "SECTIONS",
+    "TEXT_DOCUMENTS",
     "CheckpointSection",
     "DataSection",
     "EvalSection",

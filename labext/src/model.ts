@@ -20,6 +20,35 @@ export interface ISweepNode {
   rerunnable: number;
 }
 
+/** A count as people say it: 950, 7.3k, 88.8k, 7.3M, 1.11B. */
+export function shortCount(n: number): string {
+  const units: [number, string][] = [
+    [1e9, 'B'],
+    [1e6, 'M'],
+    [1e3, 'k']
+  ];
+  for (const [size, unit] of units) {
+    if (n >= size) {
+      const value = n / size;
+      return `${value >= 100 ? value.toFixed(0) : value.toPrecision(3).replace(/\.?0+$/, '')}${unit}`;
+    }
+  }
+  return String(n);
+}
+
+/** The run's detail words beside its progress: its kind (when not a training run) and
+ * its model's parameter count. */
+export function runDetail(run: IRun): string {
+  const parts: string[] = [];
+  if (run.kind && run.kind !== 'train') {
+    parts.push(run.kind);
+  }
+  if (run.params !== undefined && run.params !== null) {
+    parts.push(`${shortCount(run.params)} params`);
+  }
+  return parts.join(' · ');
+}
+
 /** Merge `more` into `into` by step (the newer value wins for a step seen twice). */
 export function mergeSeries(into: ISeries | undefined, more: ISeries): ISeries {
   if (!into || into.steps.length === 0) {

@@ -5,7 +5,7 @@
  */
 import { Widget } from '@lumino/widgets';
 
-import { ISweepNode, RunsModel } from './model';
+import { ISweepNode, RunsModel, runDetail } from './model';
 import { sparkline } from './sparkline';
 import { IRun, RERUNNABLE, STATUSES, Status, TERMINAL } from './types';
 
@@ -184,6 +184,10 @@ export class NblabPanel extends Widget {
       fill.style.width = `${Math.min(100, (100 * step) / run.steps).toFixed(0)}%`;
       bar.appendChild(fill);
       progress.appendChild(bar);
+    }
+    const detail = runDetail(run);
+    if (detail) {
+      progress.appendChild(el('span', 'nblab-run-params', detail));
     }
     bottom.appendChild(progress);
 

@@ -33,6 +33,10 @@ export interface IRun {
   output_file: string;
   output_path: string | null;
   output_exists: boolean;
+  /** train | eval | merge (nblab.runs.schema.RUN_KINDS) */
+  kind?: string;
+  /** the model's parameter count, once its training built the model */
+  params?: number | null;
 }
 
 export interface ISeries {

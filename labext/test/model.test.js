@@ -131,3 +131,15 @@ test('the sparkline spans its box and a NaN breaks the line', () => {
   assert.equal(sparklinePath({ steps: [], values: [] }, 80, 18), '');
   assert.equal(sparklinePath({ steps: [7], values: [1] }, 80, 18), 'M40.0,9.0');
 });
+
+test('a run shows its kind and its model size in words', () => {
+  const { runDetail, shortCount } = require('../../lib-test/model.js');
+  assert.equal(shortCount(950), '950');
+  assert.equal(shortCount(88832), '88.8k');
+  assert.equal(shortCount(7_300_000), '7.3M');
+  assert.equal(shortCount(123_551_232), '124M');
+  assert.equal(shortCount(1_109_626_880), '1.11B');
+  assert.equal(runDetail(run('p', 'a', 'running', { params: 7_300_000 })), '7.3M params');
+  assert.equal(runDetail(run('p', 'a', 'running', { kind: 'eval', params: null })), 'eval');
+  assert.equal(runDetail(run('p', 'a', 'running', { kind: 'train' })), '');
+});

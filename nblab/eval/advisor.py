@@ -246,9 +246,9 @@ def floor_bits(recipe, preset: str) -> float:
     from nblab.models import build_model
     from nblab.models.protocol import architecture
     from nblab.precision.plan import apply_precision
-    from nblab.train.trainer import build_data
+    from nblab.train.data import build_data, tokenizer_vocab_size
 
-    vocab = build_data(recipe).vocab_size
+    vocab = tokenizer_vocab_size(recipe.data) or build_data(recipe).vocab_size
     with torch.device("meta"):
         model = build_model(recipe.model, vocab, recipe.train.seq_len, weights=False)
     arch = architecture(model)

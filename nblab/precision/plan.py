@@ -3,7 +3,8 @@
 Linear modules are nn.Linear and transformers' Conv1D (GPT-2), as
 nblab.precision.linear.linear_shape says. The plan report says, for every one, which
 spec each role got, or why the module stayed in high precision (a keep_high_precision
-entry, or a dimension the spec's block does not divide).
+entry, or a dimension the spec's block does not divide), and for each of its three
+GEMMs whether it runs natively or emulated, and why (precision.gemm, nblab.precision.gemm).
 
 Block entries of keep_high_precision (first:N, last:N, last:P%) count the model's repeated
 blocks, whose modules are named f"{block_prefix}{i}." (the model protocol says the prefix:
@@ -16,11 +17,14 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
+from nblab.precision.gemm import choose_gemms
 from nblab.precision.linear import QuantLinear, linear_shape, on_stored_layout
 from nblab.precision.presets import (
     ROLES,
@@ -42,12 +46,15 @@ class ModulePlan:
     quantized: bool
     specs: dict[str, str] = field(default_factory=dict)  # role -> describe() or "high"
     reason: str = ""
+    gemms: dict[str, str] = field(default_factory=dict)  # GEMM -> native or emulated, why
 
 
 @dataclass
 class PlanReport:
     preset: PrecisionPreset
     modules: list[ModulePlan]
+    gemm: str = "emulated"  # precision.gemm, and where it was decided
+    gemm_on: str = "cpu, float32"
 
     @property
     def quantized(self) -> list[str]:
@@ -65,20 +72,30 @@ class PlanReport:
                 "shape": f"{m.out_features}x{m.in_features}",
                 **m.specs,
                 "reason": m.reason,
+                **{f"gemm_{g}": why for g, why in m.gemms.items()},
             }
             for m in self.modules
         ]
 
     def __str__(self) -> str:
+        whys = list(dict.fromkeys(w for m in self.modules for w in m.gemms.values()))
+        native = sum(w.startswith("native") for m in self.modules for w in m.gemms.values())
         lines = [
             f"precision {self.preset.name}: {len(self.quantized)} of "
-            f"{len(self.modules)} Linear modules quantized"
+            f"{len(self.modules)} Linear modules quantized; precision.gemm={self.gemm} on "
+            f"{self.gemm_on}: {native} of {sum(len(m.gemms) for m in self.modules)} GEMMs native"
         ]
         for m in self.modules:
             if m.quantized:
-                lines.append(f"  {m.module}: " + ", ".join(f"{r}={s}" for r, s in m.specs.items()))
+                specs = ", ".join(f"{r}={s}" for r, s in m.specs.items())
+                gemms = ", ".join(
+                    f"{g} {w.split(' ')[0].rstrip(':')} [{whys.index(w) + 1}]"
+                    for g, w in m.gemms.items()
+                )
+                lines.append(f"  {m.module}: {specs}; GEMMs {gemms}")
             else:
                 lines.append(f"  {m.module}: high precision ({m.reason})")
+        lines += [f"  [{i}] {w}" for i, w in enumerate(whys, 1)]
         return "\n".join(lines)
 
 
@@ -171,14 +188,22 @@ def apply_precision(
     *,
     block_prefix: str = "layers.",
     head: str = HEAD_TOKEN,
+    gemm: str | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> PlanReport:
     """Swap every linear module of `model` (nn.Linear or Conv1D, in place) for a
     QuantLinear as `precision` says: a preset name, a PrecisionPreset, or a [precision]
     section / mapping. Modules kept in high precision stay as they are. block_prefix and
     head: where the model keeps its blocks and its output head (see the module doc).
-    Returns the plan report."""
+    `gemm` (default: the section's precision.gemm, else "emulated") chooses native or
+    emulated GEMMs for training on `device` (default cpu) in `dtype`. Returns the plan
+    report."""
     if linear_shape(model) is not None:
         raise ValueError("apply_precision swaps submodules: wrap a bare nn.Linear in a module")
+    if gemm is None:
+        gemm = _section_gemm(precision)
+    device = torch.device(device if device is not None else "cpu")
     preset = _as_preset(precision)
     linears = [
         (name, module, dims)
@@ -187,7 +212,7 @@ def apply_precision(
     ]
     n_blocks = count_blocks((name for name, _ in model.named_modules()), block_prefix)
     plans: list[ModulePlan] = []
-    swaps: list[tuple[str, nn.Module]] = []
+    swaps: list[tuple[str, nn.Module, list[str]]] = []
     for name, module, (in_f, out_f, _) in linears:
         plan = ModulePlan(name, in_f, out_f, quantized=False)
         if preset.is_high_precision:
@@ -199,13 +224,24 @@ def apply_precision(
         if not plan.reason:
             plan.quantized = True
             plan.specs = {r: s.describe() if s else "high" for r, s in preset.roles.items()}
-            swaps.append((name, module))
+            stored = {r: on_stored_layout(s, r) for r, s in preset.roles.items()}
+            choices = choose_gemms(stored, gemm, device, dtype)
+            plan.gemms = {g: c.why for g, c in choices.items()}
+            swaps.append((name, module, [g for g, c in choices.items() if c.native]))
         plans.append(plan)
-    for name, module in swaps:
+    for name, module, native in swaps:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, QuantLinear.from_linear(module, preset.roles, backend))
-    return PlanReport(preset, plans)
+        setattr(parent, child, QuantLinear.from_linear(module, preset.roles, backend, native))
+    on = f"{device.type}, {str(dtype).removeprefix('torch.')}"
+    return PlanReport(preset, plans, gemm=gemm, gemm_on=on)
+
+
+def _section_gemm(precision: Any) -> str:
+    """precision.gemm of a [precision] section or mapping; "emulated" for a preset."""
+    if isinstance(precision, Mapping):
+        return precision.get("gemm", "auto")
+    return getattr(precision, "gemm", "emulated")
 
 
 def quant_linears(model: nn.Module) -> dict[str, QuantLinear]:

@@ -86,6 +86,9 @@ MIGRATIONS += (
         f"CHECK (kind IN ({_KIND_CHECK}))",
         "ALTER TABLE runs ADD COLUMN sources TEXT",
     ),
+    # 5: the model's parameter count (the trainer sets it once the model is built), for
+    # run lists that say what was trained without reading the recipe
+    ("ALTER TABLE runs ADD COLUMN params INTEGER",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -5,6 +5,8 @@ Times are Unix seconds (float, UTC) everywhere: in the database, in DataFrames a
 `pd.to_datetime(df.created, unit="s", utc=True)`.
 """
 
+from __future__ import annotations
+
 import json
 import numbers
 import os
@@ -16,14 +18,24 @@ import time
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from nblab.runs import db
 from nblab.runs.liveness import HOST, death_of
 from nblab.runs.schema import RUN_KINDS, TERMINAL_STATUSES, check_status
 from nblab.runs.writer import RunWriter
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def _dataframe(rows: list, columns: Iterable[str], dtypes: dict) -> pd.DataFrame:
+    # pandas is imported here, not at the top: a training job (a bare GPU machine
+    # included) writes to the store without it
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=list(columns)).astype(dtypes)
+
 
 RUN_COLUMNS = (
     "run_id",
@@ -43,8 +55,9 @@ RUN_COLUMNS = (
     "scheduler_state",
     "kind",
     "sources",
+    "params",
 )
-_RUN_DTYPES = {"step": "Int64", "steps": "Int64", "pid": "Int64"} | {
+_RUN_DTYPES = {"step": "Int64", "steps": "Int64", "pid": "Int64", "params": "Int64"} | {
     t: "float64" for t in ("created", "started", "ended", "heartbeat")
 }
 _SAFE_RUN_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]*")
@@ -189,6 +202,16 @@ class RunStore:
 
         self._write(body)
 
+    def set_params(self, run_id: str, params: int) -> None:
+        """Record the parameter count of the model `run_id` trains."""
+        if isinstance(params, bool) or not isinstance(params, numbers.Integral) or params < 0:
+            raise ValueError(f"params must be a non-negative integer, got {params!r}")
+        self._write(
+            lambda conn: conn.execute(
+                "UPDATE runs SET params = ? WHERE run_id = ?", (int(params), run_id)
+            )
+        )
+
     def set_scheduler_job(self, run_id: str, job: str | None, state: str | None) -> None:
         """Record the cluster scheduler's job of `run_id` (e.g. "slurm:1234_0") and its
         latest state, so `nblab runs`, the widgets and the sidebar can show them."""
@@ -272,7 +295,8 @@ class RunStore:
 
         Columns: run_id, name, sweep, status, step, steps, pid, host, created, started,
         ended, heartbeat, error, scheduler_job, scheduler_state, kind, sources (JSON
-        text). The recipe text is left out; `run()` has it.
+        text), params (the model's parameter count, once training built it). The recipe
+        text is left out; `run()` has it.
         """
         where, params = [], []
         if sweep is not None:
@@ -289,7 +313,7 @@ class RunStore:
         if where:
             sql += " WHERE " + " AND ".join(where)
         rows = self._read(sql + " ORDER BY created, run_id", params)
-        return pd.DataFrame(rows, columns=list(RUN_COLUMNS)).astype(_RUN_DTYPES)
+        return _dataframe(rows, RUN_COLUMNS, _RUN_DTYPES)
 
     def run(self, run_id: str) -> dict[str, Any]:
         """Everything about `run_id` (the `runs()` columns plus `recipe`) as plain values."""
@@ -350,7 +374,7 @@ class RunStore:
         columns = ("run_id", "step", "key", "value", "time")
         rows = self._events("metrics", columns, run_ids, {"key": keys}, since_step)
         dtypes = {"step": "int64", "value": "float64", "time": "float64"}
-        return pd.DataFrame(rows, columns=list(columns)).astype(dtypes)
+        return _dataframe(rows, columns, dtypes)
 
     def stats(
         self,
@@ -364,7 +388,7 @@ class RunStore:
         filters = {"module": module, "role": role}
         rows = self._events("stats", columns, run_ids, filters, since_step)
         dtypes = {c: "float64" for c in ("sqnr", "saturation", "underflow", "time")}
-        return pd.DataFrame(rows, columns=list(columns)).astype(dtypes | {"step": "int64"})
+        return _dataframe(rows, columns, dtypes | {"step": "int64"})
 
     def histograms(
         self,
@@ -382,4 +406,4 @@ class RunStore:
             )
         ]
         dtypes = {"step": "int64", "time": "float64"}
-        return pd.DataFrame(rows, columns=list(columns)).astype(dtypes)
+        return _dataframe(rows, columns, dtypes)

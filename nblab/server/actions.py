@@ -30,7 +30,7 @@ def start_sweep(store: RunStore, toml: Path, jobs: int, resume: bool) -> dict[st
 
 
 def cancel_run(store: RunStore, run_id: str, wait: float) -> dict[str, Any]:
-    from nblab.batch.sweeps import cancel
+    from nblab.batch.cancellation import cancel
 
     try:
         store.run(run_id)

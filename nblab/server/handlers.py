@@ -36,7 +36,7 @@ from nblab.server.events import EventsSocket
 
 RUN_ID = r"(?P<run_id>[0-9A-Za-z][0-9A-Za-z_-]*)"
 SWEEP = r"(?P<sweep>[^/]+)"
-CANCEL_WAIT_S = 15.0  # nblab.batch.sweeps.CANCEL_GRACE_S
+CANCEL_WAIT_S = 15.0  # nblab.batch.cancellation.CANCEL_GRACE_S
 
 
 class NblabHandler(ExtensionHandlerMixin, APIHandler):

@@ -47,7 +47,13 @@ from nblab.precision.plan import PlanReport, apply_precision, quant_linears
 from nblab.recipe import Recipe
 from nblab.runs import RunStore
 from nblab.train import checkpoint, weights
-from nblab.train.data import AdditionDataset, build_dataset, exact_match_accuracy
+from nblab.train.data import (
+    AdditionDataset,
+    build_data,
+    exact_match_accuracy,
+    save_tokenizer,
+    tokenizer_vocab_size,
+)
 from nblab.train.metrics import WeightHistograms, peak_memory_bytes, peak_tflops
 from nblab.train.optim import build_optimizer, build_schedule
 
@@ -72,19 +78,6 @@ class TrainResult:
     plan: PlanReport | None = None
 
 
-def build_data(recipe: Recipe):
-    d = recipe.data
-    extra = {"digits": d.digits} if d.name == "addition" else {}
-    return build_dataset(
-        d.name,
-        path=d.path or None,
-        tokenizer=d.tokenizer,
-        val_fraction=d.val_fraction,
-        seed=recipe.train.seed,
-        **extra,
-    )
-
-
 def describe_plan(shape, plan: PlanReport) -> str:
     """A model's kind and parameter count, then every linear module with the spec of each
     of its roles, or why it stays in high precision."""
@@ -94,12 +87,14 @@ def describe_plan(shape, plan: PlanReport) -> str:
 
 
 def dry_run(recipe: Recipe) -> str:
-    """What training `recipe` would quantize, without training or writing anything: the
-    model is built on the meta device (no weights are read), the precision plan applied,
-    the parallel layout validated. Raises what training would raise first."""
+    """What training `recipe` would quantize, without training: the model is built on the
+    meta device (no weights are read), the precision plan applied, the parallel layout
+    validated. Nothing is written, except that a char tokenizer over a corpus of one's own
+    must read the corpus for its vocabulary (and caches its tokens, as a run would).
+    Raises what training would raise first."""
     recipe.validate()
     t = recipe.train
-    vocab = build_data(recipe).vocab_size
+    vocab = tokenizer_vocab_size(recipe.data) or build_data(recipe).vocab_size
     shape = model_shape(recipe.model, vocab, t.seq_len)
     if recipe.parallel.nproc > 1:
         runtime.dims_for(recipe, recipe.parallel.nproc).validate(recipe, model=shape)
@@ -163,6 +158,8 @@ class Trainer:
             backend=recipe.precision.backend,
             block_prefix=self.arch.block_prefix,
             head=self.arch.head,
+            device=self.device,
+            dtype=torch.bfloat16 if t.dtype == "bfloat16" else torch.float32,
         )
         self.model = model.to(self.device)
         self._flops_per_token = self.shape.flops_per_token(t.seq_len)
@@ -462,8 +459,8 @@ class Trainer:
     def run(self) -> dict[str, float]:
         t, e, c = self.recipe.train, self.recipe.eval, self.recipe.checkpoint
         log.info("%s", self.describe())
-        if self.writer is not None and self.step == 0:  # at step 0: kept by a resume's rewind
-            self.writer.log_metrics(0, {"params": float(self.shape.n_params)})
+        if self.writer is not None:
+            self.writer.store.set_params(self.writer.run_id, self.shape.n_params)
         # NBLAB_STEP_DELAY_S: a pause after every step, so that tests of time limits and
         # preemption can make a run outlast a limit on a machine of any speed
         delay = float(os.environ.get("NBLAB_STEP_DELAY_S", "0") or 0)
@@ -529,7 +526,9 @@ def train(
     run_dir = store.run_dir(run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = _file_log(run_dir)
-    writer = store.writer(run_id) if runtime.is_rank0() else None
+    from nblab.export.tensorboard import mirror  # metrics.tensorboard: live event files
+
+    writer = mirror(store.writer(run_id), recipe, run_dir) if runtime.is_rank0() else None
     trainer = None
     try:
         log.info("run %s (pid %d): %s", run_id, os.getpid(), recipe.name)
@@ -538,6 +537,8 @@ def train(
         )
         if trainer.rank0:
             (run_dir / "plan.txt").write_text(trainer.describe() + "\n")
+            if hasattr(getattr(trainer.dataset, "tokenizer", None), "save"):
+                save_tokenizer(trainer.dataset, run_dir)  # run_dir/tokenizer: what it read
             if trainer.init_source is not None:
                 weights.record(run_dir, trainer.init_source)
         if resume:

@@ -8,6 +8,11 @@ A panel periodic callback (an asyncio task on the kernel's own event loop, no th
 calls `refresh()` every `interval_ms`. Each refresh reads only the rows past the last
 step it has of each live run, keeps the full series in memory, and draws a min-max
 downsample of about `points` points per run and key. It stops once every run has ended.
+
+Runs that are one configuration over several seeds (nblab.groups: recipes equal but for
+train.seed) are drawn as one line per configuration, the mean of its runs, with a band
+of ± one standard deviation, as the report draws them; `group=False` draws every run.
+Colours come from nblab.groups.colors, the report's palette.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from nblab import groups
 from nblab.runs import TERMINAL_STATUSES, RunStore
+from nblab.widgets.display import PanelView
 from nblab.widgets.runset import resolve_runs
 from nblab.widgets.sampling import downsample_indices, smooth
 
@@ -32,6 +39,7 @@ BADGES = {
     "cancelled": "■",
 }
 DASHES = ("solid", "dashed", "dotted", "dotdash", "dashdot")
+FAILED = ("failed", "diverged", "cancelled")  # left out of a group's mean and band
 
 
 @dataclass
@@ -48,11 +56,13 @@ class _Series:
         self.time = np.concatenate([self.time, time])
 
 
-class RunMonitor:
+class RunMonitor(PanelView):
     """Live overlay of metric `keys` for the runs of `runs_or_sweep` (a run id, run ids,
     a SweepHandle or a sweep name). x: "step", "tokens" (from the `tokens` metric) or
-    "time" (seconds since the run started). `.data[run_id]`: the frame drawn for that
-    run (key, step, x, value), downsampled and smoothed."""
+    "time" (seconds since the run started). `.data[run_id]`: that run's frame (key,
+    step, x, value), downsampled and smoothed. group: draw runs that differ only in
+    their seed as one mean line with a ± sd band (`.group_data[label]`: key, step, x,
+    mean, sd, n); None (default) does so when some configuration has several runs."""
 
     def __init__(
         self,
@@ -67,6 +77,7 @@ class RunMonitor:
         points: int = 2000,
         autostart: bool = True,
         title: str | None = None,
+        group: bool | None = None,
     ):
         if x not in X_AXES:
             raise ValueError(f"x={x!r}; accepted: {', '.join(X_AXES)}")
@@ -81,6 +92,10 @@ class RunMonitor:
         self.status: dict[str, str] = {}
         self.names: dict[str, str] = {}
         self.kinds: dict[str, str] = {}  # train | eval | merge
+        self._group_setting = group
+        self.groups: dict[str, str] = {}  # run_id -> its configuration's label
+        self._recipes: dict[str, dict] = {}  # run_id -> parsed recipe, read once
+        self._group_drawn: dict[str, dict[str, dict[str, np.ndarray]]] = {}
         self._reset()
         self._figure_parts: dict[str, Any] | None = None
         self._panel = None
@@ -150,8 +165,14 @@ class RunMonitor:
                 prev_step, prev_keys = self._last.get(run_id, (-1, set()))
                 self._last[run_id] = (top, (prev_keys | at_top) if top == prev_step else at_top)
                 changed.add(run_id)
-        for run_id in changed | (set(run_ids) - set(self._drawn)):
+        fresh = changed | (set(run_ids) - set(self._drawn))
+        for run_id in fresh:
             self._drawn[run_id] = self._curves(run_id)
+        self._regroup(run_ids)
+        if self.grouped:
+            touched = {self.groups[r] for r in fresh}
+            for label in touched | (set(self.groups.values()) - set(self._group_drawn)):
+                self._group_drawn[label] = self._group_curves(label)
         self._draw(run_ids, changed)
         if self._callback is not None and run_ids and len(ended) == len(run_ids):
             self.stop()  # everything ended and was read
@@ -182,6 +203,90 @@ class RunMonitor:
             keep = downsample_indices(y, self.points)
             x = self._x_values(run_id, series)
             out[key] = {"step": series.step[keep], "x": x[keep], "y": y[keep]}
+        return out
+
+    # -- groups of seeds ------------------------------------------------------------
+    def _regroup(self, run_ids: list[str]) -> None:
+        """Label every run with its configuration (nblab.groups), reading the recipes of
+        runs seen for the first time."""
+        import tomllib
+
+        if list(self.groups) == run_ids:
+            return  # the same runs: the same groups
+        for run_id in run_ids:
+            if run_id not in self._recipes:
+                self._recipes[run_id] = tomllib.loads(self.store.run(run_id)["recipe"])
+        names = [self.names.get(r, r).rpartition("/")[2] for r in run_ids]
+        labels = groups.group(names, [self._recipes[r] for r in run_ids])
+        self.groups = dict(zip(run_ids, labels, strict=True))
+
+    @property
+    def grouped(self) -> bool:
+        """Whether runs are drawn per configuration (mean and band) or one by one."""
+        if self._group_setting is not None:
+            return self._group_setting
+        return len(set(self.groups.values())) < len(self.groups)
+
+    def _members(self, label: str) -> list[str]:
+        """The runs of a configuration that enter its mean: those that did not fail
+        (all of them when every one failed)."""
+        runs = [r for r, g in self.groups.items() if g == label]
+        ok = [r for r in runs if self.status.get(r) not in FAILED]
+        return ok or runs
+
+    def _group_curves(self, label: str) -> dict[str, dict[str, np.ndarray]]:
+        """key -> {"step", "x", "y" (the mean), "lower", "upper" (± sd), "n"} over the
+        group's runs at each step any of them logged, downsampled by the mean."""
+        out = {}
+        for key in self.keys:
+            parts = []
+            for run_id in self._members(label):
+                series = self._series.get((run_id, key))
+                if series is None or not len(series.step):
+                    continue
+                parts.append(
+                    pd.DataFrame(
+                        {
+                            "step": series.step,
+                            "x": self._x_values(run_id, series),
+                            "y": smooth(series.value, self._smoothing),
+                        }
+                    )
+                )
+            if not parts:
+                continue
+            by_step = pd.concat(parts).groupby("step")
+            mean, sd = by_step.y.mean(), by_step.y.std(ddof=1).fillna(0.0)
+            keep = downsample_indices(mean.to_numpy(), self.points)
+            out[key] = {
+                "step": mean.index.to_numpy()[keep],
+                "x": by_step.x.mean().to_numpy()[keep],
+                "y": mean.to_numpy()[keep],
+                "lower": (mean - sd).to_numpy()[keep],
+                "upper": (mean + sd).to_numpy()[keep],
+                "n": by_step.y.count().to_numpy()[keep],
+            }
+        return out
+
+    @property
+    def group_data(self) -> dict[str, pd.DataFrame]:
+        """label -> what is drawn for that configuration: key, step, x, mean, sd, n."""
+        out = {}
+        for label, curves in self._group_drawn.items():
+            parts = [
+                pd.DataFrame(
+                    {
+                        "key": key,
+                        "step": c["step"],
+                        "x": c["x"],
+                        "mean": c["y"],
+                        "sd": (c["upper"] - c["lower"]) / 2,
+                        "n": c["n"],
+                    }
+                )
+                for key, c in curves.items()
+            ]
+            out[label] = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
         return out
 
     @property
@@ -222,9 +327,10 @@ class RunMonitor:
         self._log_y = self._log_y if log_y is None else log_y
         if refetch:
             self._reset()
-            self._drawn = {}
+            self._drawn, self._group_drawn = {}, {}
         else:
             self._drawn = {r: self._curves(r) for r in self._drawn}
+            self._group_drawn = {g: self._group_curves(g) for g in self._group_drawn}
         if axes:
             self._figure_parts = None  # bokeh fixes the axis type when a figure is made
         if refetch:
@@ -265,33 +371,76 @@ class RunMonitor:
         )
         legend = Legend(items=[], click_policy="hide", location="top_right")
         fig.add_layout(legend, "right")
-        return {"figure": fig, "legend": legend, "sources": {}, "items": {}, "labels": {}}
+        parts = {"figure": fig, "legend": legend, "sources": {}, "items": {}, "labels": {}}
+        return parts | {"grouped": self.grouped}
+
+    def _group_label(self, label: str) -> str:
+        runs = [r for r, g in self.groups.items() if g == label]
+        counts = pd.Series([self.status.get(r, "?") for r in runs]).value_counts()
+        for status in ("running", "queued", "succeeded"):  # the badge of the least done
+            if status in counts:
+                break
+        else:
+            status = counts.index[0]
+        text = ", ".join(f"{n} {s}" for s, n in counts.items())
+        return f"{BADGES.get(status, '?')} {label} ({len(runs)} runs: {text})"
+
+    def _entries(self, run_ids: list[str], changed: set[str]):
+        """What the figure draws: (id, name, legend label, colour, curves by key,
+        changed), one per run, or one per configuration when grouped."""
+        if not self.grouped:
+            palette = groups.colors(run_ids)
+            return [
+                (r, self.names.get(r, r), self._label(r), palette[r], self._drawn.get(r, {}))
+                + (r in changed,)
+                for r in run_ids
+            ]
+        labels = [self.groups[r] for r in run_ids]
+        palette = groups.colors(labels)
+        touched = {self.groups[r] for r in changed}
+        return [
+            (
+                f"group:{label}",
+                label,
+                self._group_label(label),
+                palette[label],
+                self._group_drawn.get(label, {}),
+                label in touched,
+            )
+            for label in dict.fromkeys(labels)
+        ]
 
     def _draw(self, run_ids: list[str], changed: set[str]) -> None:
+        if self._figure_parts is not None and self._figure_parts["grouped"] != self.grouped:
+            self._figure_parts = None  # a second seed arrived: redraw as configurations
         if self._figure_parts is None:
             self._figure_parts = self._new_figure()
-            changed = set(self._drawn)
+            changed = set(run_ids)
             if self._panel is not None:
                 self._panel_parts["plot"].object = self._figure_parts["figure"]
         parts = self._figure_parts
         from bokeh.core.properties import value
         from bokeh.models import ColumnDataSource, LegendItem
-        from bokeh.palettes import Category10_10, Category20_20
 
-        palette = Category10_10 if len(run_ids) <= 10 else Category20_20
-        for i, run_id in enumerate(run_ids):
-            curves = self._drawn.get(run_id, {})
-            color = palette[i % len(palette)]
+        for entry, name, label, color, curves, dirty in self._entries(run_ids, changed):
             renderers = []
             for k, key in enumerate(self.keys):
-                source = parts["sources"].get((run_id, key))
+                source = parts["sources"].get((entry, key))
                 if source is None:
-                    source = ColumnDataSource({"x": [], "y": [], "step": []})
-                    parts["sources"][(run_id, key)] = source
-                    name = f"{self.names.get(run_id, run_id)} {key}"
-                    if self.kinds.get(run_id, "train") == "eval":  # one point per key: markers
+                    empty = {"x": [], "y": [], "step": []}
+                    if self.grouped:
+                        empty |= {"lower": [], "upper": [], "n": []}
+                    source = ColumnDataSource(empty)
+                    parts["sources"][(entry, key)] = source
+                    if self.grouped:  # the band first, under its line
+                        renderers.append(
+                            parts["figure"].varea(
+                                "x", "lower", "upper", source=source, color=color, alpha=0.2
+                            )
+                        )
+                    if self.kinds.get(entry) == "eval":  # one point per key: a marker
                         line = parts["figure"].scatter(
-                            "x", "y", source=source, color=color, size=9, name=name
+                            "x", "y", source=source, color=color, size=9, name=f"{name} {key}"
                         )
                     else:
                         line = parts["figure"].line(
@@ -301,22 +450,21 @@ class RunMonitor:
                             color=color,
                             line_width=1.6,
                             line_dash=DASHES[k % len(DASHES)],
-                            name=name,
+                            name=f"{name} {key}",
                         )
                     renderers.append(line)
-                if run_id in changed and key in curves:
+                if (dirty or not len(source.data["x"])) and key in curves:
                     source.data = dict(curves[key])
-            label = self._label(run_id)
-            item = parts["items"].get(run_id)
+            item = parts["items"].get(entry)
             if item is None:
                 item = LegendItem(label=label, renderers=renderers)
-                parts["items"][run_id] = item
+                parts["items"][entry] = item
                 parts["legend"].items = [*parts["legend"].items, item]
-            elif parts["labels"][run_id] != label:
+            elif parts["labels"][entry] != label:
                 # value(): a bare string assigned later would name a data column, and the
                 # page would show "Invalid field" (the constructor converts it by itself)
                 item.label = value(label)
-            parts["labels"][run_id] = label
+            parts["labels"][entry] = label
         if self._panel is not None:
             self._panel_parts["status"].object = self._summary(run_ids)
             self._push()
@@ -337,7 +485,8 @@ class RunMonitor:
 
     @property
     def legend(self) -> dict[str, str]:
-        """run_id -> its legend label (status badge, name, status)."""
+        """run_id (or "group:<label>" when grouped) -> its legend label (status badge,
+        name, status)."""
         return dict(self._figure_parts["labels"])
 
     @property
@@ -368,12 +517,6 @@ class RunMonitor:
                 pn.Row(x, smoothing, log_x, log_y), plot, status, sizing_mode="stretch_width"
             )
         return self._panel
-
-    def __panel__(self):
-        return self.panel
-
-    def _repr_mimebundle_(self, include=None, exclude=None):
-        return self.panel._repr_mimebundle_(include, exclude)
 
     def start(self) -> None:
         """Refresh every interval_ms on the kernel's event loop (a no-op without one)."""

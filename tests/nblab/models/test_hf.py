@@ -220,3 +220,19 @@ def test_a_checkpoint_folder_loads_offline_with_its_weights(tmp_path):
         assert torch.equal(model.state_dict()[name], value), name
     with pytest.raises(ValueError, match="embedding has 256 rows, but the tokenizer has 300"):
         build_model({"name": "hf", "path": str(tmp_path)}, vocab_size=300, max_seq_len=32)
+
+
+def test_a_tokenizer_larger_than_the_checkpoint_embedding_is_named(tmp_path):
+    config = AutoConfig.for_model("qwen2", vocab_size=512, **TINY["qwen2"])
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "ckpt")
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"text": "one document"}\n{"text": "another one"}\n')
+    base = Recipe.preset("gpt-debug").with_overrides(
+        {"model.name": "hf", "model.path": str(tmp_path / "ckpt"), "data.name": f"files:{corpus}"}
+    )
+    assert base.with_overrides(["data.tokenizer=bpe:512"]).data.tokenizer == "bpe:512"  # fits
+    with pytest.raises(RecipeError) as err:
+        base.with_overrides(["data.tokenizer=bpe:600"])
+    (field, value, says), *_ = err.value.problems
+    assert (field, value) == ("data.tokenizer", "bpe:600")
+    assert "embedding has 512 rows, but this tokenizer has 600 ids" in says

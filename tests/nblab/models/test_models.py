@@ -125,3 +125,15 @@ def test_meta_build_allocates_nothing():
     with torch.device("meta"):
         model = build_model({"name": "py", "factory": OWN, "config": {}}, 10, 8)
     assert all(p.is_meta for p in model.parameters())
+
+
+def test_the_llama_formats_sweep_validates_every_point():
+    from nblab.sweep import Sweep
+
+    sweep = Sweep.from_toml(Path(__file__).parents[3] / "sweeps" / "llama-formats.toml")
+    points = sweep.expand()  # every point is a valid recipe, or this raises
+    assert len(points) == 12
+    recipe = points[0].recipe
+    assert (recipe.model.name, recipe.model.architecture) == ("hf", "llama")
+    shape = model_shape(recipe.model, 257, recipe.train.seq_len)
+    assert 70e6 < shape.n_params < 80e6  # "about 76M parameters", as its comment says

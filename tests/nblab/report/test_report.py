@@ -125,6 +125,7 @@ def test_base_recipe_drops_the_swept_fields_and_lists_them(fake_home):
     assert list(data.axes) == ["optimizer.lr", "precision.preset"]
     text = data.base_recipe()
     assert "#   precision.preset = bf16 | mxfp4 | mxfp8 | nvfp4" in text
+    assert "# model parameters: 88,832" in text
     body = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
     assert "preset" not in body and "lr" not in body and "[precision]" not in body
     assert 'flavour = "debug"' in body and "weight_decay = 0.1" in body
@@ -183,6 +184,7 @@ def test_html_has_the_sweep_points_failures_recipes_and_versions(built):
     assert '\npreset = "nvfp4"\n' in text  # an exact recipe, in its <details>
     assert importlib.metadata.version("torch") in text
     assert re.search(r"<td>0\.125</td>", text)  # mxfp8's gap in the table
+    assert "The ranking is from single runs" in text  # no seed axis: said in one line
 
 
 def test_html_is_self_contained(built):

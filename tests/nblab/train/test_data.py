@@ -323,8 +323,8 @@ def test_hf_loads_a_dataset_saved_to_disk(tmp_path):
 # --- the registry refuses bad input by name -------------------------------------------------
 
 
-def test_registry_holds_the_four_datasets():
-    assert sorted(DATASETS) == ["addition", "hf", "pydoc", "text"]
+def test_registry_holds_the_five_datasets():
+    assert sorted(DATASETS) == ["addition", "files", "hf", "pydoc", "text"]
 
 
 def test_an_empty_path_counts_as_none():
@@ -336,7 +336,11 @@ def test_an_empty_path_counts_as_none():
 @pytest.mark.parametrize(
     ("name", "kwargs", "pattern"),
     [
-        ("wikitext", {}, r"name='wikitext' is not registered; accepted: \['addition', 'hf'"),
+        (
+            "wikitext",
+            {},
+            r"name='wikitext' is not registered; accepted: \['addition', 'files', 'hf'",
+        ),
         ("pydoc", {"tokenizer": "bpe"}, r"tokenizer='bpe' .* accepted: \['byte', 'char'\]"),
         ("pydoc", {"val_fraction": 0}, r"val_fraction=0 must be strictly between 0 and 1"),
         ("pydoc", {"val_fraction": 1.5}, r"val_fraction=1.5 must be strictly between 0 and 1"),

@@ -182,3 +182,11 @@ def test_checkpoint_from_before_optimizer_keys_by_name_resumes_in_its_own_layout
     other = Trainer(recipe)
     with pytest.raises(NotImplementedError, match="saved with parallel.pp=1 by an older"):
         checkpoint.load(old, other.model, other.optimizer, other.scheduler, pp=2)
+
+
+def test_a_run_records_its_model_size_and_plan(store):
+    result = train(DEBUG.with_overrides(["train.steps=1"]), store=store)
+    run = store.run(result.run_id)
+    assert run["params"] == 88_832 and run["kind"] == "train"  # gpt-debug, char vocab 103
+    plan = (store.run_dir(result.run_id) / "plan.txt").read_text()
+    assert plan.startswith("model gpt: 88,832 parameters (88,832 in matmuls)\nprecision bf16")

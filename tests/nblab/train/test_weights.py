@@ -110,3 +110,15 @@ def test_weights_of_another_shape_name_the_first_that_differs(store):
     wider = debug(f"model.init_from={run.run_id}", "model.config.d_model=128")
     with pytest.raises(ValueError, match=r"'tok_emb.weight' has shape \(256, 64\).*\(256, 128\)"):
         Trainer(wider)
+
+
+def test_nblab_export_hf_from_the_command_line(store, tmp_path, capsys):
+    from nblab.cli import main as cli
+
+    run = train(debug(), store=store)
+    out = tmp_path / "cli-export"
+    assert cli(["export", run.run_id, "--hf", str(out), "--step", "2"]) == 0
+    assert json.loads((out / "nblab.json").read_text())["step"] == 2
+    assert f"{run.run_id}: {out}" in capsys.readouterr().out
+    assert cli(["export", run.run_id, "--hf", str(out), "--step", "7"]) == 2
+    assert "saved no step 7; saved steps: [2, 3]" in capsys.readouterr().err
