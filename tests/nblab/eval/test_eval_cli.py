@@ -8,8 +8,12 @@ import re
 import pytest
 from eval_helpers import debug
 
+from nblab.batch.base import Launcher
+from nblab.batch.sweeps import run_sweep
 from nblab.cli import main as cli
+from nblab.eval.report import eval_runs
 from nblab.eval.source import eval_recipe, resolve_source, run_fields
+from nblab.launch import launch
 from nblab.recipe import Recipe, RecipeError
 from nblab.runs import RunStore
 from nblab.sweep import Sweep
@@ -121,3 +125,36 @@ def test_a_sweep_over_eval_precision_makes_eval_runs_of_the_source(store, traine
     fields = run_fields(points[0].recipe, store)
     assert fields == {"steps": 12, "kind": "eval", "sources": [{"run_id": trained, "step": 12}]}
     assert run_fields(debug(), store) == {"steps": 12}
+
+    # run_sweep creates the runs and a launcher runs them as a batch job does: launch() of
+    # the run's recipe with its run id (papermill's job is test_eval_views' Measure)
+    sweep = Sweep.from_overrides(base, ["eval.precision=nvfp4,int4_b32"])
+    handle = run_sweep(sweep, launcher=InProcessLauncher(store), store=store)
+    runs = store.runs(sweep=sweep.name)
+    assert list(runs.run_id) == handle.run_ids and set(runs.status) == {"succeeded"}
+    assert set(runs.kind) == {"eval"} and list(runs.steps) == [12, 12]
+    evals = eval_runs(store).set_index("run_id").loc[handle.run_ids]
+    assert list(evals.precision) == ["nvfp4", "int4_b32"] and evals.val_loss.notna().all()
+
+
+class InProcessLauncher(Launcher):
+    """Runs each submitted run at once in this process, as a batch job would (launch)."""
+
+    def __init__(self, store: RunStore):
+        self.store, self.run_ids = store, []
+
+    def submit(self, run_ids) -> None:
+        for run_id in run_ids:
+            self.run_ids.append(run_id)
+            launch(
+                Recipe.from_toml(self.store.run(run_id)["recipe"]), store=self.store, run_id=run_id
+            )
+
+    def poll(self) -> dict[str, str]:
+        return {r: self.store.run(r)["status"] for r in self.run_ids}
+
+    def cancel(self, run_id: str) -> None:
+        raise NotImplementedError
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return True

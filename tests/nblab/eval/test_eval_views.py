@@ -12,22 +12,44 @@ from nblab.eval.report import ADVICE_FILE, EvalReport, eval_runs, plot_sensitivi
 from nblab.eval.run import run
 from nblab.eval.source import eval_recipe, resolve_source
 from nblab.report import load_sweep
+from nblab.runs import RunStore
 from nblab.train.trainer import train
 from nblab.widgets import PrecisionAdvisor, RecipeBuilder, RunMonitor, SensitivityMap
 
 
-@pytest.fixture
-def scanned(store):
+@pytest.fixture(scope="module")
+def scanned_home(tmp_path_factory):
     """A bf16 and an mxfp4 point of sweep "s", and the bf16 point's evaluations: mxfp4
-    weights only and with activations, and a module scan in mxfp4."""
-    ids = {}
-    for preset in ("bf16", "mxfp4"):
-        recipe = debug(f"precision.preset={preset}", f"name=s/preset={preset}")
-        ids[preset] = train(recipe, store=store, sweep="s").run_id
-    source = resolve_source(ids["bf16"], store=store)
-    for weights_only in (True, False):
-        run(eval_recipe(source, precision="mxfp4", weights_only=weights_only), store=store)
-    scan = run(eval_recipe(source, precision="mxfp4", scan="module"), store=store)
+    weights only and with activations, and a module scan in mxfp4 (made once: the tests
+    only add runs that the others leave out)."""
+    home = tmp_path_factory.mktemp("views") / "home"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("NBLAB_HOME", str(home))
+    try:
+        store = RunStore(home)
+        ids = {}
+        for preset in ("bf16", "mxfp4"):
+            recipe = debug(f"precision.preset={preset}", f"name=s/preset={preset}")
+            ids[preset] = train(recipe, store=store, sweep="s").run_id
+        source = resolve_source(ids["bf16"], store=store)
+        for weights_only in (True, False):
+            run(eval_recipe(source, precision="mxfp4", weights_only=weights_only), store=store)
+        scan = run(eval_recipe(source, precision="mxfp4", scan="module"), store=store)
+    finally:
+        mp.undo()
+    return home, ids, scan
+
+
+@pytest.fixture
+def store(scanned_home, monkeypatch) -> RunStore:
+    home, _, _ = scanned_home
+    monkeypatch.setenv("NBLAB_HOME", str(home))
+    return RunStore(home)
+
+
+@pytest.fixture
+def scanned(scanned_home, store):
+    _, ids, scan = scanned_home
     return ids, scan
 
 
