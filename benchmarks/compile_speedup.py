@@ -17,18 +17,10 @@ import time
 from pathlib import Path
 
 import torch
+from steps import QUIET, seconds_per_step
 
 from nblab import Recipe
 from nblab.train.trainer import Trainer
-
-QUIET = ["eval.interval=0", "metrics.stats_interval=0", "metrics.histogram_interval=0"]
-
-
-def timed(trainer: Trainer, steps: int) -> float:
-    start = time.perf_counter()
-    for _ in range(steps):
-        trainer.train_step()
-    return (time.perf_counter() - start) / steps
 
 
 def main() -> None:
@@ -66,8 +58,8 @@ def main() -> None:
         eager.train_step()
         seconds = {"eager": [], "compiled": []}
         for _ in range(args.rounds):
-            seconds["eager"].append(timed(eager, args.steps))
-            seconds["compiled"].append(timed(compiled, args.steps))
+            seconds["eager"].append(seconds_per_step(eager, args.steps))
+            seconds["compiled"].append(seconds_per_step(compiled, args.steps))
         e, c = (statistics.median(seconds[k]) for k in ("eager", "compiled"))
         line = f"{preset:16s} {first:9.1f} {e:12.3f} {c:9.3f} {e / c:7.2f}x"
         lines.append(line)

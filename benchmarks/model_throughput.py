@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import time
 from pathlib import Path
 
 import torch
+from steps import QUIET, seconds_per_step
 
 from nblab import Recipe
 from nblab.train.trainer import Trainer
@@ -34,14 +34,6 @@ LLAMA_TINY = {
         "tie_word_embeddings": True,
     },
 }
-QUIET = ["eval.interval=0", "metrics.stats_interval=0", "metrics.histogram_interval=0"]
-
-
-def timed(trainer: Trainer, steps: int) -> float:
-    start = time.perf_counter()
-    for _ in range(steps):
-        trainer.train_step()
-    return (time.perf_counter() - start) / steps
 
 
 def main() -> None:
@@ -63,7 +55,7 @@ def main() -> None:
     seconds: dict[str, list[float]] = {name: [] for name in trainers}
     for _ in range(args.rounds):
         for name, trainer in trainers.items():
-            seconds[name].append(timed(trainer, args.steps))
+            seconds[name].append(seconds_per_step(trainer, args.steps))
     t = base.train
     tokens = t.batch_size * t.seq_len
     name = platform.processor() or platform.machine()

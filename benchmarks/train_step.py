@@ -23,12 +23,12 @@ import time
 from pathlib import Path
 
 import torch
+from steps import QUIET
 
 from nblab import Recipe
 from nblab.train.trainer import Trainer
 
 PRESETS = ["bf16", "fp8_tensorwise", "fp8_rowwise", "mxfp8", "mxfp4", "nvfp4", "int8_rowwise"]
-QUIET = ["eval.interval=0", "metrics.stats_interval=0", "metrics.histogram_interval=0"]
 
 
 def _sync(device: torch.device) -> None:

@@ -5,10 +5,13 @@
     native    the hardware's scaled GEMM (torch._scaled_mm) of the quantized codes
               wherever the device runs it for the GEMM's two operands, emulated where
               it does not (the plan says why)
-    auto      native where it runs and its result is within the GEMM accumulation
-              tolerance of the emulated one (nblab_kernels.matmul.gemm_tolerance),
-              measured once per process on the device (matmul.probe); emulated
-              elsewhere
+    auto      native on a GPU where it runs and its result is within the GEMM
+              accumulation tolerance of the emulated one
+              (nblab_kernels.matmul.gemm_tolerance), measured once per process on the
+              device (matmul.probe); emulated elsewhere, and always on the CPU, which
+              has no FP8 GEMM units: there torch's native kernel is itself an
+              emulation, slower than nblab's (gpt-tiny fp8_tensorwise: 2.05x bf16's
+              CPU time per step native, 1.50x emulated, benchmarks/train_step.py)
 
 A native GEMM whose probe result is far outside that tolerance (more than
 REFUSE_FACTOR times) is a wrong answer, not rounding: it is refused in both modes.
@@ -25,6 +28,8 @@ from nblab_kernels import QuantSpec
 from nblab_kernels.matmul import native_kind, probe
 
 REFUSE_FACTOR = 64.0
+# where auto may choose native: devices with low-precision GEMM hardware
+AUTO_NATIVE_DEVICES = ("cuda",)
 
 # each GEMM's operands (A, B) and whether each is held (K, rows): quantized along dim 0
 LAYOUT = {
@@ -71,6 +76,12 @@ def _choose(specs, gemm: str, mode: str, device: torch.device, dtype) -> GemmCho
         return GemmChoice(False, "emulated")
     if a is None or b is None:
         return GemmChoice(False, f"emulated: {ra if a is None else rb} is in high precision")
+    if mode == "auto" and device.type not in AUTO_NATIVE_DEVICES:
+        return GemmChoice(
+            False,
+            f"emulated: {device.type} has no low-precision GEMM units, so native is no "
+            f"faster there (precision.gemm=native runs it)",
+        )
     p = probe(a, b, device, dtype, a_kfirst, b_kfirst)
     if not p.ran:
         return GemmChoice(False, f"emulated: {p.error}")

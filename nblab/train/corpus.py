@@ -528,16 +528,11 @@ class CorpusDataset:
     def get_batch(
         self, split: str, batch_size: int, seq_len: int, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        from nblab.train.data import check_batch_args
+        from nblab.train.data import window_starts
 
-        check_batch_args(split, batch_size, seq_len)
+        where = f"the corpus in {self.folder}"
+        starts = window_starts(split, batch_size, seq_len, generator, self.tokens, where)
         data = self.tokens[split]
-        if len(data) < seq_len + 1:
-            raise ValueError(
-                f"seq_len={seq_len} needs {seq_len + 1} tokens, but split {split!r} of the "
-                f"corpus in {self.folder} has {len(data)}"
-            )
-        starts = torch.randint(0, len(data) - seq_len, (batch_size,), generator=generator)
         item = data.dtype.itemsize
         with open(data.filename, "rb") as f:
             rows = [

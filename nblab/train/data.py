@@ -81,6 +81,26 @@ def check_batch_args(split: str, batch_size: int, seq_len: int) -> None:
     _check_positive_int("seq_len", seq_len)
 
 
+def window_starts(
+    split: str,
+    batch_size: int,
+    seq_len: int,
+    generator: torch.Generator,
+    tokens: dict,
+    where: str,
+) -> torch.Tensor:
+    """The first token of each of a batch's random windows of seq_len + 1 tokens in
+    tokens[split]; `where` names the token stream in the error when it is too short."""
+    check_batch_args(split, batch_size, seq_len)
+    n_tokens = len(tokens[split])
+    if n_tokens < seq_len + 1:
+        raise ValueError(
+            f"seq_len={seq_len} needs {seq_len + 1} tokens, but split {split!r} of {where} "
+            f"has {n_tokens}"
+        )
+    return torch.randint(0, n_tokens - seq_len, (batch_size,), generator=generator)  # (B,)
+
+
 # ---------------------------------------------------------------------------------------------
 # token streams: pydoc, text, hf
 
@@ -142,14 +162,9 @@ class TokenStreamDataset:
     def get_batch(
         self, split: str, batch_size: int, seq_len: int, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        check_batch_args(split, batch_size, seq_len)
+        where = f"dataset {self.name!r}" + (f" ({self.source})" if self.source else "")
+        starts = window_starts(split, batch_size, seq_len, generator, self.tokens, where)
         data = self.tokens[split]
-        if len(data) < seq_len + 1:
-            raise ValueError(
-                f"seq_len={seq_len} needs {seq_len + 1} tokens, but split {split!r} of dataset "
-                f"{self.name!r} has {len(data)}"
-            )
-        starts = torch.randint(0, len(data) - seq_len, (batch_size,), generator=generator)  # (B,)
         windows = data[starts[:, None] + torch.arange(seq_len + 1)].long()  # (B, T + 1)
         return windows[:, :-1], windows[:, 1:]  # x (B, T), y (B, T)
 

@@ -139,7 +139,7 @@ def test_a_failing_point_fails_alone_with_its_error(failing_sweep):
     assert set(by_name.values()) == {"succeeded"}
 
     bad = frame[frame.name == short].iloc[0]
-    assert "needs 33 tokens" in bad.error and "has 4" in bad.error
+    assert "needs 33 tokens" in bad.error and "short.txt" in bad.error
     assert bad.error.startswith("cell ")  # where: the cell index of the output notebook
     cells = executed_cells(store.run_dir(bad.run_id) / OUTPUT_NOTEBOOK)
     errors = [c for c in cells if any(o.output_type == "error" for o in c.outputs)]

@@ -160,7 +160,7 @@ def test_unsupported_combinations_fall_back_with_the_reason_in_the_plan():
     assert all("need sm_100" in why for why in report.modules[0].gemms.values())
     assert "0 of 3 GEMMs native" in str(report) and "need sm_100" in str(report)
 
-    report, _ = _plan("int8_rowwise", "auto")
+    report, _ = _plan("int8_rowwise", "native")
     assert "no native GEMM for int8" in report.modules[0].gemms["forward"]
 
     report, model = _plan("fp8_rowwise", "native", dgrad_dy="high")
@@ -182,10 +182,21 @@ def test_auto_takes_native_only_within_the_accumulation_tolerance(monkeypatch, r
     """A probe between 1x and REFUSE_FACTOR x the tolerance is rounding that is not
     exact: native takes it, auto does not; beyond, a wrong answer: both refuse."""
     monkeypatch.setattr(gemm_mod, "probe", lambda *a: Probe("", ratio * 1e-6, 1e-6))
+    monkeypatch.setattr(gemm_mod, "AUTO_NATIVE_DEVICES", ("cuda", "cpu"))  # as if it had units
     for mode, expected in (("auto", auto), ("native", native)):
         report, model = _plan("fp8_rowwise", mode)
         assert (model.proj.native_gemms == {"forward", "dgrad", "wgrad"}) == expected
         assert f"{ratio:.2g} of the accumulation tolerance" in report.modules[0].gemms["forward"]
+
+
+def test_auto_stays_emulated_on_the_cpu():
+    """The CPU has no FP8 GEMM units: torch's native kernel there is slower than the
+    emulation, so auto never picks it (native still runs it when asked)."""
+    report, model = _plan("fp8_rowwise", "auto")
+    assert model.proj.native_gemms == frozenset()
+    assert "cpu has no low-precision GEMM units" in report.modules[0].gemms["forward"]
+    _, model = _plan("fp8_rowwise", "native")
+    assert model.proj.native_gemms == {"forward", "dgrad", "wgrad"}
 
 
 def test_precision_gemm_is_validated_and_defaults_to_auto():
