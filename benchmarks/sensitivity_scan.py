@@ -1,7 +1,8 @@
 """The full sensitivity scan of gpt-tiny: every linear, three formats, timed in one process.
 
     .venv/bin/python benchmarks/sensitivity_scan.py [--presets nvfp4 mxfp4 int4_b32]
-        [--steps 30] [--batches N] [--weights-only] [--compare-full] [--out FILE]
+        [--steps 30] [--batches N] [--weights-only] [--compare-full] [--threads N]
+        [--compare-threads N] [--out FILE]
 
 A gpt-tiny checkpoint is trained in bf16 for --steps steps (the scan's cost does not depend
 on how well it trained), loaded once, then scanned by module in each format: every linear
@@ -53,7 +54,16 @@ def main() -> None:
     parser.add_argument("--weights-only", action="store_true")
     parser.add_argument("--compare-full", action="store_true")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--threads", type=int, help="torch threads (default torch's: one per core)")
+    parser.add_argument(
+        "--compare-threads",
+        type=int,
+        metavar="N",
+        help="then scan the first format again with N torch threads, in this process",
+    )
     args = parser.parse_args()
+    if args.threads:  # on a busy machine two OpenMP threads can wait on each other
+        torch.set_num_threads(args.threads)
 
     home = os.environ.get("NBLAB_HOME") or tempfile.mkdtemp(prefix="nblab-bench-")
     store = RunStore(home)
@@ -119,6 +129,18 @@ def main() -> None:
             f"{replayed.block_passes} blocks, {replayed.seconds:.1f} s, {replayed.cpu_seconds:.1f}"
             f" s CPU: {full.cpu_seconds / replayed.cpu_seconds:.2f}x less CPU; rows identical: "
             f"{same}"
+        )
+    if args.compare_threads:
+        preset, threads = args.presets[0], torch.get_num_threads()
+        torch.set_num_threads(args.compare_threads)
+        other = scan(evaluator, preset, weights_only=args.weights_only)
+        torch.set_num_threads(threads)
+        again = scan(evaluator, preset, weights_only=args.weights_only)
+        summary.append(
+            f"{preset} with {args.compare_threads} threads: {other.seconds:.1f} s wall, "
+            f"{other.cpu_seconds:.1f} s CPU; with {threads} again after it: {again.seconds:.1f}"
+            f" s wall, {again.cpu_seconds:.1f} s CPU: {other.seconds / again.seconds:.2f}x the "
+            f"wall time ({load()})"
         )
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     summary.append(f"end: {load()}; measured {when}")
