@@ -4,10 +4,18 @@ gpt-tiny run shared by every test (trained far enough that formats differ clearl
 from __future__ import annotations
 
 import pytest
-from eval_helpers import TINY
+from eval_helpers import TINY, one_torch_thread
 
 from nblab.runs import RunStore
 from nblab.train.trainer import train
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Every test here on one torch thread, restored after each module (the rest of the
+    suite keeps its own)."""
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture
@@ -24,7 +32,8 @@ def tiny(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("NBLAB_HOME", str(home))
     try:
-        result = train(TINY, store=RunStore(home))
+        with one_torch_thread():  # a session fixture: made before the module's _one_thread
+            result = train(TINY, store=RunStore(home))
     finally:
         mp.undo()
     assert result.status == "succeeded"

@@ -3,7 +3,24 @@ folders are no packages)."""
 
 from __future__ import annotations
 
+import contextlib
+
+import torch
+
 from nblab import Recipe
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """torch on one thread for the duration: on a busy 2-core machine two OpenMP threads
+    wait on each other (the sensitivity benchmark measured a scan 7x slower on two)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
 
 # gpt-tiny, smaller batches: about 1.5 s of training per 100 steps on an idle 2-core CPU
 TINY = Recipe.preset("gpt-tiny").with_overrides(
