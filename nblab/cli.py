@@ -21,6 +21,9 @@
                                              runs as TensorBoard events / MLflow runs /
                                              Hugging Face checkpoints
   nblab plan RECIPE --gpus N --gpu-mem 80GB  rank DP/FSDP/TP/PP layouts by memory and time
+  nblab merge SWEEP|RUN... --method M [--top-k K] [--base RUN]
+                                             merge fine-tuned runs (uniform, greedy,
+                                             task-arithmetic, ties, dare, fisher) into a run
   nblab eval RUN --precision P1,P2 [--weights-only] [--step N]
                                              a checkpoint quantized after training (eval runs)
   nblab sensitivity RUN --precision P [--by module|role]
@@ -155,15 +158,31 @@ def cmd_run(args) -> int:
     return EXIT_OK if result.status == "succeeded" else EXIT_FAILED
 
 
+def _table(rows: list[dict], columns: list[str], width: int = 60) -> str:
+    """Rows as a text table, each column right-aligned under its name (as pandas prints
+    one), a value longer than `width` cut with "...", a missing one blank. Plain Python:
+    `nblab runs` and `nblab show` answer without importing pandas."""
+
+    def text(value) -> str:
+        shown = "" if value is None else " ".join(str(value).split())
+        return shown if len(shown) <= width else shown[: width - 3] + "..."
+
+    cells = [[text(row.get(c)) for c in columns] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    lines = [[c.rjust(w) for c, w in zip(columns, widths, strict=True)]]
+    lines += [[v.rjust(w) for v, w in zip(r, widths, strict=True)] for r in cells]
+    return "\n".join(" ".join(line) for line in lines)
+
+
 def cmd_runs(args) -> int:
     from nblab.runs import RunStore
 
-    frame = RunStore().runs(sweep=args.sweep, status=args.status)
-    if frame.empty:
+    rows = RunStore().rows(sweep=args.sweep, status=args.status)
+    if not rows:
         print("no runs")
         return EXIT_OK
-    columns = ["run_id", "kind", "name", "sweep", "status", "step", "steps", "error"]
-    print(frame[columns].astype(object).fillna("").to_string(index=False, max_colwidth=60))
+    columns = ["run_id", "name", "kind", "sweep", "status", "step", "steps", "error"]
+    print(_table(rows, columns))
     return EXIT_OK
 
 
@@ -179,11 +198,14 @@ def cmd_show(args) -> int:
     for key in ("run_id", "name", "sweep", "status", "step", "steps", "error"):
         print(f"{key:8s} {run.get(key)}")
     print(f"folder   {store.run_dir(args.run)}\n\n{run['recipe']}")
-    metrics = store.metrics(args.run)
-    if not metrics.empty:
-        last = metrics.sort_values("step").groupby("key").tail(1)
+    series = store.series(args.run).get(args.run, {})
+    if series:
+        last = [
+            {"key": key, "step": int(s.step[-1]), "value": f"{float(s.value[-1]):.6g}"}
+            for key, s in series.items()
+        ]
         print("last metrics:")
-        print(last[["key", "step", "value"]].to_string(index=False))
+        print(_table(last, ["key", "step", "value"]))
     return EXIT_OK
 
 
@@ -432,10 +454,13 @@ def _add_export_targets(parser: argparse.ArgumentParser) -> None:
     """One option per nblab.export.EXPORTERS target, and the options targets take."""
     from nblab.export import EXPORTERS
 
+    added: set[str] = set()
     for name, exporter in EXPORTERS.items():
         parser.add_argument(f"--{name}", metavar=exporter.metavar, help=exporter.help)
         for option, metavar, text in exporter.options:
-            parser.add_argument(f"--{option}", metavar=metavar, help=f"{text} (--{name})")
+            if option not in added:  # one --step serves --hf and --adapter
+                parser.add_argument(f"--{option}", metavar=metavar, help=f"{text} (--{name})")
+                added.add(option)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -457,6 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     # listed for --help; main() hands `nblab plan ...` to the planner's own parser
     commands.add_parser("plan", help="rank parallel layouts: RECIPE --gpus N --gpu-mem 80GB")
+    # likewise `nblab merge ...` (nblab.merge.command)
+    commands.add_parser("merge", help="merge fine-tuned runs: SWEEP|RUN... --method M")
 
     # listed for --help; main() hands these to nblab.eval.commands (`nblab eval --help`)
     commands.add_parser("eval", help="evaluate a checkpoint quantized after training")
@@ -552,6 +579,10 @@ def main(argv: list[str] | None = None) -> int:
         from nblab.parallel.planner import plan_command
 
         return plan_command(argv[1:])
+    if argv[:1] == ["merge"]:
+        from nblab.merge.command import merge_command
+
+        return merge_command(argv[1:])
     if argv[:1] in (["eval"], ["sensitivity"], ["advise"]):  # evaluations own their options
         from nblab.eval.commands import main as eval_main
 

@@ -19,9 +19,11 @@ under errors/rank<R>.txt (its traceback also goes to train.log).
 
 A failed rank fails the run: torchrun stops the other ranks, and the parent records the
 run as `failed` with the error of the rank that failed first (the others' errors, e.g. a
-closed connection, follow from it), appends it to train.log, and kills any worker still
-alive by the pids it recorded, so no process outlives the run. SIGTERM / Ctrl-C in the
-parent stops torchrun and its workers and records `cancelled`.
+closed connection, follow from it; a rank ended by a signal, such as kill -9, is named
+from torchrun's report, "rank 1: killed by signal 9 (SIGKILL)"), appends it to
+train.log, and kills any worker still alive by the pids it recorded, so no process
+outlives the run. SIGTERM / Ctrl-C in the parent stops torchrun and its workers and
+records `cancelled`.
 
 Fault injection for tests: NBLAB_FAULT="RANK:STEP" makes that rank raise before
 optimizer step STEP.
@@ -35,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -73,6 +76,36 @@ def _root_cause(run_dir: Path) -> tuple[int, str, str] | None:
         return None
     _, rank, line, tb = min(found)
     return rank, line, tb
+
+
+# how ranks are stopped (nblab cancel, Ctrl-C, torchrun stopping the others of a run)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _killed_rank(log: Path, offset: int) -> tuple[int, str, str] | None:
+    """(rank, "killed by signal N (NAME)", "") when torchrun's report of this attempt (its
+    log from `offset` on) names as the first failure a rank that a signal ended: kill -9,
+    the OOM killer. Such a rank records no error of its own, and the errors the other
+    ranks then record (a connection reset by peer) follow from it."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    _, found, block = text.rpartition("Root Cause (first observed failure):")
+    rank = re.search(r"^\s*rank\s*:\s*(\d+)", block, re.MULTILINE)
+    code = re.search(r"^\s*exitcode\s*:\s*-(\d+)", block, re.MULTILINE)
+    if not (found and rank and code):
+        return None
+    signum = int(code.group(1))
+    if signum in STOP_SIGNALS:  # a rank stopped (a cancel), not one that failed
+        return None
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = "unknown signal"
+    return int(rank.group(1)), f"killed by signal {signum} ({name})", ""
 
 
 def _stop(proc: subprocess.Popen, run_dir: Path, grace: float = 10.0) -> None:
@@ -180,6 +213,7 @@ def launch(
     full_env = {**os.environ, **(env or {}), "NBLAB_HOME": str(store.home)}
     full_env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     with open(run_dir / TORCHRUN_LOG, "ab") as out:
+        log_start = out.tell()  # this attempt's part of the log (a resume appends)
         proc = subprocess.Popen(
             torchrun_command(run_id, store.home, nproc, resume),
             stdout=out,
@@ -204,8 +238,12 @@ def launch(
     _reap_workers(run_dir)
     run = store.run(run_id)
     status, error = run["status"], run.get("error")
-    cause = _root_cause(run_dir) if proc.returncode != 0 else None
+    raised = _root_cause(run_dir) if proc.returncode != 0 else None
+    killed = _killed_rank(run_dir / TORCHRUN_LOG, log_start) if proc.returncode != 0 else None
+    cause = killed or raised
     if proc.returncode != 0 and status not in ("succeeded", "diverged"):
+        # `cancelled` with a rank killed first: torchrun stopped rank 0 after that rank
+        # died (rank 0 records the stop as a cancel), so the run failed
         if status == "cancelled" and cause is None:
             return TrainResult(run_id, status, int(run.get("step") or 0), {}, error)
         if cause is not None:

@@ -176,6 +176,29 @@ class MetricsSection:
     tensorboard: bool = False  # also write TensorBoard events live, to runs/<run_id>/tensorboard
 
 
+@dataclass
+class FinetuneSection:
+    """Fine-tuning (nblab.finetune): which weights train, how the frozen base is stored.
+
+    method "full": every parameter trains (pretraining is a full fine-tune of a random
+    init); "lora": only peft's LoRA adapters (rank r, scale alpha / r) on the linears that
+    target_modules names train, and the optimizer sees only them. base_format (lora only):
+    the frozen base linears stored once as packed codes and scales of that QuantSpec
+    preset (nvfp4, mxfp4, int4_b32, ...), dequantized in the forward (as QLoRA does).
+    prompt_field / response_field: the fields of data.name = "instruct" jsonl lines."""
+
+    method: str = "full"  # full | lora
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    # globs over qualified linear module names (layers.*.attn.*); [] = every linear of the
+    # model's blocks (the head and embeddings stay frozen)
+    target_modules: list[str] = field(default_factory=list)
+    base_format: str = ""  # "": the base as it is; else a QuantSpec preset name
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelSection,
     "data": DataSection,
@@ -187,6 +210,7 @@ SECTIONS: dict[str, type] = {
     "eval": EvalSection,
     "checkpoint": CheckpointSection,
     "metrics": MetricsSection,
+    "finetune": FinetuneSection,
 }
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -194,6 +218,7 @@ DECAYS = ("cosine", "linear", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "bfloat16")
 BACKENDS = ("auto", "reference", "triton")
+FINETUNE_METHODS = ("full", "lora")
 PP_SCHEDULES = ("gpipe", "1f1b")  # as nblab.parallel.pipeline.PP_SCHEDULES
 TEXT_DOCUMENTS = ("line", "paragraph", "file")  # as nblab.train.corpus.TEXT_DOCUMENTS
 # the parallel section's degrees; their product is parallel.nproc
@@ -239,6 +264,7 @@ class Recipe:
     eval: EvalSection = field(default_factory=EvalSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
+    finetune: FinetuneSection = field(default_factory=FinetuneSection)
 
     # -- construction -----------------------------------------------------------
     @classmethod
@@ -794,6 +820,12 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "metrics.log_interval": _int_at_least(1),
     "metrics.stats_interval": _int_at_least(0),
     "metrics.histogram_interval": _int_at_least(0),
+    "finetune.method": _choice(FINETUNE_METHODS),
+    "finetune.r": _int_at_least(1),
+    "finetune.alpha": (_finite(lambda v: v > 0), "a number > 0"),
+    "finetune.dropout": (_finite(lambda v: 0 <= v < 1), "a number in [0, 1)"),
+    "finetune.prompt_field": ((lambda v: bool(v.strip())), "a non-empty field name"),
+    "finetune.response_field": ((lambda v: bool(v.strip())), "a non-empty field name"),
 }
 
 # path -> registry kind, checked when the registry's module is importable
@@ -856,6 +888,8 @@ SOURCE_CHECKS = (
     ("nblab.models", "model_problems"),
     ("nblab.train.data", "vocab_problems"),
     ("nblab.train.weights", "init_problems"),
+    ("nblab.finetune", "finetune_problems"),
+    ("nblab.train.instruct", "instruct_problems"),
     ("nblab.eval.source", "source_problems"),
 )
 
@@ -936,6 +970,7 @@ __all__ = [
     "DTYPES",
     "EVAL_RUN_FIELDS",
     "EVAL_SCANS",
+    "FINETUNE_METHODS",
     "OPTIMIZERS",
     "PARALLEL_DEGREES",
     "PP_SCHEDULES",
@@ -945,6 +980,7 @@ __all__ = [
     "CheckpointSection",
     "DataSection",
     "EvalSection",
+    "FinetuneSection",
     "MetricsSection",
     "ModelSection",
     "OptimizerSection",

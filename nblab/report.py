@@ -79,6 +79,9 @@ def _step_at(error: str | None, step: Any) -> Any:
     return step if not pd.isna(step) else pd.NA
 
 
+MAX_WEIGHT_PANELS = 24  # weight histogram panels in a report (a 200-point sweep: 24)
+
+
 class SweepData:
     """One sweep read from the store: the latest run of each point, its recipe, metrics
     and quantization stats. Every table and plot of the report is a method here.
@@ -554,31 +557,37 @@ class SweepData:
         """The module whose weights the report shows: the last block's down
         projection when the model has one (where low precision hurts most), else the
         last module with histograms."""
-        hist = self.store.histograms(list(self.runs.run_id))
-        if hist.empty:
+        modules = self.store.histogram_modules(list(self.runs.run_id))
+        if not modules:
             return None
-        modules = sorted(set(hist.module))
         downs = [m for m in modules if m.endswith("mlp.down")]
         return downs[-1] if downs else modules[-1]
 
     def plot_weights(self, module: str | None = None) -> Figure:
-        """Weight histograms of `module`, one panel per point: the first and the last
-        recorded step overlaid (bins are fixed per run, so they compare directly)."""
+        """Weight histograms of `module`, one panel per run that recorded them, at most
+        MAX_WEIGHT_PANELS: the first and the last recorded step overlaid (bins are fixed
+        per run, so they compare directly). Without histograms, one line says so (not an
+        empty panel per point: 200 of them took 18 s to lay out)."""
         module = module or self.weight_module()
-        points = list(self.runs.point)
-        cols = min(4, max(1, len(points)))
-        rows = -(-len(points) // cols)
-        fig = Figure(figsize=(3.2 * cols, 2.4 * rows), layout="constrained")
-        axes = fig.subplots(rows, cols, squeeze=False).flatten()
         hist = (
             pd.DataFrame()
             if module is None
             else self.store.histograms(list(self.runs.run_id), module=module)
         )
-        for ax, (run_id, point) in zip(axes, self._points.items(), strict=False):
-            mine = hist[hist.run_id == run_id] if not hist.empty else hist
-            if mine.empty:
-                _no_data(ax, "no histograms")
+        if hist.empty:
+            fig = Figure(figsize=(6.4, 1.0), layout="constrained")
+            what = f"for {module}" if module else ""
+            _no_data(fig.subplots(), f"no weight histograms recorded {what}".strip())
+            return fig
+        having = set(hist.run_id)
+        shown = [(r, p) for r, p in self._points.items() if r in having]
+        total, shown = len(shown), shown[:MAX_WEIGHT_PANELS]
+        cols = min(4, max(1, len(shown)))
+        rows = -(-len(shown) // cols)
+        fig = Figure(figsize=(3.2 * cols, 2.4 * rows), layout="constrained")
+        axes = fig.subplots(rows, cols, squeeze=False).flatten()
+        for ax, (run_id, point) in zip(axes, shown, strict=False):
+            mine = hist[hist.run_id == run_id]
             for (_, row), style in zip(
                 mine.iloc[[0, -1]].iterrows() if len(mine) > 1 else mine.iterrows(),
                 ("--", "-"),
@@ -591,11 +600,11 @@ class SweepData:
                 )
             ax.set_title(point, fontsize="small")
             ax.set_yscale("log")
-            if not mine.empty:
-                ax.legend(fontsize="x-small")
-        for ax in axes[len(points) :]:
+            ax.legend(fontsize="x-small")
+        for ax in axes[len(shown) :]:
             ax.set_visible(False)
-        fig.suptitle(f"weights of {module}" if module else "no weight histograms recorded")
+        more = f" (the first {len(shown)} of {total} runs)" if total > len(shown) else ""
+        fig.suptitle(f"weights of {module}{more}")
         return fig
 
     # -- quantization error -----------------------------------------------------

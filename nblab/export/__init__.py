@@ -55,6 +55,13 @@ EXPORTERS: dict[str, Exporter] = {
         "LlamaForCausalLM) with the run's tokenizer; a sweep: a folder per run",
         options=(("step", "N", "the checkpoint of step N (default: the run's latest)"),),
     ),
+    "adapter": Exporter(
+        "nblab.export.adapter",
+        "DIR",
+        "a LoRA run's adapter alone in peft's format in DIR (adapter_model.safetensors, "
+        "adapter_config.json; --hf writes its merged weights); a sweep: a folder per LoRA run",
+        options=(("step", "N", "the checkpoint of step N (default: the run's latest)"),),
+    ),
 }
 
 

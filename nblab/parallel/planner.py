@@ -40,6 +40,9 @@ Memory per GPU (bytes), for the pipeline stage that needs the most:
               with (full, per block) checkpointing: k x t x L_s x d x a (block inputs)
                  + t x one block's activations (recomputed during its backward)
               k = micro-batches in flight: 1 without pp; 1F1B holds min(pp - stage, m)
+  finetune.method = "lora" (nblab.finetune.finetune_memory): grads and optimizer state of
+              the adapters only (r (in + out) per target linear); with base_format the
+              blocks' linears are held packed (q bytes per weight) instead of fp32
   Not counted: CUDA context and allocator fragmentation (~1-3 GB; leave that margin),
   DDP gradient buckets, temporary GEMM workspaces. The quantized activations are what a
   fused low-precision kernel saves; nblab's fake-quant QuantLinear keeps its
@@ -80,6 +83,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nblab.finetune import finetune_memory
 from nblab.models.protocol import COLWISE, ROWWISE
 from nblab.parallel.dims import (
     DEFAULT_VOCAB_SIZE,
@@ -220,6 +224,9 @@ def estimate_layout(
     t = dims.local_batch(ctx) * ctx.seq_len  # tokens per micro-batch per rank
     est.tokens_per_step = ctx.batch_size * ctx.seq_len
 
+    # a LoRA fine-tune: only adapters have grads and optimizer state; a packed base
+    ft = finetune_memory(recipe, cfg, lambda spec: quant_bytes_per_element(spec, 4))
+
     # which modules are quantized, and the bytes/element of their saved wgrad input
     quantized = {s.name: quantized_roles(s, preset, cfg) for s in cfg.linears}
     wgrad_x_bytes = quant_bytes_per_element(preset.roles["wgrad_x"], a)
@@ -275,6 +282,8 @@ def estimate_layout(
             "fsdp_buffers": 0.0,
             "activations": act,
         }
+        if ft is not None:
+            mem.update(ft.states(p_rank, _STATE_BYTES.get(optimizer, 8)))
         if dims.dp_shard > 1:
             unit = max(block_params_tp, root)
             mem["fsdp_buffers"] = 2 * unit * a + unit * 4
@@ -553,6 +562,10 @@ def plan_command(argv: list[str]) -> int:
         f"{', activation checkpointing' if args.activation_checkpointing else ''}) on "
         f"{args.gpus} GPUs with {_gb(args.gpu_mem)} each"
     )
+    shape = context_from(recipe, vocab_size=args.vocab).model
+    ft = finetune_memory(recipe, shape, lambda spec: quant_bytes_per_element(spec, 4))
+    if ft is not None:
+        print(ft.describe())
     print(format_plan(estimates))
     return 0 if any(e.fits for e in estimates) else 1
 

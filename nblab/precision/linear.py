@@ -105,8 +105,11 @@ class _QuantLinearFn(torch.autograd.Function):
         x2, weight, xq, wq = ctx.saved_tensors
         module = ctx.module
         specs, backend = module.stored_specs, module.backend
+        # a frozen weight (a fine-tuned base) needs no wgrad GEMM: its roles do not run
+        need_dw = ctx.needs_input_grad[1]
         for role, t in (("dgrad_dy", dy), ("dgrad_w", weight), ("wgrad_dy", dy), ("wgrad_x", x2)):
-            module._tap(role, t)
+            if need_dw or not role.startswith("wgrad"):
+                module._tap(role, t)
         native = module.native_gemms
         # quantized in the emulated order, so that stochastic rounding draws the same bits
         if "dgrad" in native:
@@ -116,17 +119,18 @@ class _QuantLinearFn(torch.autograd.Function):
             dyq = _fq(dy, specs["dgrad_dy"], backend)
             wq = wq if wq is not None else _fq(weight, specs["dgrad_w"], backend)
             dx = dyq @ wq  # (T, out) @ (out, in)
-        if "wgrad" in native:
+        dw = None
+        if need_dw and "wgrad" in native:
             shared = _shared(specs, "dgrad_dy", "wgrad_dy") and "dgrad" in native
             dyq = dyq if shared else _q(dy, specs["wgrad_dy"], backend)
             xq = _q(x2, specs["wgrad_x"], backend)
             dw = native_mm(dyq, xq, dy.dtype, a_kfirst=True, b_kfirst=True)  # (out, in)
-        else:
+        elif need_dw:
             shared = _shared(specs, "dgrad_dy", "wgrad_dy") and "dgrad" not in native
             dyq = dyq if shared else _fq(dy, specs["wgrad_dy"], backend)
             xq = xq if xq is not None else _fq(x2, specs["wgrad_x"], backend)
             dw = dyq.t() @ xq  # (out, T) @ (T, in)
-        db = dy.sum(0) if ctx.has_bias else None
+        db = dy.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return dx, dw, db, None
 
 

@@ -28,6 +28,8 @@ from nblab.runs.writer import RunWriter
 if TYPE_CHECKING:
     import pandas as pd
 
+    from nblab.runs.series import Series
+
 
 def _dataframe(rows: list, columns: Iterable[str], dtypes: dict) -> pd.DataFrame:
     # pandas is imported here, not at the top: a training job (a bare GPU machine
@@ -196,8 +198,11 @@ class RunStore:
         """Forget the events logged after `step`: a run resuming from its checkpoint at
         `step` logs those steps again, and each step must appear once."""
 
+        from nblab.runs import series
+
         def body(conn: sqlite3.Connection) -> None:
-            for table in ("metrics", "stats", "histograms"):
+            series.rewind(conn, run_id, step)
+            for table in ("stats", "histograms"):
                 conn.execute(f"DELETE FROM {table} WHERE run_id = ? AND step > ?", (run_id, step))
 
         self._write(body)
@@ -298,6 +303,17 @@ class RunStore:
         text), params (the model's parameter count, once training built it). The recipe
         text is left out; `run()` has it.
         """
+        rows = self._run_rows(sweep, status)
+        return _dataframe(rows, RUN_COLUMNS, _RUN_DTYPES)
+
+    def rows(
+        self, sweep: str | None = None, status: str | Iterable[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """What `runs()` returns, as one dict of plain values (None for a missing one) per
+        run: for callers that must not pay for pandas (the command line, the server)."""
+        return [dict(zip(RUN_COLUMNS, row, strict=True)) for row in self._run_rows(sweep, status)]
+
+    def _run_rows(self, sweep: str | None, status: str | Iterable[str] | None) -> list[tuple]:
         where, params = [], []
         if sweep is not None:
             where.append("sweep = ?")
@@ -312,8 +328,7 @@ class RunStore:
         sql = f"SELECT {', '.join(RUN_COLUMNS)} FROM runs"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        rows = self._read(sql + " ORDER BY created, run_id", params)
-        return _dataframe(rows, RUN_COLUMNS, _RUN_DTYPES)
+        return self._read(sql + " ORDER BY created, run_id", params)
 
     def run(self, run_id: str) -> dict[str, Any]:
         """Everything about `run_id` (the `runs()` columns plus `recipe`) as plain values."""
@@ -360,21 +375,53 @@ class RunStore:
         sql = f"SELECT {', '.join(columns)} FROM {table} WHERE {' AND '.join(where)}"
         return self._read(sql + " ORDER BY run_id, step, rowid", params)
 
+    def _series_args(self, run_ids, keys, since_step) -> tuple[list[str], list | None, int | None]:
+        ids = self._known(run_ids)
+        if keys is not None:
+            keys = [keys] if isinstance(keys, str) else list(keys)
+        return ids, keys, (None if since_step is None else _plain(since_step))
+
     def metrics(
         self,
         run_ids: str | Iterable[str],
         keys: str | Iterable[str] | None = None,
         since_step: int | None = None,
     ) -> pd.DataFrame:
-        """Metrics in long format: run_id, step, key, value, time.
+        """Metrics in long format: run_id, step, key, value, time, ordered by run_id and
+        step (a step's keys in the order they were logged).
 
         `since_step` keeps steps strictly after it, so a poller passes the last step it
         has. A NaN value (a diverged loss) reads back as NaN.
         """
-        columns = ("run_id", "step", "key", "value", "time")
-        rows = self._events("metrics", columns, run_ids, {"key": keys}, since_step)
-        dtypes = {"step": "int64", "value": "float64", "time": "float64"}
-        return _dataframe(rows, columns, dtypes)
+        import pandas as pd
+
+        from nblab.runs import series
+
+        args = self._series_args(run_ids, keys, since_step)
+        columns = db.retry(lambda: series.read_long(self._conn(), *args))
+        for name in ("run_id", "key"):
+            columns[name] = pd.array(columns[name], dtype="str")
+        return pd.DataFrame(columns)
+
+    def series(
+        self,
+        run_ids: str | Iterable[str],
+        keys: str | Iterable[str] | None = None,
+        since_step: int | None = None,
+    ) -> dict[str, dict[str, Series]]:
+        """Metrics as arrays, the fast read: {run_id: {key: Series(step, value, time)}},
+        each in step order; runs and keys without values (after `since_step`) are left
+        out. What `metrics()` returns, without building a long DataFrame."""
+        from nblab.runs import series  # numpy: imported where metrics are read
+
+        args = self._series_args(run_ids, keys, since_step)
+        return db.retry(lambda: series.read(self._conn(), *args))
+
+    def recipes(self, run_ids: Iterable[str]) -> dict[str, str]:
+        """{run_id: recipe TOML} of `run_ids`, in one query (KeyError names unknown ones)."""
+        ids = self._known(run_ids)
+        marks = ", ".join("?" * len(ids))
+        return dict(self._read(f"SELECT run_id, recipe FROM runs WHERE run_id IN ({marks})", ids))
 
     def stats(
         self,
@@ -389,6 +436,15 @@ class RunStore:
         rows = self._events("stats", columns, run_ids, filters, since_step)
         dtypes = {c: "float64" for c in ("sqnr", "saturation", "underflow", "time")}
         return _dataframe(rows, columns, dtypes | {"step": "int64"})
+
+    def histogram_modules(self, run_ids: str | Iterable[str]) -> list[str]:
+        """The modules that have histograms in `run_ids`, sorted, without reading the
+        histograms themselves (a 200-run sweep holds about 150k of them)."""
+        ids = self._known(run_ids)
+        sql = (
+            f"SELECT DISTINCT module FROM histograms WHERE run_id IN ({', '.join('?' * len(ids))})"
+        )
+        return sorted(row[0] for row in self._read(sql, ids))
 
     def histograms(
         self,

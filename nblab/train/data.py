@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import torch
 
 from nblab.models.protocol import IGNORE_INDEX, greedy_generate
+from nblab.train.instruct import build_instruct, instruct_options
 from nblab.train.tokenizer import (
     ByteTokenizer,
     CharTokenizer,
@@ -462,6 +463,7 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     "addition": build_addition,
     "files": build_files,
     "hf": build_hf,
+    "instruct": build_instruct,  # prompt / response jsonl, loss on responses (instruct.py)
     "pydoc": build_pydoc,
     "text": build_text,
 }
@@ -527,6 +529,8 @@ def build_data(recipe, *, cache_dir=None) -> Dataset:
             "split_seed": d.split_seed,
             "cache_dir": cache_dir,
         }
+    elif d.name == "instruct":  # fine-tuning data: its field names, the base run's tokenizer
+        extra = instruct_options(recipe, build_data)
     return build_dataset(
         d.name,
         path=d.path or None,

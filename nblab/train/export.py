@@ -23,7 +23,7 @@ from nblab.models import build_model
 from nblab.models.gpt import GPT, llama_config, llama_name
 from nblab.recipe import Recipe
 from nblab.runs import RunStore
-from nblab.train import checkpoint
+from nblab.train.finetuned import load_dense
 from nblab.train.trainer import build_data
 from nblab.train.weights import resolve
 
@@ -43,7 +43,8 @@ def export_hf(
         )
     dataset = build_data(recipe)
     model = build_model(recipe.model, dataset.vocab_size, recipe.train.seq_len, weights=False)
-    checkpoint.load_model(Path(source.path), model)
+    # a LoRA run's adapters folded in: W + B A alpha / r (a packed base dequantized)
+    load_dense(model, recipe, Path(source.path), dataset.vocab_size)
     if isinstance(model, GPT):
         from transformers import LlamaForCausalLM
 
@@ -65,6 +66,7 @@ def export_hf(
         "recipe": recipe.name,
         "precision": recipe.precision.preset,
         "model": recipe.model.name,
+        "finetune": recipe.finetune.method,
         "tokenizer": recipe.data.tokenizer if saved_tokenizer else None,
     }
     (out / "nblab.json").write_text(json.dumps(meta, indent=1) + "\n")

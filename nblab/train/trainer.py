@@ -39,10 +39,12 @@ import torch
 from torch import nn
 
 import nblab_kernels as nk
+from nblab import finetune
 from nblab.models import build_model, model_shape, shape_of
 from nblab.models.protocol import architecture, lm_loss
 from nblab.models.py import from_module
 from nblab.parallel import runtime
+from nblab.parallel.planner import quant_bytes_per_element
 from nblab.precision.plan import PlanReport, apply_precision, quant_linears
 from nblab.recipe import Recipe
 from nblab.runs import RunStore
@@ -108,7 +110,9 @@ def dry_run(recipe: Recipe) -> str:
         block_prefix=arch.block_prefix,
         head=arch.head,
     )
-    return describe_plan(shape, plan)
+    # LoRA and a packed base from the shape alone (nothing is quantized on the meta device)
+    ft = finetune.finetune_memory(recipe, shape, lambda s: quant_bytes_per_element(s, 4))
+    return describe_plan(shape, plan) + (f"\n{ft.describe()}" if ft is not None else "")
 
 
 def _batch_generator(seed: int, step: int, micro: int) -> torch.Generator:
@@ -161,6 +165,8 @@ class Trainer:
             device=self.device,
             dtype=torch.bfloat16 if t.dtype == "bfloat16" else torch.float32,
         )
+        # LoRA and a packed base go on after the plan, so their linears keep its roles
+        self.finetune = finetune.prepare(model, recipe.finetune, self.arch)
         self.model = model.to(self.device)
         self._flops_per_token = self.shape.flops_per_token(t.seq_len)
         self.pipeline = None
@@ -191,17 +197,19 @@ class Trainer:
                 f"train.compile=true with parallel.pp={pp} is not supported yet; set "
                 f"train.compile=false"
             )
-        if isinstance(self.dataset, AdditionDataset) and e.interval:
+        graded = isinstance(self.dataset, AdditionDataset) or hasattr(self.dataset, "exact_match")
+        if graded and e.interval:
             raise NotImplementedError(
-                f"data.name='addition' evaluates exact-match accuracy by generation, which "
-                f"parallel.pp={pp} does not support yet; set eval.interval=0 or parallel.pp=1"
+                f"data.name={self.recipe.data.name!r} evaluates exact-match accuracy by "
+                f"generation, which parallel.pp={pp} does not support yet; set eval.interval=0 "
+                f"or parallel.pp=1"
             )
         return Pipeline(self.model, self.parallel, self.recipe)
 
     def describe(self) -> str:
         """The model (its kind and parameter count), where its weights came from, and its
         precision plan: plan.txt."""
-        text = describe_plan(self.shape, self.plan)
+        text = describe_plan(self.shape, self.plan) + "\n" + self.finetune.describe()
         if self.init_source is not None:
             head, _, rest = text.partition("\n")
             text = f"{head}\n{self.init_source.describe()}\n{rest}"
@@ -332,6 +340,8 @@ class Trainer:
         out = {"val_loss": self._mean(self.val_loss(batches))}
         if isinstance(self.dataset, AdditionDataset):
             out["val_accuracy"] = exact_match_accuracy(self.model, self.dataset, 256, self.device)
+        elif hasattr(self.dataset, "exact_match"):  # instruct data: exact answers, graded
+            out["val_accuracy"] = self.dataset.exact_match(self.model, 256, self.device)
         self.model.train()
         return out
 

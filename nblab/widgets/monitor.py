@@ -25,6 +25,7 @@ import pandas as pd
 
 from nblab import groups
 from nblab.runs import TERMINAL_STATUSES, RunStore
+from nblab.runs.series import Series
 from nblab.widgets.display import PanelView
 from nblab.widgets.runset import resolve_runs
 from nblab.widgets.sampling import downsample_indices, smooth
@@ -107,34 +108,36 @@ class RunMonitor(PanelView):
     # -- reading ----------------------------------------------------------------
     def _reset(self) -> None:
         self._series: dict[tuple[str, str], _Series] = {}
-        self._last: dict[str, tuple[int, set[str]]] = {}  # run -> (last step, keys there)
+        self._last: dict[str, int] = {}  # run -> the last step read of any key
+        self._key_last: dict[tuple[str, str], int] = {}  # (run, key) -> its last step read
         self._done: set[str] = set()  # ended and read after they ended: never read again
         self._started: dict[str, float] = {}
 
     def _fetch_keys(self) -> list[str]:
         return self.keys + (["tokens"] if self._x == "tokens" and "tokens" not in self.keys else [])
 
-    def _read(self, run_ids: list[str]) -> pd.DataFrame:
-        """New metric rows of `run_ids`: one query for runs with no rows yet, one from the
-        lowest last step of the others (rows at a run's last step whose key it already
-        has, and rows before it, are dropped)."""
+    def _read(self, run_ids: list[str]) -> dict[str, dict[str, Series]]:
+        """New values of `run_ids`, {run: {key: Series}}: one read for runs with none
+        yet, one from the lowest last step of the others. A run's values up to its last
+        step read are dropped, but for a key not read at that step (logged after it)."""
+        keys = self._fetch_keys()
         fresh = [r for r in run_ids if r not in self._last]
         going = [r for r in run_ids if r in self._last]
-        frames = []
-        keys = self._fetch_keys()
-        if fresh:
-            frames.append(self.store.metrics(fresh, keys))
+        new = self.store.series(fresh, keys) if fresh else {}
         if going:
-            since = min(self._last[r][0] for r in going) - 1
-            rows = self.store.metrics(going, keys, since_step=since)
-            last = rows.run_id.map({r: self._last[r][0] for r in going}).to_numpy()
-            keep = rows.step.to_numpy() > last
-            at_last = np.flatnonzero(rows.step.to_numpy() == last)
-            for i in at_last:  # a key logged at the last step after that step was read
-                keep[i] = rows.key.iat[i] not in self._last[rows.run_id.iat[i]][1]
-            frames.append(rows[keep])
-        frames = [f for f in frames if not f.empty]
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+            since = min(self._last[r] for r in going) - 1
+            for run_id, by_key in self.store.series(going, keys, since_step=since).items():
+                kept = {}
+                for key, series in by_key.items():
+                    floor = max(self._key_last.get((run_id, key), -1), self._last[run_id] - 1)
+                    keep = series.step > floor
+                    if keep.all():
+                        kept[key] = series
+                    elif keep.any():
+                        kept[key] = Series(*(column[keep] for column in series))
+                if kept:
+                    new[run_id] = kept
+        return new
 
     def refresh(self) -> int:
         """Read new rows from the store, redraw what changed; return the new row count."""
@@ -149,22 +152,15 @@ class RunMonitor(PanelView):
         ended = {r for r in run_ids if self.status[r] in TERMINAL_STATUSES}
         new = self._read([r for r in run_ids if r not in self._done])
         self._done |= ended  # read once more after ending (its last flush), then never
-        changed = set()
-        if not new.empty:
-            ids, steps, keys = new.run_id.to_numpy(), new.step.to_numpy(), new.key.to_numpy()
-            values, times = new.value.to_numpy(), new.time.to_numpy()
-            starts = np.flatnonzero(np.concatenate([[True], ids[1:] != ids[:-1]]))
-            for lo, hi in zip(starts, [*starts[1:], len(ids)], strict=True):
-                run_id = ids[lo]  # rows come ordered by run_id, step
-                for key in set(keys[lo:hi]):
-                    at = lo + np.flatnonzero(keys[lo:hi] == key)
-                    series = self._series.setdefault((run_id, key), _Series())
-                    series.extend(steps[at], values[at], times[at])
-                top = int(steps[hi - 1])
-                at_top = set(keys[lo:hi][steps[lo:hi] == top])
-                prev_step, prev_keys = self._last.get(run_id, (-1, set()))
-                self._last[run_id] = (top, (prev_keys | at_top) if top == prev_step else at_top)
-                changed.add(run_id)
+        count = 0
+        for run_id, by_key in new.items():
+            for key, series in by_key.items():
+                self._series.setdefault((run_id, key), _Series()).extend(*series)
+                self._key_last[run_id, key] = int(series.step[-1])
+                count += len(series.step)
+            top = max(int(series.step[-1]) for series in by_key.values())
+            self._last[run_id] = max(self._last.get(run_id, -1), top)
+        changed = set(new)
         fresh = changed | (set(run_ids) - set(self._drawn))
         for run_id in fresh:
             self._drawn[run_id] = self._curves(run_id)
@@ -176,7 +172,7 @@ class RunMonitor(PanelView):
         self._draw(run_ids, changed)
         if self._callback is not None and run_ids and len(ended) == len(run_ids):
             self.stop()  # everything ended and was read
-        return len(new)
+        return count
 
     def _x_values(self, run_id: str, series: _Series) -> np.ndarray:
         if self._x == "step":
@@ -213,9 +209,10 @@ class RunMonitor(PanelView):
 
         if list(self.groups) == run_ids:
             return  # the same runs: the same groups
-        for run_id in run_ids:
-            if run_id not in self._recipes:
-                self._recipes[run_id] = tomllib.loads(self.store.run(run_id)["recipe"])
+        unread = [r for r in run_ids if r not in self._recipes]
+        if unread:
+            for run_id, text in self.store.recipes(unread).items():
+                self._recipes[run_id] = tomllib.loads(text)
         names = [self.names.get(r, r).rpartition("/")[2] for r in run_ids]
         labels = groups.group(names, [self._recipes[r] for r in run_ids])
         self.groups = dict(zip(run_ids, labels, strict=True))
@@ -420,8 +417,18 @@ class RunMonitor(PanelView):
                 self._panel_parts["plot"].object = self._figure_parts["figure"]
         parts = self._figure_parts
         from bokeh.core.properties import value
-        from bokeh.models import ColumnDataSource, LegendItem
+        from bokeh.models import (
+            ColumnDataSource,
+            GlyphRenderer,
+            LegendItem,
+            Line,
+            Scatter,
+            VArea,
+        )
 
+        # Renderers and legend items are made here and added to the figure once at the
+        # end: figure.line() and a growing legend list cost a few times more per run
+        added, new_items = [], []
         for entry, name, label, color, curves, dirty in self._entries(run_ids, changed):
             renderers = []
             for k, key in enumerate(self.keys):
@@ -430,41 +437,42 @@ class RunMonitor(PanelView):
                     empty = {"x": [], "y": [], "step": []}
                     if self.grouped:
                         empty |= {"lower": [], "upper": [], "n": []}
-                    source = ColumnDataSource(empty)
+                    source = ColumnDataSource(dict(curves[key]) if key in curves else empty)
                     parts["sources"][(entry, key)] = source
                     if self.grouped:  # the band first, under its line
-                        renderers.append(
-                            parts["figure"].varea(
-                                "x", "lower", "upper", source=source, color=color, alpha=0.2
-                            )
-                        )
+                        band = VArea(x="x", y1="lower", y2="upper", fill_color=color)
+                        band.fill_alpha = 0.2
+                        renderers.append(GlyphRenderer(data_source=source, glyph=band))
                     if self.kinds.get(entry) == "eval":  # one point per key: a marker
-                        line = parts["figure"].scatter(
-                            "x", "y", source=source, color=color, size=9, name=f"{name} {key}"
-                        )
+                        line = Scatter(x="x", y="y", size=9, fill_color=color, line_color=color)
                     else:
-                        line = parts["figure"].line(
-                            "x",
-                            "y",
-                            source=source,
-                            color=color,
+                        line = Line(
+                            x="x",
+                            y="y",
+                            line_color=color,
                             line_width=1.6,
                             line_dash=DASHES[k % len(DASHES)],
-                            name=f"{name} {key}",
                         )
-                    renderers.append(line)
-                if (dirty or not len(source.data["x"])) and key in curves:
+                    renderers.append(
+                        GlyphRenderer(data_source=source, glyph=line, name=f"{name} {key}")
+                    )
+                elif (dirty or not len(source.data["x"])) and key in curves:
                     source.data = dict(curves[key])
+            added += renderers
             item = parts["items"].get(entry)
             if item is None:
                 item = LegendItem(label=label, renderers=renderers)
                 parts["items"][entry] = item
-                parts["legend"].items = [*parts["legend"].items, item]
+                new_items.append(item)
             elif parts["labels"][entry] != label:
                 # value(): a bare string assigned later would name a data column, and the
                 # page would show "Invalid field" (the constructor converts it by itself)
                 item.label = value(label)
             parts["labels"][entry] = label
+        if added:
+            parts["figure"].renderers = [*parts["figure"].renderers, *added]
+        if new_items:
+            parts["legend"].items = [*parts["legend"].items, *new_items]
         if self._panel is not None:
             self._panel_parts["status"].object = self._summary(run_ids)
             self._push()

@@ -63,6 +63,9 @@ def test_the_trainer_never_starts_torchrun():
     [
         ("models", ("nblab.train", "nblab.parallel", "nblab.batch", "nblab.launch")),
         ("precision", ("nblab.models", "nblab.train", "nblab.parallel", "nblab.batch")),
+        # fine-tuning is a model-level layer under the planner and the trainer
+        ("finetune", ("nblab.train", "nblab.parallel", "nblab.batch", "nblab.merge")),
+        ("merge", ("nblab.batch", "nblab.server", "nblab.widgets", "nblab.launch")),
         # evaluations sit beside the trainer: launch, batch jobs and views call them
         ("eval", ("nblab.launch", "nblab.batch", "nblab.widgets", "nblab.server", "nblab.cli")),
     ],

@@ -28,6 +28,15 @@ ACCEPTED_SPILLS: dict[str, str] = {
         "more than the 128 registers a thread can have there (32 warps spill too). "
         "quant_stats runs when QuantLinear records a step, not in its GEMMs"
     ),
+    "quantize 1x8192/1x1 stats": (
+        "a whole row of up to 8192 elements is one program (16 warps, 16 elements a thread) "
+        "whose statistics reduce over the row; sm_100's ptxas holds it in 128 registers and "
+        "spills 48 B a thread (fp16 input): statistics steps only"
+    ),
+    "quantize 32x128/1x128 stats": (
+        "1 x 128 groups after a 32-point Hadamard transform (quartet-like's dgrad_w) with "
+        "statistics: sm_80 spills 4 B a thread at 128 registers: statistics steps only"
+    ),
 }
 
 # Peak HBM bandwidth, bytes/s (NVIDIA data sheets: H100 SXM HBM3, H200 HBM3e).

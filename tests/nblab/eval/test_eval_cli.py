@@ -102,8 +102,9 @@ def test_eval_prints_a_row_per_format_and_runs_lists_them_as_eval(store, trained
     out = capsys.readouterr().out
     assert "val loss" in out and "nvfp4" in out and "int4_b32" in out
     assert cli(["runs"]) == 0
-    lines = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
-    assert [line[1] for line in lines] == ["train", "eval", "eval"]
+    header, *lines = [line.split() for line in capsys.readouterr().out.splitlines()]
+    kind = header.index("kind")
+    assert [line[kind] for line in lines] == ["train", "eval", "eval"]
 
 
 def test_a_training_recipe_cannot_set_the_fields_of_an_evaluation():

@@ -243,3 +243,24 @@ def test_report_of_a_real_two_point_sweep(tmp_path, monkeypatch):
         "nblab"
     )
     assert not pd.isna(table.final_loss).any()
+
+
+def test_weight_histograms_show_at_most_24_panels_and_one_line_without_any(tmp_path):
+    """A 200-point sweep drew 200 empty panels when nothing recorded histograms (18 s of
+    layout in its report); now one line says so, and at most MAX_WEIGHT_PANELS runs are
+    drawn, the title saying how many of how many."""
+    store = RunStore(tmp_path)
+    spec = POINTS["preset=bf16,lr=0.003"]
+    ids = [write_run(store, f"p{i:02d}", spec, sweep="many") for i in range(30)]
+    none = report.SweepData("many", store).plot_weights()
+    assert len(none.axes) == 1
+    assert [t.get_text() for t in none.axes[0].texts] == ["no weight histograms recorded"]
+    for run_id in ids[:26]:  # 26 of the 30 runs recorded histograms
+        writer = store.writer(run_id, flush_every=None)
+        writer.log_histogram(1, "layers.0.mlp.down", [0.0, 1.0, 2.0], [3, 4])
+        writer.close("succeeded")
+    fig = report.SweepData("many", store).plot_weights()
+    drawn = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(drawn) == report.MAX_WEIGHT_PANELS == 24
+    assert all(len(ax.lines) == 1 for ax in drawn)  # each a run that has its histogram
+    assert fig.get_suptitle() == "weights of layers.0.mlp.down (the first 24 of 26 runs)"

@@ -154,6 +154,12 @@ def test_histograms_round_trip_as_lists_and_filters(rs):
     assert df.counts.tolist() == [[3, 4], [1, 2, 3, 4], [7.5]]
     assert rs.histograms(run_id, module="wq", step=np.int64(5)).counts.tolist() == [[1, 2, 3, 4]]
     assert rs.histograms(run_id, step=[0, 5], module=["wk"]).step.tolist() == [5]
+    other = rs.create_run("b", RECIPE)
+    with rs.writer(other) as w:
+        w.log_histogram(1, "head", [0.0, 1.0], [2])
+    assert rs.histogram_modules(run_id) == ["wk", "wq"]  # without reading the histograms
+    assert rs.histogram_modules([run_id, other]) == ["head", "wk", "wq"]
+    assert rs.histogram_modules(rs.create_run("c", RECIPE)) == []
 
 
 def test_metric_filters_by_run_key_and_since_step(rs):

@@ -100,6 +100,29 @@ async def test_metrics_are_downsampled_keeping_both_ends(jp_fetch, make_run):
     assert len(few["keys"]["loss"]["steps"]) == 10
 
 
+async def test_metrics_of_many_runs_come_in_one_request(jp_fetch, make_run):
+    a = make_run("a", "s", "succeeded", losses=[3.0, 2.0, 1.0])
+    b = make_run("b", "s", "running", losses=[float(i) for i in range(500)])
+    make_run("c", "s", "queued")  # no values yet: left out
+    data = (await get(jp_fetch, "series", keys="loss", max_points="50"))["runs"]
+    assert sorted(data) == sorted([a, b])
+    assert data[a]["keys"] == {"loss": {"steps": [1, 2, 3], "values": [3.0, 2.0, 1.0], "total": 3}}
+    assert data[a]["last_step"] == 3
+    loss_b = data[b]["keys"]["loss"]
+    assert loss_b["total"] == 500 and len(loss_b["steps"]) == 50
+    assert loss_b["steps"][0] == 1 and loss_b["steps"][-1] == 500
+    only = (await get(jp_fetch, "series", run_id=a))["runs"]
+    assert list(only) == [a] and sorted(only[a]["keys"]) == ["loss", "lr"]
+    response = await jp_fetch(
+        "nblab", "api", "series", params={"run_id": "nope"}, raise_error=False
+    )
+    assert response.code == 404 and b"nope" in response.body
+    response = await jp_fetch(
+        "nblab", "api", "series", params={"max_points": "1"}, raise_error=False
+    )
+    assert response.code == 400 and b"max_points" in response.body
+
+
 async def test_sweeps_summarise_the_latest_run_of_each_point(jp_fetch, make_run):
     make_run("p1", "s1", "failed")
     make_run("p1", "s1", "succeeded")  # a rerun: the latest run of p1

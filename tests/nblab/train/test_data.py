@@ -323,8 +323,8 @@ def test_hf_loads_a_dataset_saved_to_disk(tmp_path):
 # --- the registry refuses bad input by name -------------------------------------------------
 
 
-def test_registry_holds_the_five_datasets():
-    assert sorted(DATASETS) == ["addition", "files", "hf", "pydoc", "text"]
+def test_registry_holds_the_six_datasets():
+    assert sorted(DATASETS) == ["addition", "files", "hf", "instruct", "pydoc", "text"]
 
 
 def test_an_empty_path_counts_as_none():
