@@ -11,12 +11,11 @@ A training run with several scans gets a selector; the map shows one scan at a t
 
 from __future__ import annotations
 
-from typing import Any
-
 import pandas as pd
 
 from nblab.eval.report import SCAN_FILE, eval_runs, read_json, scan_frame, spearman
 from nblab.runs import RunStore
+from nblab.widgets.display import PanelView
 from nblab.widgets.runset import holoviews
 
 
@@ -37,7 +36,7 @@ def scans_of(run_id: str, store: RunStore) -> list[str]:
     return list(mine.run_id)
 
 
-class SensitivityMap:
+class SensitivityMap(PanelView):
     def __init__(self, run: str, *, scan: str | None = None, store: RunStore | None = None):
         self.store = store or RunStore()
         self.scan_ids = scans_of(run, self.store)
@@ -122,12 +121,6 @@ class SensitivityMap:
             self._plot = pn.pane.HoloViews(self.plot())
             self._panel = pn.Column(choice, self._plot)
         return self._panel
-
-    def __panel__(self):
-        return self.panel
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None):
-        return self.panel._repr_mimebundle_(include, exclude)
 
     def __repr__(self) -> str:
         return f"SensitivityMap({self.scan_id!r}, {len(self.data)} modules)"
