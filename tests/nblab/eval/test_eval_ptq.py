@@ -4,6 +4,7 @@ quantized once per evaluation; weights only never worse than weights and activat
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -127,3 +128,13 @@ def test_weights_only_error_is_never_larger_than_weights_and_activations(tiny_st
     # and the formats differ: fp4 on weights and activations costs more than fp8 (mxfp4
     # measured 0.0087 on this checkpoint)
     assert gaps["mxfp4"][1] > max(gaps["mxfp8"][1], 0.0) and gaps["mxfp4"][1] > 0.002, gaps
+
+
+def test_an_evaluation_of_the_addition_task_reports_exact_match(store):
+    trained = train(debug("data.name=addition", "train.steps=6"), store=store)
+    source = resolve_source(trained.run_id, store=store)
+    result = run(eval_recipe(source, precision="bf16"), store=store)
+    logged = store.metrics(trained.run_id, keys=["val_accuracy"])
+    assert result.metrics["val_accuracy"] == float(logged.value.iloc[-1])
+    assert 0 <= result.metrics["val_accuracy"] <= 1
+    assert result.metrics["val_ppl"] == pytest.approx(math.exp(result.metrics["val_loss"]))
