@@ -24,6 +24,12 @@
   nblab merge SWEEP|RUN... --method M [--top-k K] [--base RUN]
                                              merge fine-tuned runs (uniform, greedy,
                                              task-arithmetic, ties, dare, fisher) into a run
+  nblab eval RUN --precision P1,P2 [--weights-only] [--step N]
+                                             a checkpoint quantized after training (eval runs)
+  nblab sensitivity RUN --precision P [--by module|role]
+                                             Δ val loss with one module (or role) quantized
+  nblab advise RUN --preset P --budget DLOSS | --bits B [--train]
+                                             which modules to keep high; measures the advice
   nblab lab [JUPYTER LAB OPTIONS]            JupyterLab here, with the sidebar and the quickstart
 
 Exit codes of `run` and `sweep`: 0 all succeeded, 1 a run failed, diverged or was
@@ -124,8 +130,10 @@ def cmd_run(args) -> int:
         print(f"nblab run: {err}", file=sys.stderr)
         return EXIT_USAGE
     _cancel_on_sigterm()
+    from nblab.eval.source import run_fields
+
     run_id = args.resume or store.create_run(
-        recipe.name, recipe.to_toml(), steps=recipe.train.steps
+        recipe.name, recipe.to_toml(), **run_fields(recipe, store)
     )
     print(f"run {run_id}  ({store.run_dir(run_id)})", flush=True)
     bar, update = _progress_bar(recipe.train.steps, 0)
@@ -477,6 +485,11 @@ def build_parser() -> argparse.ArgumentParser:
     # likewise `nblab merge ...` (nblab.merge.command)
     commands.add_parser("merge", help="merge fine-tuned runs: SWEEP|RUN... --method M")
 
+    # listed for --help; main() hands these to nblab.eval.commands (`nblab eval --help`)
+    commands.add_parser("eval", help="evaluate a checkpoint quantized after training")
+    commands.add_parser("sensitivity", help="Δ val loss per module or role of a format")
+    commands.add_parser("advise", help="which modules to keep in high precision")
+
     report = commands.add_parser("report", help="a sweep's report: report.ipynb + report.html")
     report.add_argument("sweep")
     report.add_argument("--log-x", action="store_true", help="log-scale step axis")
@@ -570,6 +583,10 @@ def main(argv: list[str] | None = None) -> int:
         from nblab.merge.command import merge_command
 
         return merge_command(argv[1:])
+    if argv[:1] in (["eval"], ["sensitivity"], ["advise"]):  # evaluations own their options
+        from nblab.eval.commands import main as eval_main
+
+        return eval_main(argv)
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -184,10 +184,16 @@ def launch(
     or in this process when that is 1 (nblab.train.trainer.train).
 
     Returns nblab.train.trainer.TrainResult (status from the store). Raises LayoutError /
-    NotImplementedError before starting anything when the layout is invalid."""
+    NotImplementedError before starting anything when the layout is invalid. A recipe
+    whose eval.source is set evaluates that run's checkpoint instead (nblab.eval.run; its
+    EvalResult has the same fields)."""
     from nblab.runs import TERMINAL_STATUSES, RunStore
     from nblab.train.trainer import TrainResult, train
 
+    if recipe.eval.source:  # an evaluation of a run's checkpoint (nblab.eval), not training
+        from nblab.eval.run import run
+
+        return run(recipe, store=store, run_id=run_id, sweep=sweep, progress=progress)
     nproc = nproc or recipe.parallel.nproc
     if nproc == 1:
         if env:

@@ -21,6 +21,7 @@ import difflib
 import importlib
 import math
 import os
+import re
 import tomllib
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -35,6 +36,7 @@ from nblab.precision.presets import (
     precision_problems,
     resolve_precision,
 )
+from nblab_kernels.formats import QUANT_PRESETS
 
 Problem = tuple[str, Any, str]  # (field path, bad value, what would be accepted)
 
@@ -148,6 +150,16 @@ class ParallelSection:
 class EvalSection:
     interval: int = 100  # steps between evaluations; 0: never
     batches: int = 10
+    # An evaluation run (nblab.eval) sets source: it evaluates that training run's
+    # checkpoint after training instead of training; the other sections say how to build
+    # and read the model (nblab eval writes them from the source run's recipe).
+    source: str = ""  # a run id; "": this recipe trains
+    step: int = 0  # the source's checkpoint step; 0: its latest
+    # the format to evaluate in: a precision preset or a QuantSpec name (nblab.eval
+    # .precision); "": the [precision] section. Only the forward roles act.
+    precision: str = ""
+    weights_only: bool = False  # quantize the weights only, not the activations
+    scan: str = ""  # "": one evaluation; "module" | "role": a sensitivity scan
 
 
 @dataclass
@@ -211,6 +223,10 @@ PP_SCHEDULES = ("gpipe", "1f1b")  # as nblab.parallel.pipeline.PP_SCHEDULES
 TEXT_DOCUMENTS = ("line", "paragraph", "file")  # as nblab.train.corpus.TEXT_DOCUMENTS
 # the parallel section's degrees; their product is parallel.nproc
 PARALLEL_DEGREES = ("dp_replicate", "dp_shard", "tp", "pp")
+EVAL_SCANS = ("", "module", "role")  # eval.scan: one evaluation, or a sensitivity scan
+# the eval fields that only an evaluation run (eval.source set) reads
+EVAL_RUN_FIELDS = ("step", "precision", "weights_only", "scan")
+_RUN_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]*")  # as nblab.runs.store's run ids
 
 # Registries owned by other modules, imported only when a recipe is validated.
 _REGISTRIES = {
@@ -784,6 +800,21 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "parallel.pp_schedule": _choice(PP_SCHEDULES),
     "eval.interval": _int_at_least(0),
     "eval.batches": _int_at_least(1),
+    "eval.source": (
+        (lambda v: v == "" or _RUN_ID.fullmatch(v) is not None),
+        'a run id (letters, digits, "-", "_"), or "" for a training recipe',
+    ),
+    "eval.step": _int_at_least(0),
+    "eval.precision": (
+        (lambda v: v == "" or v in PRECISION_PRESETS or v in QUANT_PRESETS),
+        '"" (the [precision] section), a precision preset '
+        f"({', '.join(PRECISION_PRESETS)}) or a QuantSpec name "
+        f"({', '.join(n for n in QUANT_PRESETS if n not in PRECISION_PRESETS)})",
+    ),
+    "eval.scan": (
+        (lambda v: v in EVAL_SCANS),
+        '"" (one evaluation), "module" or "role" (a sensitivity scan)',
+    ),
     "checkpoint.interval": _int_at_least(0),
     "checkpoint.keep": _int_at_least(1),
     "metrics.log_interval": _int_at_least(1),
@@ -859,6 +890,7 @@ SOURCE_CHECKS = (
     ("nblab.train.weights", "init_problems"),
     ("nblab.finetune", "finetune_problems"),
     ("nblab.train.instruct", "instruct_problems"),
+    ("nblab.eval.source", "source_problems"),
 )
 
 
@@ -898,6 +930,19 @@ def _cross_field(ok: dict[str, Any]) -> list[Problem]:
                 f"(shorthand: data.name={ok['data.name']}:<path>)",
             )
         )
+    if have("eval.source") and not ok["eval.source"]:
+        defaults = EvalSection()
+        for key in EVAL_RUN_FIELDS:
+            path = f"eval.{key}"
+            if have(path) and ok[path] != getattr(defaults, key):
+                problems.append(
+                    (
+                        path,
+                        ok[path],
+                        "its default in a training recipe: set eval.source to the "
+                        "run whose checkpoint this evaluates",
+                    )
+                )
     dims = tuple(f"parallel.{d}" for d in PARALLEL_DEGREES)
     if have(*dims, "parallel.nproc"):
         product = math.prod(ok[d] for d in dims)
@@ -923,6 +968,8 @@ __all__ = [
     "DECAYS",
     "DEVICES",
     "DTYPES",
+    "EVAL_RUN_FIELDS",
+    "EVAL_SCANS",
     "FINETUNE_METHODS",
     "OPTIMIZERS",
     "PARALLEL_DEGREES",

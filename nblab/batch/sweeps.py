@@ -123,9 +123,11 @@ def run_sweep(
                 store.set_status(row.run_id, "cancelled", error="superseded by a resumed sweep")
             todo.append(point)
         points = todo
+    from nblab.eval.source import run_fields  # an evaluation's run: kind eval, its source
+
     run_ids = [
         store.create_run(
-            point.name, point.recipe.to_toml(), sweep.name, steps=point.recipe.train.steps
+            point.name, point.recipe.to_toml(), sweep.name, **run_fields(point.recipe, store)
         )
         for point in points
     ]

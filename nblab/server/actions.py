@@ -7,6 +7,7 @@ server, and every command is an argument list: no request value reaches a shell.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +40,26 @@ def cancel_run(store: RunStore, run_id: str, wait: float) -> dict[str, Any]:
 
 
 def rerun(store: RunStore, run_ids: list[str]) -> dict[str, Any]:
-    """A new queued run (same name, sweep, recipe, steps) for each run, launched detached."""
+    """A new queued run (same name, sweep, recipe, steps, kind and sources) for each run,
+    launched detached."""
     from nblab.batch.launcher import launch_detached
 
     runs = [store.run(run_id) for run_id in run_ids]
-    made = [r["run_id"] for r in runs if r.get("kind", "train") != "train"]
-    if made:  # an eval or merge run is not a training job: remake it with its command
+    made = [r["run_id"] for r in runs if r.get("kind", "train") == "merge"]
+    if made:  # a merge run is not a job: remake it with its command
         raise ApiError(409, f"run {made[0]} is not a training run; make it again with nblab merge")
-    new = [store.create_run(r["name"], r["recipe"], r["sweep"], steps=r["steps"]) for r in runs]
+    # an eval run is a job like a training run (launch evaluates its recipe's eval.source)
+    new = [
+        store.create_run(
+            r["name"],
+            r["recipe"],
+            r["sweep"],
+            steps=r["steps"],
+            kind=r.get("kind") or "train",
+            sources=json.loads(r["sources"]) if r.get("sources") else None,
+        )
+        for r in runs
+    ]
     if new:
         launch_detached(new, jobs=1, store=store)
     return {"run_ids": new, "rerun_of": run_ids}

@@ -309,25 +309,35 @@ class Trainer:
         self._log_step(lr, grad_norm, recorded)
         return loss_value
 
+    def val_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The eval.batches fixed validation batches that evaluate() reads (this dp rank's
+        rows): the same at every evaluation, so evaluations of the run's checkpoints
+        (nblab.eval) read them too."""
+        generator = torch.Generator().manual_seed(self.recipe.train.seed + 7919)
+        return [self._batch("val", generator) for _ in range(self.recipe.eval.batches)]
+
+    @torch.no_grad()
+    def val_loss(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+        """The model's mean loss over `batches` in this process, in the recipe's dtype
+        (the caller sets eval mode)."""
+        losses = []
+        for x, y in batches:
+            with self._autocast():
+                loss = lm_loss(self.arch.logits(self.model, x), y)
+            losses.append(float(loss))
+        return sum(losses) / len(losses)
+
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Mean val loss over eval.batches fixed batches (+ accuracy for addition)."""
-        e, t = self.recipe.eval, self.recipe.train
         self.model.eval()
-        generator = torch.Generator().manual_seed(t.seed + 7919)
+        batches = self.val_batches()
         if self.pipeline is not None:
-            batches = [self._batch("val", generator) for _ in range(e.batches)]
             with self._autocast():
                 losses = self.pipeline.eval_losses(batches)
             self.model.train()
             return {"val_loss": self._mean(sum(losses) / len(losses))}
-        losses = []
-        for _ in range(e.batches):
-            x, y = self._batch("val", generator)
-            with self._autocast():
-                loss = lm_loss(self.arch.logits(self.model, x), y)
-            losses.append(float(loss))
-        out = {"val_loss": self._mean(sum(losses) / len(losses))}
+        out = {"val_loss": self._mean(self.val_loss(batches))}
         if isinstance(self.dataset, AdditionDataset):
             out["val_accuracy"] = exact_match_accuracy(self.model, self.dataset, 256, self.device)
         elif hasattr(self.dataset, "exact_match"):  # instruct data: exact answers, graded

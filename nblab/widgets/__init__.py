@@ -27,6 +27,8 @@ _EXPORTS = {
     "WeightDistribution": "nblab.widgets.weights",
     "compare": "nblab.widgets.comparison",
     "MergeBuilder": "nblab.widgets.merge",
+    "SensitivityMap": "nblab.widgets.sensitivity",  # nblab.eval's views
+    "PrecisionAdvisor": "nblab.widgets.advisor",
 }
 __all__ = list(_EXPORTS)
 

@@ -92,6 +92,7 @@ class RunMonitor(PanelView):
         self._drawn: dict[str, dict[str, dict[str, np.ndarray]]] = {}
         self.status: dict[str, str] = {}
         self.names: dict[str, str] = {}
+        self.kinds: dict[str, str] = {}  # train | eval | merge
         self._group_setting = group
         self.groups: dict[str, str] = {}  # run_id -> its configuration's label
         self._recipes: dict[str, dict] = {}  # run_id -> parsed recipe, read once
@@ -144,6 +145,7 @@ class RunMonitor(PanelView):
         run_ids = list(runs.run_id)
         self.status = dict(zip(runs.run_id, runs.status, strict=True))
         self.names = dict(zip(runs.run_id, runs.name, strict=True))
+        self.kinds = dict(zip(runs.run_id, runs.kind, strict=True))
         for row in runs.itertuples():
             if pd.notna(row.started):
                 self._started[row.run_id] = float(row.started)
@@ -336,7 +338,9 @@ class RunMonitor(PanelView):
     # -- drawing (bokeh) --------------------------------------------------------
     def _label(self, run_id: str) -> str:
         status = self.status.get(run_id, "?")
-        return f"{BADGES.get(status, '?')} {self.names.get(run_id, run_id)} ({status})"
+        kind = self.kinds.get(run_id, "train")
+        kind = "" if kind == "train" else f"{kind} "  # an evaluation: points at its source step
+        return f"{BADGES.get(status, '?')} {kind}{self.names.get(run_id, run_id)} ({status})"
 
     def _new_figure(self) -> dict[str, Any]:
         from bokeh.models import HoverTool, Legend
@@ -413,7 +417,14 @@ class RunMonitor(PanelView):
                 self._panel_parts["plot"].object = self._figure_parts["figure"]
         parts = self._figure_parts
         from bokeh.core.properties import value
-        from bokeh.models import ColumnDataSource, GlyphRenderer, LegendItem, Line, VArea
+        from bokeh.models import (
+            ColumnDataSource,
+            GlyphRenderer,
+            LegendItem,
+            Line,
+            Scatter,
+            VArea,
+        )
 
         # Renderers and legend items are made here and added to the figure once at the
         # end: figure.line() and a growing legend list cost a few times more per run
@@ -432,13 +443,16 @@ class RunMonitor(PanelView):
                         band = VArea(x="x", y1="lower", y2="upper", fill_color=color)
                         band.fill_alpha = 0.2
                         renderers.append(GlyphRenderer(data_source=source, glyph=band))
-                    line = Line(
-                        x="x",
-                        y="y",
-                        line_color=color,
-                        line_width=1.6,
-                        line_dash=DASHES[k % len(DASHES)],
-                    )
+                    if self.kinds.get(entry) == "eval":  # one point per key: a marker
+                        line = Scatter(x="x", y="y", size=9, fill_color=color, line_color=color)
+                    else:
+                        line = Line(
+                            x="x",
+                            y="y",
+                            line_color=color,
+                            line_width=1.6,
+                            line_dash=DASHES[k % len(DASHES)],
+                        )
                     renderers.append(
                         GlyphRenderer(data_source=source, glyph=line, name=f"{name} {key}")
                     )

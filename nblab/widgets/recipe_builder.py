@@ -301,7 +301,9 @@ class RecipeBuilder:
         """Launch `.recipe` as one batch job (a separate process); return at once."""
         store = self.store or RunStore()
         recipe = self.recipe
-        run_id = store.create_run(recipe.name, recipe.to_toml(), steps=recipe.train.steps)
+        from nblab.eval.source import run_fields
+
+        run_id = store.create_run(recipe.name, recipe.to_toml(), **run_fields(recipe, store))
         launcher = LocalLauncher(jobs=1, store=store)
         launcher.submit([run_id])
         self.handle = RunHandle(run_id, store, launcher)

@@ -66,6 +66,8 @@ def test_the_trainer_never_starts_torchrun():
         # fine-tuning is a model-level layer under the planner and the trainer
         ("finetune", ("nblab.train", "nblab.parallel", "nblab.batch", "nblab.merge")),
         ("merge", ("nblab.batch", "nblab.server", "nblab.widgets", "nblab.launch")),
+        # evaluations sit beside the trainer: launch, batch jobs and views call them
+        ("eval", ("nblab.launch", "nblab.batch", "nblab.widgets", "nblab.server", "nblab.cli")),
     ],
 )
 def test_lower_layers_do_not_import_upper_ones(folder, above):

@@ -187,6 +187,19 @@ async def test_rerun_makes_a_new_run_of_a_failed_one(jp_fetch, make_run, launche
     assert "succeeded" in reply["message"]
 
 
+async def test_a_failed_evaluation_is_rerun_as_an_evaluation(jp_fetch, make_run, store, launched):
+    source = make_run("trained", "s1", "succeeded", steps=12)
+    sources = [{"run_id": source, "step": 12}]
+    evaluation = store.create_run(
+        "nvfp4", 'name = "e"\n', "s1", steps=12, kind="eval", sources=sources
+    )
+    store.set_status(evaluation, "failed", error="boom")
+    (new,) = (await post(jp_fetch, "runs", evaluation, "rerun", expect=201))["run_ids"]
+    run = await get(jp_fetch, "runs", new)
+    assert (run["kind"], json.loads(run["sources"]), run["status"]) == ("eval", sources, "queued")
+    assert launched == [{"run_ids": [new], "jobs": 1}]
+
+
 async def test_sweep_rerun_reruns_only_failed_points(jp_fetch, make_run, launched):
     make_run("p1", "s1", "succeeded")
     make_run("p2", "s1", "cancelled")
