@@ -62,11 +62,18 @@ def group_label(name: str) -> str:
     return head or "seeds"
 
 
-def group(names: Iterable[str], recipes: Iterable[Mapping[str, Any]]) -> list[str]:
-    """The group label of each run (names and parsed recipes in the same order): runs
-    with one replicate_key share the label of the first of them. Two configurations
-    whose names differ only in the seed part keep their full names apart."""
-    names, keys = list(names), [replicate_key(r) for r in recipes]
+def group(
+    names: Iterable[str],
+    recipes: Iterable[Mapping[str, Any]],
+    kinds: Iterable[str] | None = None,
+) -> list[str]:
+    """The group label of each run (names, parsed recipes and run kinds in the same
+    order): runs of one kind with one replicate_key share the label of the first of
+    them (a merge, whose recipe is its first member's, is never that member's seed). Two
+    configurations whose names differ only in the seed part keep their full names apart."""
+    names, recipes = list(names), list(recipes)
+    kinds = ["train"] * len(names) if kinds is None else list(kinds)
+    keys = [f"{kind} {replicate_key(r)}" for kind, r in zip(kinds, recipes, strict=True)]
     labels: dict[str, str] = {}  # replicate key -> label
     for name, key in zip(names, keys, strict=True):
         if key not in labels:

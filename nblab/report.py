@@ -98,6 +98,7 @@ class SweepData:
         self.sweep, self.store = sweep, store
         self.generated = dt.datetime.now(dt.UTC)
         every = store.runs(sweep=sweep)
+        every = every[every.kind != "merge"]  # merges have their own section (nblab.merge.report)
         prefix = f"{sweep}/"
         every["point"] = [n[len(prefix) :] if n.startswith(prefix) else n for n in every.name]
         # runs() is oldest first, so the last run of a point is its latest (re)run
@@ -129,7 +130,7 @@ class SweepData:
         # seeds of one configuration form one group (nblab.groups); every figure colours
         # a group, and its runs, the same
         runs["seed"] = [groups.seed_of(r) for r in runs.recipe]
-        runs["group"] = groups.group(runs.point, runs.recipe)
+        runs["group"] = groups.group(runs.point, runs.recipe, runs.kind)
         self.replicated = bool(runs.group.duplicated().any())
         self.colors = groups.colors(runs.group)
         self._group_of = dict(zip(runs.run_id, runs.group, strict=True))

@@ -214,7 +214,8 @@ class RunMonitor(PanelView):
             for run_id, text in self.store.recipes(unread).items():
                 self._recipes[run_id] = tomllib.loads(text)
         names = [self.names.get(r, r).rpartition("/")[2] for r in run_ids]
-        labels = groups.group(names, [self._recipes[r] for r in run_ids])
+        kinds = [self.kinds.get(r, "train") for r in run_ids]
+        labels = groups.group(names, [self._recipes[r] for r in run_ids], kinds)
         self.groups = dict(zip(run_ids, labels, strict=True))
 
     @property
@@ -339,7 +340,7 @@ class RunMonitor(PanelView):
     def _label(self, run_id: str) -> str:
         status = self.status.get(run_id, "?")
         kind = self.kinds.get(run_id, "train")
-        kind = "" if kind == "train" else f"{kind} "  # an evaluation: points at its source step
+        kind = "" if kind == "train" else f"{kind} "  # eval or merge: drawn as points
         return f"{BADGES.get(status, '?')} {kind}{self.names.get(run_id, run_id)} ({status})"
 
     def _new_figure(self) -> dict[str, Any]:
@@ -443,7 +444,7 @@ class RunMonitor(PanelView):
                         band = VArea(x="x", y1="lower", y2="upper", fill_color=color)
                         band.fill_alpha = 0.2
                         renderers.append(GlyphRenderer(data_source=source, glyph=band))
-                    if self.kinds.get(entry) == "eval":  # one point per key: a marker
+                    if self.kinds.get(entry, "train") != "train":  # eval, merge: a point a key
                         line = Scatter(x="x", y="y", size=9, fill_color=color, line_color=color)
                     else:
                         line = Line(

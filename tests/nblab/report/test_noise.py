@@ -138,3 +138,24 @@ def test_one_point_keeps_one_colour_in_every_figure(home, sweep):
         point = point if point in by_point else groups.group_label(point)
         expected = np.round([int(color[i : i + 2], 16) / 255 for i in (1, 3, 5)], 3)
         assert list(by_point[point]) == list(expected), label
+
+
+def test_a_merge_in_the_sweep_is_neither_a_point_nor_a_seed(tmp_path):
+    """A merge run sits in its members' sweep with its first member's recipe; the report
+    shows it in its own section, so the points, their groups and their seeds are the
+    training runs' alone."""
+    store = RunStore(tmp_path)
+    ids = write_seeded(store)
+    member = ids[("bf16", 0)]
+    recipe = store.run(member)["recipe"]
+    sources = [{"run_id": member, "step": 4}]
+    merge = store.create_run(f"{SEEDED}/soup", recipe, sweep=SEEDED, kind="merge", sources=sources)
+    store.writer(merge, flush_every=None).close("succeeded")
+    data = SweepData(SEEDED, store)
+    assert merge not in set(data.runs.run_id) and len(data.runs) == len(ids)
+    table = data.grouped_table().set_index("point")
+    assert table.loc["preset=bf16"].runs == 3
+    # grouped by kind too: the same recipe as a merge is not that member's replicate
+    names, recipes = ["a", "b"], [{"train": {"seed": 0}}, {"train": {"seed": 0}}]
+    assert groups.group(names, recipes) == ["a", "a"]
+    assert groups.group(names, recipes, ["train", "merge"]) == ["a", "b"]

@@ -98,6 +98,29 @@ def test_monitor_picks_up_new_rows_on_refresh(store):
     assert items[b].label == value("▶ b (running)")
 
 
+def test_merge_and_eval_runs_are_drawn_as_points_and_named_by_kind(store):
+    a, wa = _run(store, "a")
+    for step in range(1, 6):
+        wa.log_metrics(step, {"loss": 2.0 - step / 10})
+    wa.log_metrics(5, {"val_loss": 1.6})
+    wa.close()
+    sources = [{"run_id": a, "step": 5}]
+    for kind in ("merge", "eval"):
+        run_id = store.create_run(f"{kind}-x", RECIPE, sweep="s", kind=kind, sources=sources)
+        w = store.writer(run_id, flush_every=None)
+        w.log_metrics(0, {"val_loss": 1.55})
+        w.close()
+    monitor = RunMonitor("s", keys=("loss", "val_loss"), autostart=False)
+    glyphs = {}
+    for r in monitor._figure_parts["figure"].renderers:
+        glyphs[r.name] = type(r.glyph).__name__
+    by_name = {monitor.names[rid]: rid for rid in monitor.names}
+    assert monitor.legend[by_name["merge-x"]] == "✓ merge merge-x (succeeded)"
+    assert monitor.legend[by_name["eval-x"]] == "✓ eval eval-x (succeeded)"
+    assert glyphs["merge-x val_loss"] == glyphs["eval-x val_loss"] == "Scatter"
+    assert glyphs["a loss"] == "Line"
+
+
 def test_monitor_downsamples_and_switches_axes(store):
     a, wa = _run(store, "a")
     for step in range(1, 5001):
