@@ -42,6 +42,7 @@ from nblab.train.tokenizer import (
     ByteTokenizer,
     CharTokenizer,
     HFTokenizer,
+    Tokenized,
     load_path,
     parse_spec,
     train_bpe,
@@ -490,7 +491,7 @@ def _build(spec: CorpusSpec, out: Path, cache: Path) -> None:
 # the dataset
 
 
-class CorpusDataset:
+class CorpusDataset(Tokenized):
     """A cached corpus. `tokens[split]` is the split's token file as a read-only np.memmap
     (nothing is read until it is indexed). get_batch takes random windows of seq_len + 1
     tokens and reads each with one pread from that file: the bytes come through the page
@@ -518,12 +519,6 @@ class CorpusDataset:
             split: np.memmap(self.folder / f"{split}.bin", dtype=self.meta["dtype"], mode="r")
             for split in ("train", "val")
         }
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text)
-
-    def decode(self, ids) -> str:
-        return self.tokenizer.decode(ids)
 
     def get_batch(
         self, split: str, batch_size: int, seq_len: int, generator: torch.Generator

@@ -34,6 +34,7 @@ from nblab.train.instruct import build_instruct, instruct_options
 from nblab.train.tokenizer import (
     ByteTokenizer,
     CharTokenizer,
+    Tokenized,
     Tokenizer,
     TokenizerError,
     load_path,
@@ -106,7 +107,7 @@ def window_starts(
 # token streams: pydoc, text, hf
 
 
-class TokenStreamDataset:
+class TokenStreamDataset(Tokenized):
     """A token stream cut in two: train, then val. get_batch takes random windows of
     seq_len + 1 tokens from one split; no target is masked."""
 
@@ -153,12 +154,6 @@ class TokenStreamDataset:
                 f"both splits need text (val_fraction={val_fraction})"
             )
         return cls(name, source, tok, ids, val_ids)
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text)
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids)
 
     def get_batch(
         self, split: str, batch_size: int, seq_len: int, generator: torch.Generator
@@ -266,7 +261,7 @@ def build_hf(
 # addition
 
 
-class AdditionDataset:
+class AdditionDataset(Tokenized):
     """Reversed-sum addition: "123+456=" then the sum's digits reversed, then END:
     "123+456=975$" (579 reversed). Operands are zero-padded to `digits` digits, so every
     prompt has the same length; the answer is not padded ("003+004=7$").
@@ -289,12 +284,6 @@ class AdditionDataset:
         self.prompt_len = 2 * digits + 2  # "aaa+bbb="
         self.max_answer_len = digits + 2  # up to digits + 1 sum digits, then END
         self.max_problem_len = self.prompt_len + self.max_answer_len
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text)
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids)
 
     def prompt(self, a: int, b: int) -> str:
         return f"{a:0{self.digits}d}+{b:0{self.digits}d}="

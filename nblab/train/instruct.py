@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from nblab.models.protocol import IGNORE_INDEX, greedy_generate
-from nblab.train.tokenizer import ByteTokenizer, CharTokenizer
+from nblab.train.tokenizer import ByteTokenizer, CharTokenizer, Tokenized
 
 Problem = tuple[str, Any, str]
 PAD_ID = 0  # the input filler after a row's last example (its targets are masked)
@@ -70,7 +70,7 @@ def read_examples(
     return out
 
 
-class InstructDataset:
+class InstructDataset(Tokenized):
     """Prompt / response examples; see the module docstring."""
 
     def __init__(
@@ -103,12 +103,6 @@ class InstructDataset:
         key = f"{self.seed}:{prompt}".encode()
         u = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") / 2**64
         return u < self.val_fraction
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text)
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids)
 
     def get_batch(
         self, split: str, batch_size: int, seq_len: int, generator: torch.Generator

@@ -67,6 +67,18 @@ class Tokenizer(Protocol):
     def save(self, directory: str | os.PathLike) -> Path: ...
 
 
+class Tokenized:
+    """What a dataset built on a tokenizer answers through it (its `tokenizer`)."""
+
+    tokenizer: Tokenizer
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+
 def parse_spec(spec: str) -> tuple[str, int | str | None]:
     """("char", None) | ("byte", None) | ("bpe", N) | ("path", str). Raises TokenizerError
     for a bad bpe:N; any other string is taken as a path (checked by load_path)."""

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from waiting import wait_for
 
 from nblab.batch import LocalLauncher, cancel, run_sweep
 from nblab.batch.job import OUTPUT_NOTEBOOK, read_job_info
@@ -30,16 +31,6 @@ def debug_recipe(steps: int = 3, **overrides) -> Recipe:
 
 def queue(store: RunStore, recipe: Recipe, name: str = "job") -> str:
     return store.create_run(name, recipe.to_toml(), steps=recipe.train.steps)
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def group_gone(pgid: int) -> bool:

@@ -13,7 +13,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
+
+from waiting import wait_for
 
 from nblab.runs import RunStore
 from nblab.runs.liveness import pid_alive
@@ -31,16 +32,6 @@ base = "gpt-debug"
 "train.seed" = [0, 1, 2]
 """
 WAIT_S = 240  # generous: the CI box is 2 shared cores
-
-
-def wait_for(predicate, what: str):
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {WAIT_S} s waiting for {what}")
 
 
 def sweep(path, home, *extra) -> subprocess.Popen:
@@ -75,7 +66,7 @@ def test_ctrl_c_mid_sweep_then_resume_runs_no_point_twice_and_loses_none(tmp_pat
         s = statuses()
         return list(s.values())[:2] == ["succeeded", "running"] and s
 
-    seen = wait_for(second_training, "point 1 to succeed and point 2 to train")
+    seen = wait_for(second_training, WAIT_S, "point 1 to succeed and point 2 to train")
     names = list(seen)
     assert len(names) == 3
     running = store.runs(sweep="ctrl-c").set_index("name").loc[names[1]]

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from waiting import wait_for
 
 from nblab.launch import TORCHRUN_LOG, _killed_rank
 from nblab.runs import RunStore
@@ -26,16 +27,6 @@ from test_runtime import _env  # noqa: E402
 
 STEPS = 12
 SETS = ["train.steps=12", "checkpoint.interval=2", "eval.interval=0", "eval.batches=1"]
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def cli(home: Path, *args: str, **env: str) -> subprocess.Popen:
