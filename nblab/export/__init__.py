@@ -14,7 +14,10 @@ loads only the targets it was asked for.
 from __future__ import annotations
 
 import importlib
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from nblab.runs import RunStore
 
@@ -33,6 +36,9 @@ class Exporter:
     def option_names(self) -> tuple[str, ...]:
         return tuple(name for name, _, _ in self.options)
 
+
+# what a per-run folder name keeps of a run name; anything else becomes '_'
+FOLDER_UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]")
 
 EXPORTERS: dict[str, Exporter] = {
     "tensorboard": Exporter(
@@ -82,6 +88,23 @@ def runs_of(target: str, store: RunStore) -> list[str]:
     return [target]
 
 
+def checkpoint_folders(
+    store: RunStore, run_ids: list[str], destination: str, step: str | None
+) -> Iterator[tuple[str, dict, Path, int | None]]:
+    """(run_id, run, folder, step) for each run a checkpoint exporter (hf, adapter) writes:
+    DIR itself for one run, DIR/<run name>-<run_id> for several (the name's '/' and other
+    characters a folder name should not hold become '_'). --step names one checkpoint, so
+    it takes one run."""
+    if step is not None and len(run_ids) > 1:
+        raise ValueError(f"--step {step} names one checkpoint; give one run, not a sweep")
+    for run_id in run_ids:
+        run = store.run(run_id)
+        folder = Path(destination)
+        if len(run_ids) > 1:
+            folder = folder / f"{FOLDER_UNSAFE.sub('_', run['name'])}-{run_id}"
+        yield run_id, run, folder, None if step is None else int(step)
+
+
 def export(
     target: str, *, store: RunStore | None = None, **destinations: str | None
 ) -> dict[str, list[str]]:
@@ -111,4 +134,4 @@ def export(
     return out
 
 
-__all__ = ["EXPORTERS", "Exporter", "export", "runs_of"]
+__all__ = ["EXPORTERS", "Exporter", "checkpoint_folders", "export", "runs_of"]

@@ -8,8 +8,8 @@ nblab.train.finetuned.export_adapter; a sweep writes one folder per LoRA run.
 from __future__ import annotations
 
 import tomllib
-from pathlib import Path
 
+from nblab.export import checkpoint_folders
 from nblab.runs import RunStore
 
 
@@ -18,18 +18,11 @@ def export(
 ) -> list[str]:
     from nblab.train.finetuned import export_adapter  # torch, peft: only when asked
 
-    if step is not None and len(run_ids) > 1:
-        raise ValueError(f"--step {step} names one checkpoint; give one run, not a sweep")
     lines = []
-    for run_id in run_ids:
-        run = store.run(run_id)
+    for run_id, run, folder, n in checkpoint_folders(store, run_ids, destination, step):
         method = tomllib.loads(run["recipe"]).get("finetune", {}).get("method", "full")
         if len(run_ids) > 1 and method != "lora":
             lines.append(f"{run_id}: skipped (finetune.method={method!r} has no adapter)")
             continue
-        folder = Path(destination)
-        if len(run_ids) > 1:
-            folder = folder / f"{run['name'].replace('/', '_')}-{run_id}"
-        out = export_adapter(run_id, folder, step=None if step is None else int(step), store=store)
-        lines.append(f"{run_id}: {out}")
+        lines.append(f"{run_id}: {export_adapter(run_id, folder, step=n, store=store)}")
     return lines

@@ -21,17 +21,16 @@ $NBLAB_HOME/runs` shows every run that has them).
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from nblab.export import FOLDER_UNSAFE
 from nblab.runs import RunStore, RunWriter
 
 LIVE_FOLDER = "tensorboard"  # under the run's folder
 EVENT_FILES = "events.out.tfevents.*"
-_UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]")
 
 
 def metric_tag(key: str) -> str:
@@ -102,7 +101,7 @@ class EventSink:
 def run_folder(root: str | Path, name: str, run_id: str) -> Path:
     """root/<run name>/<run_id>; the name's '/' (sweep/point) nests, other characters
     a path should not hold become '_'."""
-    parts = [_UNSAFE.sub("_", p) for p in name.split("/") if p]
+    parts = [FOLDER_UNSAFE.sub("_", p) for p in name.split("/") if p]
     parts = [p if p not in (".", "..") else "_" for p in parts]
     return Path(root).joinpath(*parts, run_id)
 
