@@ -68,6 +68,17 @@ class KernelManager(AsyncKernelManager):
     client_factory = Type(SlicedPollKernelClient)
 
 
+def import_papermill():
+    """papermill (0.3 s to import), without the grammar nbformat's validator would build."""
+    # jsonschema (under nbformat) imports rfc3987_syntax when it is installed, which
+    # builds a grammar for 1.2 s per call; its IRI format checks never apply to
+    # notebooks, so nblab goes without them.
+    sys.modules.setdefault("rfc3987_syntax", None)
+    import papermill
+
+    return papermill
+
+
 def execute(
     source: str | Path,
     output: str | Path,
@@ -79,12 +90,7 @@ def execute(
     """papermill.execute_notebook(source, output, parameters) in the python3 kernel, with
     nblab's KernelManager (or a subclass); `options` go to papermill as they are
     (cwd, execution_timeout, log_output, ...). Returns the executed notebook."""
-    # jsonschema (under nbformat) imports rfc3987_syntax when it is installed, which
-    # builds a grammar for 1.2 s per call; its IRI format checks never apply to
-    # notebooks, so nblab goes without them.
-    sys.modules.setdefault("rfc3987_syntax", None)
-    import papermill
-
+    papermill = import_papermill()
     options.setdefault("kernel_name", "python3")
     options.setdefault("progress_bar", False)
     return papermill.execute_notebook(

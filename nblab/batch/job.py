@@ -39,7 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nblab.notebooks import KernelManager, execute, notebook
+from nblab.notebooks import KernelManager, execute, import_papermill, notebook
 
 TRAIN_NOTEBOOK = notebook("train.ipynb")
 JOB_INFO = "job.json"  # pid / pgid / host of the job and its kernel
@@ -101,16 +101,22 @@ def signal_groups(groups: list[int], signum: int) -> list[int]:
 # ---------------------------------------------------------------------------
 
 
+def _kernel_ids(km: KernelManager) -> tuple[int, int] | None:
+    """(pid, pgid) of a started kernel."""
+    process = getattr(km.provisioner, "process", None)
+    pid = getattr(km.provisioner, "pid", None) or getattr(process, "pid", None)
+    return (int(pid), int(getattr(km.provisioner, "pgid", None) or pid)) if pid else None
+
+
 def _kernel_manager_class(on_start: Callable[[int, int], None]) -> type:
     """nblab's kernel manager, telling `on_start(pid, pgid)` its kernel."""
 
     class TrackedKernelManager(KernelManager):
         async def start_kernel(self, **kw: Any) -> None:
             await super().start_kernel(**kw)
-            process = getattr(self.provisioner, "process", None)
-            pid = getattr(self.provisioner, "pid", None) or getattr(process, "pid", None)
-            if pid:
-                on_start(int(pid), int(getattr(self.provisioner, "pgid", None) or pid))
+            ids = _kernel_ids(self)
+            if ids:
+                on_start(*ids)
 
     return TrackedKernelManager
 
@@ -126,6 +132,7 @@ class Job:
         timeout: float | None = None,
         notebook: Path = TRAIN_NOTEBOOK,
         store=None,
+        kernel: KernelManager | None = None,
     ):
         self.stop_reason: str | None = None  # "cancelled" | "timeout"
         self.kernel_pgid: int | None = None
@@ -140,6 +147,7 @@ class Job:
         self.timeout = timeout
         self.notebook = Path(notebook)
         self.run_dir = self.store.run_dir(run_id)
+        self.kernel = kernel  # started already (a spare's, nblab.batch.spare), or None
 
     # -- stopping ---------------------------------------------------------------
     def stop(self, reason: str) -> None:
@@ -193,6 +201,9 @@ class Job:
             print(f"[nblab job] {refusal}", file=sys.stderr, flush=True)
             return EXIT_CANCELLED if run["status"] == "cancelled" else EXIT_USAGE
         self.store.set_status(self.run_id, "running", pid=os.getpid())
+        ids = _kernel_ids(self.kernel) if self.kernel is not None else None
+        if ids:
+            self._on_kernel_start(*ids)
         if self.timeout:
             timer = threading.Timer(self.timeout, self.stop, args=("timeout",))
             timer.daemon = True
@@ -209,6 +220,15 @@ class Job:
         return self._finish(error)
 
     def _papermill(self, recipe_toml: str) -> None:
+        options: dict[str, Any] = {}
+        if self.kernel is not None and not self.stop_reason:
+            from nblab.batch.spare import run_code
+
+            # papermill starts its own kernels in the run folder: this one moves there
+            error = run_code(self.kernel, f"import os; os.chdir({str(self.run_dir)!r})")
+            if error is not None:
+                raise RuntimeError(f"the spare kernel could not enter the run folder: {error}")
+            options["km"] = self.kernel  # papermill leaves it running: execute() kills it
         if not self.stop_reason:
             execute(
                 self.notebook,
@@ -220,6 +240,7 @@ class Job:
                 # the last cell has run and the trainer has closed the run: nothing
                 # is left for a graceful exit of the kernel to do but wait
                 shutdown_kernel="immediate",
+                **options,
             )
 
     def _finish(self, error: str | None) -> int:
@@ -256,20 +277,72 @@ def _describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}".strip()
 
 
+def _spare(log: Path) -> tuple[str | None, KernelManager | None]:
+    """A spare (nblab.batch.spare): its warm kernel, then the run id from stdin. (None,
+    None) when no run came; a kernel that died meanwhile is dropped (None)."""
+    from nblab.batch import spare
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt  # the launcher ends its spare: stop the kernel, exit
+
+    signal.signal(signal.SIGTERM, stop)
+    km = spare.start_warm_kernel(KernelManager)
+    import_papermill()  # while no run waits
+    try:
+        run_id = spare.wait_for_run(sys.stdin)
+    except KeyboardInterrupt:
+        run_id = None
+    if run_id is None or not spare.alive(km):
+        spare.stop_kernel(km)
+        km = None
+    if run_id is None:
+        log.unlink(missing_ok=True)
+        return None, None
+    from nblab.runs import RunStore
+
+    spare.adopt_log(log, RunStore().run_dir(run_id))
+    return run_id, km
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nblab.batch.job", description=__doc__)
-    parser.add_argument("run_id")
+    parser.add_argument("run_id", nargs="?")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     parser.add_argument("--timeout", type=float, help="seconds before the job is stopped")
     parser.add_argument("--notebook", type=Path, default=TRAIN_NOTEBOOK, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--spare",
+        type=Path,
+        metavar="LOG",
+        help="start the kernel now and read RUN_ID from stdin (nblab.batch.spare)",
+    )
     args = parser.parse_args(argv)
+    if (args.run_id is None) == (args.spare is None):
+        parser.error("give RUN_ID, or --spare LOG (and the run id on stdin)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    kernel = None
     try:
-        job = Job(args.run_id, resume=args.resume, timeout=args.timeout, notebook=args.notebook)
+        run_id = args.run_id
+        if args.spare is not None:
+            run_id, kernel = _spare(args.spare)
+            if run_id is None:
+                return EXIT_OK
+        job = Job(
+            run_id,
+            resume=args.resume,
+            timeout=args.timeout,
+            notebook=args.notebook,
+            kernel=kernel,
+        )
         return job.execute()
     except (KeyError, ValueError) as err:
         print(f"[nblab job] {err}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        if kernel is not None:
+            from nblab.batch.spare import stop_kernel
+
+            stop_kernel(kernel)
 
 
 if __name__ == "__main__":
