@@ -23,6 +23,8 @@ _CHECKOUT = Path(__file__).resolve().parents[1] / "notebooks"
 
 # Longest single wait on a kernel socket; a longer wait is made of such slices.
 POLL_SLICE_S = 1.0
+# As nbclient starts a kernel: IPython's history in memory, not in ~/.ipython
+KERNEL_ARGS = ["--HistoryManager.hist_file=:memory:"]
 
 
 def notebook(name: str) -> Path:
@@ -66,6 +68,28 @@ class KernelManager(AsyncKernelManager):
 
     client_class = DottedObjectName("nblab.notebooks.SlicedPollKernelClient")
     client_factory = Type(SlicedPollKernelClient)
+
+
+def start_kernel(manager_class: type[KernelManager] = KernelManager, cwd: str | None = None):
+    """A python3 kernel, started (its process launched; execute() waits until it is
+    ready), for execute(..., km=...): papermill runs the notebook in it and leaves it
+    running; stop_kernel() ends it."""
+    from jupyter_core.utils import run_sync
+
+    km = manager_class(kernel_name="python3")
+    options = {"cwd": cwd} if cwd else {}
+    run_sync(km.start_kernel)(extra_arguments=KERNEL_ARGS, **options)
+    return km
+
+
+def stop_kernel(km: KernelManager) -> None:
+    """Kill km's kernel at once (it may be gone already) and remove its connection file."""
+    from jupyter_core.utils import run_sync
+
+    try:
+        run_sync(km.shutdown_kernel)(now=True)
+    except Exception:  # noqa: BLE001 - gone already: only the files are left to remove
+        km.cleanup_resources()
 
 
 def import_papermill():

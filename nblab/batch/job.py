@@ -39,7 +39,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nblab.notebooks import KernelManager, execute, import_papermill, notebook
+from nblab.notebooks import (
+    KernelManager,
+    execute,
+    import_papermill,
+    notebook,
+    start_kernel,
+    stop_kernel,
+)
 
 TRAIN_NOTEBOOK = notebook("train.ipynb")
 JOB_INFO = "job.json"  # pid / pgid / host of the job and its kernel
@@ -215,33 +222,26 @@ class Job:
             error = _describe(err)
             print(f"[nblab job] {error}", file=sys.stderr, flush=True)
         finally:
-            if self.kernel_pgid is not None:  # papermill shuts its kernel down; make sure
+            if self.kernel_pgid is not None:  # the last cell has run: nothing to wait for
                 signal_groups([self.kernel_pgid], signal.SIGKILL)
+            if self.kernel is not None:
+                stop_kernel(self.kernel)  # and its connection file
         return self._finish(error)
 
     def _papermill(self, recipe_toml: str) -> None:
-        options: dict[str, Any] = {}
-        if self.kernel is not None and not self.stop_reason:
-            from nblab.batch.spare import run_code
-
-            # papermill starts its own kernels in the run folder: this one moves there
-            error = run_code(self.kernel, f"import os; os.chdir({str(self.run_dir)!r})")
-            if error is not None:
-                raise RuntimeError(f"the spare kernel could not enter the run folder: {error}")
-            options["km"] = self.kernel  # papermill leaves it running: execute() kills it
-        if not self.stop_reason:
-            execute(
-                self.notebook,
-                self.run_dir / OUTPUT_NOTEBOOK,
-                dict(recipe_toml=recipe_toml, run_id=self.run_id, resume=self.resume),
-                cwd=str(self.run_dir),
-                log_output=True,
-                kernel_manager_class=_kernel_manager_class(self._on_kernel_start),
-                # the last cell has run and the trainer has closed the run: nothing
-                # is left for a graceful exit of the kernel to do but wait
-                shutdown_kernel="immediate",
-                **options,
-            )
+        if self.stop_reason:
+            return
+        if self.kernel is None:  # it boots while papermill loads (0.3 s)
+            manager = _kernel_manager_class(self._on_kernel_start)
+            self.kernel = start_kernel(manager, cwd=str(self.run_dir))
+        execute(
+            self.notebook,
+            self.run_dir / OUTPUT_NOTEBOOK,
+            dict(recipe_toml=recipe_toml, run_id=self.run_id, resume=self.resume),
+            cwd=str(self.run_dir),
+            log_output=True,
+            km=self.kernel,  # papermill leaves it running: execute() stops it at once
+        )
 
     def _finish(self, error: str | None) -> int:
         """Give the run its final status; return the exit code."""
@@ -288,19 +288,24 @@ def _spare(log: Path) -> tuple[str | None, KernelManager | None]:
     signal.signal(signal.SIGTERM, stop)
     km = spare.start_warm_kernel(KernelManager)
     import_papermill()  # while no run waits
+    print(spare.READY, file=sys.stderr, flush=True)
     try:
         run_id = spare.wait_for_run(sys.stdin)
     except KeyboardInterrupt:
         run_id = None
-    if run_id is None or not spare.alive(km):
-        spare.stop_kernel(km)
-        km = None
     if run_id is None:
+        stop_kernel(km)
         log.unlink(missing_ok=True)
         return None, None
     from nblab.runs import RunStore
 
-    spare.adopt_log(log, RunStore().run_dir(run_id))
+    run_dir = RunStore().run_dir(run_id)
+    spare.adopt_log(log, run_dir)
+    # where papermill would have started it; a kernel that died meanwhile is replaced
+    if not spare.alive(km) or spare.run_code(km, f"import os; os.chdir({str(run_dir)!r})"):
+        print("[nblab job] the spare's kernel is unusable: starting one", file=sys.stderr)
+        stop_kernel(km)
+        km = None
     return run_id, km
 
 
@@ -339,9 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[nblab job] {err}", file=sys.stderr)
         return EXIT_USAGE
     finally:
-        if kernel is not None:
-            from nblab.batch.spare import stop_kernel
-
+        if kernel is not None:  # a spare's, if the job never got to run it
             stop_kernel(kernel)
 
 

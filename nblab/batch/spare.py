@@ -31,6 +31,7 @@ from typing import IO, Any
 IDLE_S = 300.0  # a spare nobody uses goes away (it holds a kernel with torch loaded)
 READY_S = 120.0  # the longest wait for the kernel to start and warm up
 SPARES = "spares"  # the folder of spares' logs under $NBLAB_HOME
+READY = "[nblab job] spare ready"  # the line a spare logs once it waits for a run
 
 # What every job's kernel imports before its run is known: the notebook's and the
 # trainer's heavy modules (torch._dynamo: every optimizer imports it on creation;
@@ -74,10 +75,9 @@ def start_warm_kernel(manager_class: type) -> Any:
     """A started kernel (manager_class, python3) that has run WARM_UP. A failed warm-up
     is reported on stderr and leaves the kernel as it is: the notebook will say what
     is missing."""
-    from jupyter_core.utils import run_sync
+    from nblab.notebooks import start_kernel
 
-    km = manager_class(kernel_name="python3")
-    run_sync(km.start_kernel)(extra_arguments=["--HistoryManager.hist_file=:memory:"])
+    km = start_kernel(manager_class)
     error = run_code(km, WARM_UP, started=False)
     if error is not None:
         print(f"[nblab job] spare warm-up: {error}", file=sys.stderr, flush=True)
@@ -88,16 +88,6 @@ def alive(km: Any) -> bool:
     from jupyter_core.utils import run_sync
 
     return bool(run_sync(km.is_alive)())
-
-
-def stop_kernel(km: Any) -> None:
-    """Kill km's kernel at once (it may be gone already) and remove its connection file."""
-    from jupyter_core.utils import run_sync
-
-    try:
-        run_sync(km.shutdown_kernel)(now=True)
-    except Exception:  # noqa: BLE001 - gone already: only the files are left to remove
-        km.cleanup_resources()
 
 
 def wait_for_run(stream: IO[str], idle_s: float = IDLE_S) -> str | None:
@@ -143,6 +133,13 @@ class Spare:
         except OSError:  # it ended meanwhile
             return None
         return self.proc
+
+    def ready(self) -> bool:
+        """Whether it has warmed up and waits for a run (its log says so)."""
+        try:
+            return READY in self.log.read_text(errors="replace")
+        except OSError:  # taken: the log is the run's now
+            return False
 
     def close(self) -> None:
         """Tell the spare to go (end of its stdin); it stops its kernel and exits."""

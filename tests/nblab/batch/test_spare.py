@@ -36,17 +36,11 @@ def run_one(launcher: LocalLauncher, run_id: str) -> dict:
 
 
 def warm_spare(launcher: LocalLauncher) -> psutil.Process:
-    """The launcher's spare (started now if it has none) once its kernel has loaded torch."""
+    """The launcher's spare (started now if it has none) once it waits for a run."""
     with launcher._lock:
         launcher._keep_spare()
-    spare = psutil.Process(launcher._spare.proc.pid)
-
-    def warm():
-        kids = spare.children()
-        return kids and any("torch" in m.path for k in kids for m in k.memory_maps())
-
-    wait_for(warm, SPARE_WAIT_S, "the spare's kernel to load torch")
-    return spare
+    wait_for(launcher._spare.ready, SPARE_WAIT_S, "the spare to warm up")
+    return psutil.Process(launcher._spare.proc.pid)
 
 
 @pytest.fixture
