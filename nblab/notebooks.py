@@ -16,7 +16,7 @@ from typing import Any
 from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.channels import AsyncZMQSocketChannel
 from jupyter_client.manager import AsyncKernelManager
-from traitlets import DottedObjectName, Type
+from traitlets import DottedObjectName, List, Type
 
 _PACKAGED = Path(__file__).resolve().parent / "notebooks"
 _CHECKOUT = Path(__file__).resolve().parents[1] / "notebooks"
@@ -64,10 +64,18 @@ class SlicedPollKernelClient(AsyncKernelClient):
 
 
 class KernelManager(AsyncKernelManager):
-    """papermill's default kernel manager, with the SlicedPollKernelClient."""
+    """papermill's default kernel manager, with the SlicedPollKernelClient; it remembers
+    its clients, whose channels stop_kernel() closes (papermill leaves them open in a
+    kernel it was given)."""
 
     client_class = DottedObjectName("nblab.notebooks.SlicedPollKernelClient")
     client_factory = Type(SlicedPollKernelClient)
+    clients = List()
+
+    def client(self, **kwargs: Any) -> AsyncKernelClient:
+        kc = super().client(**kwargs)
+        self.clients.append(kc)
+        return kc
 
 
 def start_kernel(manager_class: type[KernelManager] = KernelManager, cwd: str | None = None):
@@ -86,6 +94,8 @@ def stop_kernel(km: KernelManager) -> None:
     """Kill km's kernel at once (it may be gone already) and remove its connection file."""
     from jupyter_core.utils import run_sync
 
+    for kc in getattr(km, "clients", []):
+        kc.stop_channels()
     try:
         run_sync(km.shutdown_kernel)(now=True)
     except Exception:  # noqa: BLE001 - gone already: only the files are left to remove

@@ -1,6 +1,7 @@
 """One batch job: execute notebooks/train.ipynb for one queued run with papermill.
 
     python -m nblab.batch.job RUN_ID [--resume] [--timeout S]
+    python -m nblab.batch.job --spare LOG [...]   # RUN_ID later, on stdin (nblab.batch.spare)
 
 The run's recipe (TOML text from the store), its run_id and the resume flag reach the
 notebook as papermill parameters, i.e. as data; nothing goes through a shell. The
@@ -8,9 +9,11 @@ executed notebook is written cell by cell to `$NBLAB_HOME/runs/<run_id>/output.i
 so a failed job leaves its error cell and traceback there.
 
 Processes: a launcher starts this module in a session of its own (its pid is the
-job's process-group id). papermill starts the kernel, where training runs, and
-jupyter_client puts the kernel in *another* session, so this job records both groups
-in `runs/<run_id>/job.json` and stops the kernel itself:
+job's process-group id). The job starts the kernel, where training runs, before it
+loads papermill (the two overlap), and papermill runs the notebook in it; the job kills
+it as soon as the last cell has run. jupyter_client puts the kernel in *another*
+session, so this job records both groups in `runs/<run_id>/job.json` and stops the
+kernel itself:
 
 - SIGTERM / SIGINT (cancel): SIGINT to the kernel's group, so the trainer sees a
   KeyboardInterrupt, flushes its events and records `cancelled`; after
