@@ -13,7 +13,7 @@ from waiting import wait_for
 
 from nblab.batch import LocalLauncher, cancel
 from nblab.batch.job import JOB_LOG, OUTPUT_NOTEBOOK, main, read_job_info
-from nblab.batch.spare import SPARES
+from nblab.batch.spare import SPARES, adopt_log, wait_for_run
 from nblab.recipe import Recipe
 from nblab.runs import RunStore
 
@@ -126,3 +126,22 @@ def test_a_job_needs_a_run_id_or_spare(capsys):
         main([])
     assert exit_.value.code == 2
     assert "give RUN_ID, or --spare LOG" in capsys.readouterr().err
+
+
+def test_a_spare_waits_for_one_line_and_gives_up_on_silence_or_eof():
+    read, write = os.pipe()
+    with os.fdopen(read) as stream, os.fdopen(write, "w") as out:
+        assert wait_for_run(stream, idle_s=0.05) is None  # nothing came
+        out.write("20261206-101500-1234\n")
+        out.flush()
+        assert wait_for_run(stream, idle_s=5) == "20261206-101500-1234"
+        out.close()
+        assert wait_for_run(stream, idle_s=5) is None  # the launcher went
+
+
+def test_the_spares_log_becomes_the_runs_job_log(tmp_path):
+    log, run_dir = tmp_path / "spare.log", tmp_path / "run"
+    run_dir.mkdir()
+    log.write_text("warm\n")
+    adopt_log(log, run_dir)
+    assert (run_dir / JOB_LOG).read_text() == "warm\n" and not log.exists()
