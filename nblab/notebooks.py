@@ -16,13 +16,15 @@ from typing import Any
 from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.channels import AsyncZMQSocketChannel
 from jupyter_client.manager import AsyncKernelManager
-from traitlets import DottedObjectName, Type
+from traitlets import DottedObjectName, List, Type
 
 _PACKAGED = Path(__file__).resolve().parent / "notebooks"
 _CHECKOUT = Path(__file__).resolve().parents[1] / "notebooks"
 
 # Longest single wait on a kernel socket; a longer wait is made of such slices.
 POLL_SLICE_S = 1.0
+# As nbclient starts a kernel: IPython's history in memory, not in ~/.ipython
+KERNEL_ARGS = ["--HistoryManager.hist_file=:memory:"]
 
 
 def notebook(name: str) -> Path:
@@ -62,10 +64,53 @@ class SlicedPollKernelClient(AsyncKernelClient):
 
 
 class KernelManager(AsyncKernelManager):
-    """papermill's default kernel manager, with the SlicedPollKernelClient."""
+    """papermill's default kernel manager, with the SlicedPollKernelClient; it remembers
+    its clients, whose channels stop_kernel() closes (papermill leaves them open in a
+    kernel it was given)."""
 
     client_class = DottedObjectName("nblab.notebooks.SlicedPollKernelClient")
     client_factory = Type(SlicedPollKernelClient)
+    clients = List()
+
+    def client(self, **kwargs: Any) -> AsyncKernelClient:
+        kc = super().client(**kwargs)
+        self.clients.append(kc)
+        return kc
+
+
+def start_kernel(manager_class: type[KernelManager] = KernelManager, cwd: str | None = None):
+    """A python3 kernel, started (its process launched; execute() waits until it is
+    ready), for execute(..., km=...): papermill runs the notebook in it and leaves it
+    running; stop_kernel() ends it."""
+    from jupyter_core.utils import run_sync
+
+    km = manager_class(kernel_name="python3")
+    options = {"cwd": cwd} if cwd else {}
+    run_sync(km.start_kernel)(extra_arguments=KERNEL_ARGS, **options)
+    return km
+
+
+def stop_kernel(km: KernelManager) -> None:
+    """Kill km's kernel at once (it may be gone already) and remove its connection file."""
+    from jupyter_core.utils import run_sync
+
+    for kc in getattr(km, "clients", []):
+        kc.stop_channels()
+    try:
+        run_sync(km.shutdown_kernel)(now=True)
+    except Exception:  # noqa: BLE001 - gone already: only the files are left to remove
+        km.cleanup_resources()
+
+
+def import_papermill():
+    """papermill (0.3 s to import), without the grammar nbformat's validator would build."""
+    # jsonschema (under nbformat) imports rfc3987_syntax when it is installed, which
+    # builds a grammar for 1.2 s per call; its IRI format checks never apply to
+    # notebooks, so nblab goes without them.
+    sys.modules.setdefault("rfc3987_syntax", None)
+    import papermill
+
+    return papermill
 
 
 def execute(
@@ -79,12 +124,7 @@ def execute(
     """papermill.execute_notebook(source, output, parameters) in the python3 kernel, with
     nblab's KernelManager (or a subclass); `options` go to papermill as they are
     (cwd, execution_timeout, log_output, ...). Returns the executed notebook."""
-    # jsonschema (under nbformat) imports rfc3987_syntax when it is installed, which
-    # builds a grammar for 1.2 s per call; its IRI format checks never apply to
-    # notebooks, so nblab goes without them.
-    sys.modules.setdefault("rfc3987_syntax", None)
-    import papermill
-
+    papermill = import_papermill()
     options.setdefault("kernel_name", "python3")
     options.setdefault("progress_bar", False)
     return papermill.execute_notebook(

@@ -6,8 +6,9 @@
 `job` runs one notebook for one run, `base` is the `Launcher` interface, `launcher`
 starts jobs (LocalLauncher: a local process pool), `slurm` the same as Slurm jobs,
 `cancellation` stops runs wherever they run, `sweeps` turns a sweep into queued runs,
-`progress.watch` shows runs as they go (a bar per run). The run store holds every
-status. Imports point one way: job, base < slurm < cancellation < launcher < sweeps.
+`progress.watch` shows runs as they go (a bar per run), `spare` keeps a job warm
+before its run. The run store holds every status. Imports point one way:
+spare < job, base < slurm < cancellation < launcher < sweeps.
 """
 
 import importlib

@@ -1,6 +1,7 @@
 """One batch job: execute notebooks/train.ipynb for one queued run with papermill.
 
     python -m nblab.batch.job RUN_ID [--resume] [--timeout S]
+    python -m nblab.batch.job --spare LOG [...]   # RUN_ID later, on stdin (nblab.batch.spare)
 
 The run's recipe (TOML text from the store), its run_id and the resume flag reach the
 notebook as papermill parameters, i.e. as data; nothing goes through a shell. The
@@ -8,9 +9,11 @@ executed notebook is written cell by cell to `$NBLAB_HOME/runs/<run_id>/output.i
 so a failed job leaves its error cell and traceback there.
 
 Processes: a launcher starts this module in a session of its own (its pid is the
-job's process-group id). papermill starts the kernel, where training runs, and
-jupyter_client puts the kernel in *another* session, so this job records both groups
-in `runs/<run_id>/job.json` and stops the kernel itself:
+job's process-group id). The job starts the kernel, where training runs, before it
+loads papermill (the two overlap), and papermill runs the notebook in it; the job kills
+it as soon as the last cell has run. jupyter_client puts the kernel in *another*
+session, so this job records both groups in `runs/<run_id>/job.json` and stops the
+kernel itself:
 
 - SIGTERM / SIGINT (cancel): SIGINT to the kernel's group, so the trainer sees a
   KeyboardInterrupt, flushes its events and records `cancelled`; after
@@ -39,7 +42,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nblab.notebooks import KernelManager, execute, notebook
+from nblab.notebooks import (
+    KernelManager,
+    execute,
+    import_papermill,
+    notebook,
+    start_kernel,
+    stop_kernel,
+)
 
 TRAIN_NOTEBOOK = notebook("train.ipynb")
 JOB_INFO = "job.json"  # pid / pgid / host of the job and its kernel
@@ -101,16 +111,22 @@ def signal_groups(groups: list[int], signum: int) -> list[int]:
 # ---------------------------------------------------------------------------
 
 
+def _kernel_ids(km: KernelManager) -> tuple[int, int] | None:
+    """(pid, pgid) of a started kernel."""
+    process = getattr(km.provisioner, "process", None)
+    pid = getattr(km.provisioner, "pid", None) or getattr(process, "pid", None)
+    return (int(pid), int(getattr(km.provisioner, "pgid", None) or pid)) if pid else None
+
+
 def _kernel_manager_class(on_start: Callable[[int, int], None]) -> type:
     """nblab's kernel manager, telling `on_start(pid, pgid)` its kernel."""
 
     class TrackedKernelManager(KernelManager):
         async def start_kernel(self, **kw: Any) -> None:
             await super().start_kernel(**kw)
-            process = getattr(self.provisioner, "process", None)
-            pid = getattr(self.provisioner, "pid", None) or getattr(process, "pid", None)
-            if pid:
-                on_start(int(pid), int(getattr(self.provisioner, "pgid", None) or pid))
+            ids = _kernel_ids(self)
+            if ids:
+                on_start(*ids)
 
     return TrackedKernelManager
 
@@ -126,6 +142,7 @@ class Job:
         timeout: float | None = None,
         notebook: Path = TRAIN_NOTEBOOK,
         store=None,
+        kernel: KernelManager | None = None,
     ):
         self.stop_reason: str | None = None  # "cancelled" | "timeout"
         self.kernel_pgid: int | None = None
@@ -140,6 +157,7 @@ class Job:
         self.timeout = timeout
         self.notebook = Path(notebook)
         self.run_dir = self.store.run_dir(run_id)
+        self.kernel = kernel  # started already (a spare's, nblab.batch.spare), or None
 
     # -- stopping ---------------------------------------------------------------
     def stop(self, reason: str) -> None:
@@ -193,6 +211,9 @@ class Job:
             print(f"[nblab job] {refusal}", file=sys.stderr, flush=True)
             return EXIT_CANCELLED if run["status"] == "cancelled" else EXIT_USAGE
         self.store.set_status(self.run_id, "running", pid=os.getpid())
+        ids = _kernel_ids(self.kernel) if self.kernel is not None else None
+        if ids:
+            self._on_kernel_start(*ids)
         if self.timeout:
             timer = threading.Timer(self.timeout, self.stop, args=("timeout",))
             timer.daemon = True
@@ -204,20 +225,26 @@ class Job:
             error = _describe(err)
             print(f"[nblab job] {error}", file=sys.stderr, flush=True)
         finally:
-            if self.kernel_pgid is not None:  # papermill shuts its kernel down; make sure
+            if self.kernel_pgid is not None:  # the last cell has run: nothing to wait for
                 signal_groups([self.kernel_pgid], signal.SIGKILL)
+            if self.kernel is not None:
+                stop_kernel(self.kernel)  # and its connection file
         return self._finish(error)
 
     def _papermill(self, recipe_toml: str) -> None:
-        if not self.stop_reason:
-            execute(
-                self.notebook,
-                self.run_dir / OUTPUT_NOTEBOOK,
-                dict(recipe_toml=recipe_toml, run_id=self.run_id, resume=self.resume),
-                cwd=str(self.run_dir),
-                log_output=True,
-                kernel_manager_class=_kernel_manager_class(self._on_kernel_start),
-            )
+        if self.stop_reason:
+            return
+        if self.kernel is None:  # it boots while papermill loads (0.3 s)
+            manager = _kernel_manager_class(self._on_kernel_start)
+            self.kernel = start_kernel(manager, cwd=str(self.run_dir))
+        execute(
+            self.notebook,
+            self.run_dir / OUTPUT_NOTEBOOK,
+            dict(recipe_toml=recipe_toml, run_id=self.run_id, resume=self.resume),
+            cwd=str(self.run_dir),
+            log_output=True,
+            km=self.kernel,  # papermill leaves it running: execute() stops it at once
+        )
 
     def _finish(self, error: str | None) -> int:
         """Give the run its final status; return the exit code."""
@@ -253,20 +280,75 @@ def _describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}".strip()
 
 
+def _spare(log: Path) -> tuple[str | None, KernelManager | None]:
+    """A spare (nblab.batch.spare): its warm kernel, then the run id from stdin. (None,
+    None) when no run came; a kernel that died meanwhile is dropped (None)."""
+    from nblab.batch import spare
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt  # the launcher ends its spare: stop the kernel, exit
+
+    signal.signal(signal.SIGTERM, stop)
+    km = spare.start_warm_kernel(KernelManager)
+    import_papermill()  # while no run waits
+    print(spare.READY, file=sys.stderr, flush=True)
+    try:
+        run_id = spare.wait_for_run(sys.stdin)
+    except KeyboardInterrupt:
+        run_id = None
+    if run_id is None:
+        stop_kernel(km)
+        log.unlink(missing_ok=True)
+        return None, None
+    from nblab.runs import RunStore
+
+    run_dir = RunStore().run_dir(run_id)
+    spare.adopt_log(log, run_dir)
+    # where papermill would have started it; a kernel that died meanwhile is replaced
+    if not spare.alive(km) or spare.run_code(km, f"import os; os.chdir({str(run_dir)!r})"):
+        print("[nblab job] the spare's kernel is unusable: starting one", file=sys.stderr)
+        stop_kernel(km)
+        km = None
+    return run_id, km
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nblab.batch.job", description=__doc__)
-    parser.add_argument("run_id")
+    parser.add_argument("run_id", nargs="?")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     parser.add_argument("--timeout", type=float, help="seconds before the job is stopped")
     parser.add_argument("--notebook", type=Path, default=TRAIN_NOTEBOOK, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--spare",
+        type=Path,
+        metavar="LOG",
+        help="start the kernel now and read RUN_ID from stdin (nblab.batch.spare)",
+    )
     args = parser.parse_args(argv)
+    if (args.run_id is None) == (args.spare is None):
+        parser.error("give RUN_ID, or --spare LOG (and the run id on stdin)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    kernel = None
     try:
-        job = Job(args.run_id, resume=args.resume, timeout=args.timeout, notebook=args.notebook)
+        run_id = args.run_id
+        if args.spare is not None:
+            run_id, kernel = _spare(args.spare)
+            if run_id is None:
+                return EXIT_OK
+        job = Job(
+            run_id,
+            resume=args.resume,
+            timeout=args.timeout,
+            notebook=args.notebook,
+            kernel=kernel,
+        )
         return job.execute()
     except (KeyError, ValueError) as err:
         print(f"[nblab job] {err}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        if kernel is not None:  # a spare's, if the job never got to run it
+            stop_kernel(kernel)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,12 @@ cores (OMP_NUM_THREADS / MKL_NUM_THREADS) and, on a machine with GPUs, its own G
 free. Jobs already started survive the caller; runs not yet started stay `queued`
 (`run_sweep(..., resume=True)` picks them up). `python -m nblab.batch.launcher`
 runs the same scheduler detached from the caller, for `nblab sweep --no-wait`.
+
+With spare=True (CPU machines) the launcher keeps one job process ready before its run,
+its kernel started and warm (nblab.batch.spare): the next run starts in it, without
+the ~2.5 s of a fresh kernel importing torch. A spare starts when runs wait for a slot
+and when the last job has ended (for the next submit); it costs a kernel's memory while
+it waits and goes away after spare.IDLE_S unused, or with the launcher.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from nblab.batch import spare as spares
 from nblab.batch.base import Launcher
 from nblab.batch.job import JOB_LOG, KERNEL_GRACE_S, job_groups, read_job_info, signal_groups
 from nblab.runs import TERMINAL_STATUSES, RunStore
@@ -134,11 +141,12 @@ class LocalLauncher(Launcher):
     timeout: seconds per job (the job stops itself; the launcher SIGKILLs its groups
     KERNEL_GRACE_S + BACKSTOP_S later if it has not). resume: jobs continue their run
     from its checkpoint. gpus: the GPU ids to hand out (default: detect_gpus()), or a
-    count. cores: the cores to share (default: those this process may use).
+    count. cores: the cores to share (default: those this process may use). spare: keep
+    a warm job ready for the next run (see the module doc; ignored on a machine with GPUs).
     """
 
     BACKSTOP_S = 10.0
-    POLL_S = 0.2
+    POLL_S = 0.05  # a job's end is seen within this (reaping is one waitpid per job)
 
     def __init__(
         self,
@@ -150,6 +158,7 @@ class LocalLauncher(Launcher):
         gpus: int | Sequence[str] | None = None,
         cores: int | None = None,
         python: str = sys.executable,
+        spare: bool = False,
     ):
         if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
             raise ValueError(f"jobs={jobs!r}: the number of concurrent jobs, an integer >= 1")
@@ -164,6 +173,8 @@ class LocalLauncher(Launcher):
         self.gpu_pool = GpuPool(gpus)
         self.threads = threads_per_job(cores or available_cores(), jobs)
         self.python = python
+        self.spare = spare and not self.gpu_pool.gpus  # every job's environment the same
+        self._spare: spares.Spare | None = None
         self._queue: deque[str] = deque()
         self._running: dict[str, _Running] = {}
         self._submitted: list[str] = []
@@ -269,6 +280,21 @@ class LocalLauncher(Launcher):
                 return  # first in, first out: wait for GPUs to free up
             self._queue.popleft()
             self._start(run_id, gpus)
+        if self.spare and (self._queue or not self._running):
+            self._keep_spare()
+
+    def _keep_spare(self) -> None:
+        """Start a spare unless one is alive (it warms up while runs wait, or for the
+        next submit)."""
+        if self._spare is None or self._spare.proc.poll() is not None:
+            self._spare = spares.spawn(self._job_args(), self.job_env([]), self.store.home)
+
+    def close(self) -> None:
+        """Let the spare go (jobs already started run on)."""
+        with self._lock:
+            if self._spare is not None:
+                self._spare.close()
+                self._spare = None
 
     def _gpus_needed(self, recipe_toml: str) -> int:
         if not self.gpu_pool.gpus:
@@ -289,7 +315,10 @@ class LocalLauncher(Launcher):
         return env
 
     def job_command(self, run_id: str) -> list[str]:
-        cmd = [self.python, "-m", "nblab.batch.job", run_id]
+        return [*self._job_args(), run_id]
+
+    def _job_args(self) -> list[str]:
+        cmd = [self.python, "-m", "nblab.batch.job"]
         if self.resume:
             cmd.append("--resume")
         if self.timeout:
@@ -298,6 +327,11 @@ class LocalLauncher(Launcher):
 
     def _start(self, run_id: str, gpus: list[str]) -> None:
         run_dir = self.store.run_dir(run_id)
+        if self._spare is not None and not (run_dir / JOB_LOG).exists():
+            proc, self._spare = self._spare.take(run_id), None
+            if proc is not None:  # its log becomes the run's job.log
+                self._running[run_id] = _Running(run_id, proc, time.monotonic(), gpus)
+                return
         log = open(run_dir / JOB_LOG, "ab")  # noqa: SIM115 - closed when the job is reaped
         try:
             proc = self._popen(self.job_command(run_id), self.job_env(gpus), run_dir, log)

@@ -34,18 +34,30 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
 
 _PREFIX = "step_"
-# optimizer state keyed by parameter name (state.{name}.{field}, param_groups.{name}.{..})
-_BY_NAME = StateDictOptions(flatten_optimizer_state_dict=True)
+
+
+def _dcp():
+    """torch.distributed.checkpoint, imported where a checkpoint is written or read: it
+    brings DTensor and sympy (~0.5 s), which listing checkpoints or validating a recipe
+    (model.init_from) do not need."""
+    import torch.distributed.checkpoint as dcp
+
+    return dcp
+
+
+def _state_dict():
+    """torch.distributed.checkpoint.state_dict (see _dcp)."""
+    from torch.distributed.checkpoint import state_dict
+
+    return state_dict
+
+
+def _by_name():
+    """Optimizer state keyed by parameter name (state.{name}.{field},
+    param_groups.{name}.{..})."""
+    return _state_dict().StateDictOptions(flatten_optimizer_state_dict=True)
 
 
 @contextmanager
@@ -94,7 +106,7 @@ def _param_name(key: str) -> tuple[str, str, str]:
 def _optimizer_state(model, optimizer, aliases: dict[str, str]) -> dict:
     """The optimizer's state keyed by parameter name; a parameter in `aliases` under the
     name it stands for."""
-    state = get_optimizer_state_dict(model, optimizer, options=_BY_NAME)
+    state = _state_dict().get_optimizer_state_dict(model, optimizer, options=_by_name())
     if not aliases:
         return state
     out = {}
@@ -136,13 +148,14 @@ def save(
         shutil.rmtree(tmp, ignore_errors=True)
     _barrier()
     aliases = aliases or {}
+    sd = _state_dict()
     # the model first: its state_dict reshards FSDP parameters an eval forward left whole,
     # and the optimizer's state dict finds its (sharded) parameters by name after that
-    state = {"model": get_model_state_dict(model)}
-    optim = get_optimizer_state_dict(model, optimizer, options=_BY_NAME)
+    state = {"model": sd.get_model_state_dict(model)}
+    optim = sd.get_optimizer_state_dict(model, optimizer, options=_by_name())
     state["optimizer"] = {k: v for k, v in optim.items() if _param_name(k)[1] not in aliases}
     with _single_process_ok():
-        dcp.save(state, checkpoint_id=tmp)
+        _dcp().save(state, checkpoint_id=tmp)
     _barrier()  # every rank's shards are written
     if _rank0():
         extra = {"step": step, "scheduler": scheduler.state_dict(), "rng": _rng_state()}
@@ -170,7 +183,7 @@ def latest(folder: Path) -> Path | None:
 
 def model_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """{parameter name: shape} of the model a checkpoint holds (read from its metadata)."""
-    metadata = dcp.FileSystemReader(str(path)).read_metadata()
+    metadata = _dcp().FileSystemReader(str(path)).read_metadata()
     out = {}
     for key, value in metadata.state_dict_metadata.items():
         if key.startswith("model.") and hasattr(value, "size"):
@@ -186,7 +199,7 @@ def save_model(folder: Path, step: int, model) -> Path:
     tmp = folder / f".{path.name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     with _single_process_ok():
-        dcp.save({"model": get_model_state_dict(model)}, checkpoint_id=tmp)
+        _dcp().save({"model": _state_dict().get_model_state_dict(model)}, checkpoint_id=tmp)
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)  # complete or absent
     return path
@@ -195,10 +208,11 @@ def save_model(folder: Path, step: int, model) -> Path:
 def load_model(path: Path, model) -> None:
     """Only the model's weights of checkpoint `path` (a fine-tuning run's start), into a
     model of any layout; the optimizer, schedule, step and RNG are left alone."""
-    state = {"model": get_model_state_dict(model)}
+    sd = _state_dict()
+    state = {"model": sd.get_model_state_dict(model)}
     with _single_process_ok():
-        dcp.load(state, checkpoint_id=path)
-    set_model_state_dict(model, state["model"])
+        _dcp().load(state, checkpoint_id=path)
+    sd.set_model_state_dict(model, state["model"])
 
 
 def load(
@@ -208,14 +222,15 @@ def load(
     from. pp, aliases: the resuming run's pipeline degree and aliases (as for save)."""
     extra = torch.load(path / "extra.pt", weights_only=False)
     aliases = aliases or {}
-    state = {"model": get_model_state_dict(model)}
+    sd, dcp = _state_dict(), _dcp()
+    state = {"model": sd.get_model_state_dict(model)}
     if extra.get("optimizer_keys") == "by_name":
         state["optimizer"] = _optimizer_state(model, optimizer, aliases)
         with _single_process_ok():
             dcp.load(state, checkpoint_id=path)
         optim = _unaliased(state["optimizer"], aliases)
-        set_model_state_dict(model, state["model"])
-        set_optimizer_state_dict(model, optimizer, optim, options=_BY_NAME)
+        sd.set_model_state_dict(model, state["model"])
+        sd.set_optimizer_state_dict(model, optimizer, optim, options=_by_name())
     else:  # written before the optimizer was keyed by name, so before pp existed
         if pp != 1:
             raise NotImplementedError(
@@ -223,11 +238,11 @@ def load(
                 f"(optimizer state keyed by group index) and cannot resume with "
                 f"parallel.pp={pp}; resume it with parallel.pp=1"
             )
-        state["optimizer"] = get_optimizer_state_dict(model, optimizer)
+        state["optimizer"] = sd.get_optimizer_state_dict(model, optimizer)
         with _single_process_ok():
             dcp.load(state, checkpoint_id=path)
-        set_model_state_dict(model, state["model"])
-        set_optimizer_state_dict(model, optimizer, state["optimizer"])
+        sd.set_model_state_dict(model, state["model"])
+        sd.set_optimizer_state_dict(model, optimizer, state["optimizer"])
     scheduler.load_state_dict(extra["scheduler"])
     _set_rng_state(extra["rng"])
     return int(extra["step"])
