@@ -160,7 +160,7 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 DECAYS = ("cosine", "linear", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "bfloat16")
-BACKENDS = ("auto", "reference", "triton")
+BACKENDS = ("auto", "reference", "triton", "compiled")  # as nblab_kernels.BACKENDS
 PP_SCHEDULES = ("gpipe", "1f1b")  # as nblab.parallel.pipeline.PP_SCHEDULES
 # the parallel section's degrees; their product is parallel.nproc
 PARALLEL_DEGREES = ("dp_replicate", "dp_shard", "tp", "pp")
