@@ -154,7 +154,6 @@ _I = {
 _F = {n: i for i, n in enumerate(("max", "g_max", "g_min", "st_den", "st_min", "inv_sqrt"))}
 
 
-@functools.lru_cache(maxsize=256)
 def _numbers(spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
     """(int32 numbers, fp32 numbers) of the spec's formats, as the reference uses them."""
     fmt, grid = spec.element_format, spec.scale_format.grid
@@ -458,6 +457,8 @@ _lock = threading.Lock()
 
 def _graph(s: Structure):
     """The compiled pipeline for one structure, made on first use."""
+    if s in _graphs:
+        return _graphs[s]
     with _lock:
         if s not in _graphs:
 
@@ -478,8 +479,7 @@ def _graph(s: Structure):
 
 
 def _run(x: torch.Tensor, spec: QuantSpec, rbits, seed, op: str):
-    """Validate as the reference does, then run the graph. Returns (out, stored,
-    tensor scale, x2)."""
+    """Validate as the reference does, then run the graph. Returns (graph output, x2)."""
     if x.numel() == 0:
         raise ValueError(f"cannot quantize an empty tensor of shape {tuple(x.shape)}")
     x2 = reference._as_2d(x)
@@ -497,11 +497,7 @@ def _run(x: torch.Tensor, spec: QuantSpec, rbits, seed, op: str):
                 seed = int(torch.randint(0, 2**62, (1,)).item())
             seed %= 2**64
             rounding, seed_t = "sr_seed", torch.tensor(seed - 2**64 if seed >= 2**63 else seed)
-    s = Structure.of(spec, op, rounding)
-    ni, nf = _numbers(spec)
-    signs = None
-    if spec.hadamard:
-        signs = _signs(spec.hadamard, spec.hadamard_seed)
+    s, ni, nf, signs = _prepared(spec, op, rounding)
     x2 = x2.detach().to(torch.float32).contiguous()
     try:
         with torch.no_grad():
@@ -511,9 +507,12 @@ def _run(x: torch.Tensor, spec: QuantSpec, rbits, seed, op: str):
     return out, x2
 
 
-@functools.lru_cache(maxsize=64)
-def _signs(n: int, seed: int) -> torch.Tensor:
-    return reference.hadamard_signs(n, seed)
+@functools.lru_cache(maxsize=512)
+def _prepared(spec: QuantSpec, op: str, rounding: str):
+    """(structure, int numbers, float numbers, Hadamard signs) of one spec and op, made
+    once: a training step makes a hundred calls or more."""
+    signs = reference.hadamard_signs(spec.hadamard, spec.hadamard_seed) if spec.hadamard else None
+    return Structure.of(spec, op, rounding), *_numbers(spec), signs
 
 
 def quantize(

@@ -217,6 +217,9 @@ class Job:
                 cwd=str(self.run_dir),
                 log_output=True,
                 kernel_manager_class=_kernel_manager_class(self._on_kernel_start),
+                # the last cell has run and the trainer has closed the run: nothing
+                # is left for a graceful exit of the kernel to do but wait
+                shutdown_kernel="immediate",
             )
 
     def _finish(self, error: str | None) -> int:
