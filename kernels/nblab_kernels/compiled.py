@@ -95,6 +95,7 @@ class Structure:
     granularity: str
     block: int | None
     dim: int
+    pad: bool  # padding="pad": groups may overhang the tensor (else the sizes divide)
     rounding: str  # "rne" | "sr_bits" | "sr_seed"
     hadamard: int
 
@@ -109,6 +110,8 @@ class Structure:
             parts += [self.elem_code, "packed" if self.packed else "bytes"]
         if self.scale == "float":
             parts.append(self.grid_code)
+        if self.pad:
+            parts.append("pad")
         return "nblab_" + "_".join(parts)
 
     @staticmethod
@@ -127,6 +130,7 @@ class Structure:
             block=spec.block,
             # dim places blocks; a tile or whole-dim group is the same along either dim
             dim=spec.dim if spec.granularity == "block" or spec.hadamard else -1,
+            pad=spec.padding == "pad",
             rounding=rounding,
             hadamard=spec.hadamard,
         )
@@ -199,11 +203,12 @@ def _f32(b: torch.Tensor) -> torch.Tensor:
 
 
 def _pow2(e: torch.Tensor) -> torch.Tensor:
-    """reference.pow2 without its branch: 2^e for int32 e, exponents clamped the same
-    way (biased to 1..254 above 2^-126), subnormal powers built from their one bit."""
+    """reference.pow2 without its branch: 2^e for int32 e in [-149, 127], both of its
+    cases computed and one picked per element. Every shift is by a constant, which
+    the vectorised code needs (a shift by a tensor runs element by element)."""
     normal = _f32(((e + 127).clamp(1, 254)) << 23)
-    subnormal = _f32(1 << (e + 149).clamp(0, 22))
-    return torch.where(e >= -126, normal, subnormal)
+    lifted = _f32(((e + 64 + 127).clamp(1, 254)) << 23) * 2.0**-64  # exact
+    return torch.where(e >= -126, normal, lifted)
 
 
 def _frexp(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -265,11 +270,14 @@ def _round_unsaturated(v: torch.Tensor, s: Structure, ni) -> torch.Tensor:
 
 def _float_codes(q: torch.Tensor, emin, mbits, bias, nan_code) -> torch.Tensor:
     """reference.encode of grid values q (unsigned part, int32): exponent and mantissa
-    fields; non-finite q gets nan_code (0 for formats without NaN)."""
+    fields, computed as the reference does (in floats, exact on the grid; no shift by
+    a tensor, see _pow2); non-finite q gets nan_code (0 for formats without NaN)."""
     a = q.abs()
     normal = a >= _pow2(emin)
-    log2, mant = _frexp(torch.where(normal, a, 1.0))
-    code_normal = ((log2 + bias) << mbits) | (mant >> (23 - mbits))
+    log2, _ = _frexp(torch.where(normal, a, 1.0))
+    scale = _pow2(mbits)  # 2^mbits
+    mant_normal = ((a / _pow2(log2) - 1) * scale).to(torch.int32)
+    code_normal = (log2 + bias) * scale.to(torch.int32) + mant_normal
     code_sub = (a * _pow2(mbits - emin)).to(torch.int32)  # a / min_subnormal, exact
     code = torch.where(normal, code_normal, code_sub)
     return torch.where(torch.isfinite(q), code, nan_code)
@@ -284,9 +292,9 @@ def _element_codes(q: torch.Tensor, s: Structure, ni) -> torch.Tensor:
         sign_of, nan_code = q, 0x7F
     else:  # reference.encode: a non-finite value is stored as +0
         sign_of, nan_code = torch.where(torch.isfinite(q), q, 0.0), 0
-    sign = torch.signbit(sign_of).to(torch.int32) << ni[_I["sign_shift"]]
+    sign = torch.signbit(sign_of).to(torch.int32) * _pow2(ni[_I["sign_shift"]]).to(torch.int32)
     code = _float_codes(q, ni[_I["emin"]], ni[_I["mbits"]], ni[_I["bias"]], nan_code)
-    return (code | sign).to(torch.uint8)
+    return (code + sign).to(torch.uint8)
 
 
 # ---------------------------------------------------------------------------
@@ -308,8 +316,17 @@ def _hadamard(x2, signs, inv_sqrt, n: int, dim: int, inverse: bool) -> torch.Ten
 
 
 def _group_sizes(s: Structure, m, k) -> tuple:
-    """GroupLayout.of's (gm, bm, gk, bk), padded up (the sizes were checked eagerly)."""
+    """GroupLayout.of's (gm, bm, gk, bk). The sizes were checked eagerly: unless the
+    spec pads they divide, and an exact division keeps the loops simple (inductor
+    vectorises them; the ceiling division of padding leaves them scalar)."""
     b = s.block or 1
+
+    def blocks(size):
+        if s.pad:
+            return -(-size // b)
+        torch._check(size % b == 0)  # checked eagerly; lets the compiler simplify
+        return size // b
+
     if s.granularity == "tensor":
         return 1, m, 1, k
     if s.granularity == "row":
@@ -317,25 +334,26 @@ def _group_sizes(s: Structure, m, k) -> tuple:
     if s.granularity == "col":
         return 1, m, k, 1
     if s.granularity == "tile":
-        return -(-m // b), b, -(-k // b), b
+        return blocks(m), b, blocks(k), b
     if s.dim == -1:
-        return m, 1, -(-k // b), b
-    return -(-m // b), b, k, 1
+        return m, 1, blocks(k), b
+    return blocks(m), b, k, 1
 
 
-def _split(x2, sizes) -> torch.Tensor:
-    """GroupLayout.split: (M, K) -> zero-padded (gm, bm, gk, bk)."""
+def _split(x2, sizes, pad: bool) -> torch.Tensor:
+    """GroupLayout.split: (M, K) -> (gm, bm, gk, bk), zero-padded if the spec pads."""
     gm, bm, gk, bk = sizes
-    m, k = x2.shape
-    if gm * bm != m or gk * bk != k:
+    if pad:
+        m, k = x2.shape
         x2 = torch.nn.functional.pad(x2, (0, gk * bk - k, 0, gm * bm - m))
     return x2.reshape(gm, bm, gk, bk)
 
 
-def _merge(x4, m, k) -> torch.Tensor:
-    """GroupLayout.merge: (gm, bm, gk, bk) -> (M, K), dropping the padding."""
+def _merge(x4, m, k, pad: bool) -> torch.Tensor:
+    """GroupLayout.merge: (gm, bm, gk, bk) -> (M, K), dropping any padding."""
     gm, bm, gk, bk = x4.shape
-    return x4.reshape(gm * bm, gk * bk)[:m, :k]
+    out = x4.reshape(gm * bm, gk * bk)
+    return out[:m, :k] if pad else out
 
 
 def _scales(amax, poisoned, s: Structure, ni, nf):
@@ -385,7 +403,7 @@ def _scales(amax, poisoned, s: Structure, ni, nf):
     mult = (1.0 / s_t) / s_b
     if s.grid_code == "fp8":  # ue4m3 stored as float8_e4m3fn: torch's conversion bytes
         code = _float_codes(s_b, ni[_I["g_emin"]], ni[_I["g_mbits"]], ni[_I["g_bias"]], 0x7F)
-        stored = (code | (torch.signbit(s_b).to(torch.int32) << 7)).to(torch.uint8)
+        stored = (code + torch.signbit(s_b).to(torch.int32) * 128).to(torch.uint8)
     else:
         nan_code = ni[_I["g_nan_code"]] if s.grid_code == "ieee" else 0
         code = _float_codes(s_b, ni[_I["g_emin"]], ni[_I["g_mbits"]], ni[_I["g_bias"]], nan_code)
@@ -403,26 +421,31 @@ def _pipeline(s: Structure, x2, ni, nf, signs, rbits, seed):
         offsets = torch.arange(m * k, dtype=torch.int64, device=x2.device).reshape(m, k)
         rbits = philox.randint(seed, offsets)
     sizes = _group_sizes(s, m, k)
-    x4 = _split(xt, sizes)
+    x4 = _split(xt, sizes, s.pad)
     abits = (_bits(x4) & 0x7FFFFFFF).amax(dim=(1, 3))
     poisoned = abits >= _INF_BITS
     amax = torch.where(poisoned, 0.0, _f32(abits))
     mult, how, factor, stored, s_t = _scales(amax, poisoned, s, ni, nf)
     scaled = x4 * mult[:, None, :, None]
-    q = _round_elements(_merge(scaled, m, k), s, ni, nf, rbits)
+    if s.pad:  # the reference rounds the (M, K) view, then pads again to dequantize
+        q = _round_elements(_merge(scaled, m, k, True), s, ni, nf, rbits)
+        values = _split(q, sizes, True)
+    else:  # elementwise: stay in the group view (one pass, no reshape back and forth)
+        bits4 = None if rbits is None else rbits.reshape(x4.shape)
+        values = _round_elements(scaled, s, ni, nf, bits4)
+        q = values.reshape(m, k)
     if s.op == "quantize":
         codes = _element_codes(q, s, ni)
         if s.packed:
             codes = (codes[:, 0::2] & 0xF) | ((codes[:, 1::2] & 0xF) << 4)
         return codes, stored, s_t
-    values = _split(q, sizes)
     if how == "div":
         out = values / factor[:, None, :, None]
     else:
         out = values * factor[:, None, :, None]
         if s_t is not None:
             out = out * s_t
-    out = _merge(out, m, k)
+    out = _merge(out, m, k, s.pad)
     if s.hadamard:
         out = _hadamard(out, signs, nf[_F["inv_sqrt"]], s.hadamard, s.dim, inverse=True)
     if s.op == "fake":
@@ -469,7 +492,10 @@ def _graph(s: Structure):
             # recompiles) per code object, so structures never evict each other
             code = run.__code__.replace(co_name=s.name)
             fn = types.FunctionType(code, run.__globals__, s.name, None, run.__closure__)
-            _graphs[s] = torch.compile(fn, dynamic=True, fullgraph=True)
+            # static but for the dims _run marks dynamic: with dynamic=True dynamo would
+            # also make the structure's ints (the block size) symbolic, and inductor
+            # leaves loops over a symbolic block scalar
+            _graphs[s] = torch.compile(fn, dynamic=False, fullgraph=True)
         return _graphs[s]
 
 
@@ -499,6 +525,9 @@ def _run(x: torch.Tensor, spec: QuantSpec, rbits, seed, op: str):
             rounding, seed_t = "sr_seed", torch.tensor(seed - 2**64 if seed >= 2**63 else seed)
     s, ni, nf, signs = _prepared(spec, op, rounding)
     x2 = x2.detach().to(torch.float32).contiguous()
+    for t in (x2, bits) if bits is not None else (x2,):  # any shape, one graph
+        torch._dynamo.maybe_mark_dynamic(t, 0)
+        torch._dynamo.maybe_mark_dynamic(t, 1)
     try:
         with torch.no_grad():
             out = _graph(s)(x2, ni, nf, signs, bits, seed_t)
