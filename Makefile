@@ -4,18 +4,19 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint venv clean labextension ui-test ui-test-e2e
+.PHONY: demo test lint venv clean labextension ui-test ui-test-e2e gpu-check
 
 venv: $(STAMP)
 
+# pyproject.toml declares ranges; constraints.txt pins this venv inside them.
 # torch first, by exact version, so pip takes the local CPU wheel and never a CUDA build.
 # `pip install -e` also builds the labextension (hatch-jupyter-builder runs jlpm, which
 # jupyter-builder brings into pip's build environment; needs Node >= 20).
-$(STAMP): pyproject.toml package.json
+$(STAMP): pyproject.toml constraints.txt package.json
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt torch
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -28,6 +29,11 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(PY) -m pytest
 	$(MAKE) -j3 ui-test
+
+# On a GPU machine that has torch, triton, numpy and pytest: no venv, no install; results
+# under gpu-check/ (scripts/gpu_check.py says what runs). ARGS=--dry-run lists the steps.
+gpu-check:
+	PYTHON=$(PYTHON) scripts/gpu-check.sh $(ARGS)
 
 # -- JupyterLab extension: rebuild after labext/ changes; galata tests ---------------
 LABEXT := nblab/labextension/package.json

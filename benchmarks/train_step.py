@@ -1,20 +1,29 @@
 """Training-step cost per precision preset, measured in one process.
 
     .venv/bin/python benchmarks/train_step.py [--recipe gpt-tiny] [--steps 10]
-        [--backends auto reference] [--repeat 2]
+        [--configs bf16 fp8_rowwise:native fp8_rowwise:emulated mxfp8@compiled ...]
+        [--backends auto reference] [--repeat 2] [--threads 1] [--set k=v ...]
 
-For each preset and quantizer backend: mean seconds per optimizer step (after warm-up
-steps, whose time, compiling included, is printed as "warm-up"), tokens/s, and the
-emulation overhead = step time / bf16 step time, all measured in this run on this
-machine. With --repeat the presets are measured in turn that many times (bf16 each
-time) and each ratio uses the bf16 time of its own pass; the table keeps the median.
-Losses of the timed steps are compared with the first backend's: an equal loss curve
-says the backends computed the same numbers. Prints a table; --out writes it too.
+For each config (a precision preset, optionally `:gemm` for precision.gemm: emulated,
+native or auto, the recipe's default, and `@backend` for precision.backend: auto,
+reference, compiled, triton; --backends measures every quantized config on each):
+mean seconds per optimizer step (after warm-up steps, whose time, compiling included,
+is printed as "warm-up"), tokens/s, and the cost relative to the first config (bf16 by
+default), all measured in this run on this machine. With --repeat the configs are
+measured in turn that many times and each ratio uses the first config's time of its own
+pass; the table keeps the medians. The losses of the timed steps are compared across
+the backends of one preset: "equal" says they computed the same numbers. On CUDA also
+the peak memory allocated during the timed steps against the planner's estimate for one
+GPU (nblab.parallel.planner); on the CPU also this process's CPU seconds per step (what
+other work on a shared machine does not inflate; run with OMP_NUM_THREADS=1 to compare
+them). Each run's precision plan says which GEMMs ran natively. Prints a table; --out
+writes it to a file, --json the rows, --plans one plan file per config.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -22,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+from steps import QUIET
 
 from nblab import Recipe
 from nblab.train.trainer import Trainer
@@ -29,87 +39,162 @@ from nblab.train.trainer import Trainer
 PRESETS = ["bf16", "fp8_tensorwise", "fp8_rowwise", "mxfp8", "mxfp4", "nvfp4", "int8_rowwise"]
 
 
-def seconds_per_step(recipe: Recipe, steps: int, warmup: int) -> tuple[float, float, list]:
-    """(seconds per timed step, seconds of the warm-up steps, losses of the timed steps)."""
-    overrides = [
-        "eval.interval=0",
-        "metrics.stats_interval=0",
-        "metrics.histogram_interval=0",
-        f"train.steps={warmup + steps}",
-    ]
-    trainer = Trainer(recipe.with_overrides(overrides))
-    start = time.perf_counter()
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(recipe: Recipe, steps: int, warmup: int) -> dict:
+    """Seconds per step of `recipe` (its own trainer), and on CUDA the peak memory of
+    the timed steps and the planner's estimate of it."""
+    trainer = Trainer(recipe.with_overrides([*QUIET, f"train.steps={warmup + steps}"]))
+    warm_start = time.perf_counter()
     for _ in range(warmup):
         trainer.train_step()
-    warm = time.perf_counter() - start
-    start = time.perf_counter()
+    device = trainer.device
+    _sync(device)
+    warm = time.perf_counter() - warm_start
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start, cpu_start = time.perf_counter(), time.process_time()
     losses = [trainer.train_step() for _ in range(steps)]
-    return (time.perf_counter() - start) / steps, warm, losses
+    _sync(device)
+    out = {"s_per_step": (time.perf_counter() - start) / steps, "plan": str(trainer.plan)}
+    out["warmup_s"], out["losses"] = warm, losses
+    # this process's CPU seconds: on a shared CPU the cost that other work does not inflate
+    out["cpu_s_per_step"] = (time.process_time() - cpu_start) / steps
+    if device.type == "cuda":
+        from nblab.parallel import ParallelDims
+        from nblab.parallel.planner import estimate_layout
+
+        total = torch.cuda.get_device_properties(device).total_memory
+        est = estimate_layout(recipe, ParallelDims(), total, vocab_size=trainer.dataset.vocab_size)
+        out["peak_bytes"] = torch.cuda.max_memory_allocated(device)
+        out["planner_bytes"] = est.memory["total"]
+        out["planner_parts"] = est.memory
+    return out
 
 
-def main() -> None:
+def _config(text: str) -> list[str]:
+    """`preset[:gemm][@backend]` as recipe overrides."""
+    text, _, backend = text.partition("@")
+    preset, _, gemm = text.partition(":")
+    return (
+        [f"precision.preset={preset}"]
+        + ([f"precision.gemm={gemm}"] if gemm else [])
+        + ([f"precision.backend={backend}"] if backend else [])
+    )
+
+
+def _expand(configs: list[str], backends: list[str]) -> list[str]:
+    """Each quantized config once per backend (bf16 quantizes nothing: once)."""
+    out = []
+    for text in configs:
+        plain = "@" in text or text.split(":")[0] == "bf16" or not backends
+        out += [text] if plain else [f"{text}@{b}" for b in backends]
+    return out
+
+
+def _load() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--recipe", default="gpt-tiny")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--presets", nargs="*", default=PRESETS)
-    parser.add_argument("--backends", nargs="*", default=["auto"])
+    parser.add_argument("--configs", "--presets", nargs="*", default=PRESETS)
+    parser.add_argument("--backends", nargs="*", default=[])
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--set", nargs="*", default=[], help="recipe overrides, e.g. k=v")
     parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--plans", type=Path, help="write each config's precision plan here")
+    parser.add_argument("--check", action="store_true", help="validate every recipe, run none")
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    base = Recipe.preset(args.recipe)
+    base = Recipe.preset(args.recipe).with_overrides(args.set)  # validates: RecipeError
+    configs = _expand(args.configs, args.backends)
+    recipes = [base.with_overrides(_config(text)) for text in configs]
+    if args.check:
+        print(f"{len(recipes)} recipes valid: {' '.join(configs)}")
+        return 0
     t = base.train
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    name = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu"
-    load_before = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    cuda = torch.cuda.is_available() and t.device != "cpu"
+    name = torch.cuda.get_device_name() if cuda else platform.processor() or "cpu"
     lines = [
         f"train_step benchmark: recipe {args.recipe} ({base.model.flavour}), batch {t.batch_size}"
-        f" x seq {t.seq_len}, {args.steps} timed steps after {args.warmup} warm-up,"
-        f" {args.repeat} pass(es), median shown",
-        f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}",
+        f" x seq {t.seq_len}, {t.dtype}, {args.steps} timed steps after {args.warmup} warm-up"
+        + (f", {args.repeat} passes (medians)" if args.repeat > 1 else "")
+        + (f"; overrides {' '.join(args.set)}" if args.set else ""),
+        f"device: {'cuda' if cuda else 'cpu'} ({name}), torch {torch.__version__}, "
+        f"threads {torch.get_num_threads()}",
         "",
-        f"{'preset':16s} {'backend':9s} {'s/step':>8s} {'tokens/s':>10s} {'vs bf16':>8s}"
-        f" {'warm-up':>8s}  losses",
+        f"{'config':24s} {'s/step':>8s} {'steps/s':>8s} {'tokens/s':>10s} {'vs first':>8s}"
+        + (f" {'peak GB':>8s} {'planner GB':>10s} {'peak/plan':>9s}" if cuda else "")
+        + ("" if cuda else f" {'cpu s/step':>10s} {'vs first':>8s}")
+        + f" {'warm-up':>8s}  losses",
     ]
     print("\n".join(lines), flush=True)
-    runs: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
-    losses: dict[tuple[str, str], list] = {}
+    load_before = _load()
+    passes: dict[str, list[dict]] = {text: [] for text in configs}
     for _ in range(args.repeat):
-        bf16, _, _ = seconds_per_step(base, args.steps, args.warmup)
-        for preset in args.presets:
-            for backend in args.backends if preset != "bf16" else args.backends[:1]:
-                over = [f"precision.preset={preset}", f"precision.backend={backend}"]
-                recipe = base.with_overrides(over)
-                sec, warm, curve = seconds_per_step(recipe, args.steps, args.warmup)
-                runs.setdefault((preset, backend), []).append((sec, sec / bf16, warm))
-                losses[(preset, backend)] = curve
-    for (preset, backend), values in runs.items():
-        sec = statistics.median(v[0] for v in values)
-        ratio = statistics.median(v[1] for v in values)
-        warm = statistics.median(v[2] for v in values)
-        first = losses[(preset, args.backends[0])]
-        same = "equal" if losses[(preset, backend)] == first else "differ"
-        if backend == args.backends[0]:
-            same = f"{first[0]:.4f} .. {first[-1]:.4f}"
+        first = None
+        for text, recipe in zip(configs, recipes, strict=True):
+            m = measure(recipe, args.steps, args.warmup)
+            first = first or m
+            m["ratio"] = m["s_per_step"] / first["s_per_step"]
+            m["cpu_ratio"] = m["cpu_s_per_step"] / first["cpu_s_per_step"]
+            passes[text].append(m)
+    rows, first_losses = [], {}
+    for text in configs:
+        runs = passes[text]
+        m = {
+            k: statistics.median(r[k] for r in runs)
+            for k in runs[0]
+            if k.endswith(("_s", "s_per_step", "ratio", "bytes"))
+        }
+        m |= {"plan": runs[-1]["plan"], "losses": runs[-1]["losses"]}
+        sec = m["s_per_step"]
         line = (
-            f"{preset:16s} {backend:9s} {sec:8.3f} {t.batch_size * t.seq_len / sec:10.0f} "
-            f"{ratio:7.2f}x {warm:7.1f}s  {same}"
+            f"{text:24s} {sec:8.3f} {1 / sec:8.2f} {t.batch_size * t.seq_len / sec:10.0f} "
+            f"{m['ratio']:7.2f}x"
         )
+        if cuda:
+            peak, plan = m["peak_bytes"], runs[-1]["planner_bytes"]
+            line += f" {peak / 1e9:8.2f} {plan / 1e9:10.2f} {peak / plan:9.2f}"
+        else:
+            line += f" {m['cpu_s_per_step']:10.3f} {m['cpu_ratio']:7.2f}x"
+        # the same preset and gemm on another backend: the same numbers?
+        reference = first_losses.setdefault(text.partition("@")[0], m["losses"])
+        curve = m["losses"]
+        same = (
+            f"{curve[0]:.4f} .. {curve[-1]:.4f}"
+            if curve is reference
+            else ("equal" if curve == reference else "differ")
+        )
+        line += f" {m['warmup_s']:7.1f}s  {same}"
         lines.append(line)
         print(line, flush=True)
-    lines.append("")
-    lines.append(
-        f"load average (1/5/15 min): before {load_before}, after "
-        + " ".join(f"{v:.2f}" for v in os.getloadavg())
-    )
+        rows.append({"config": text, **{k: v for k, v in m.items() if k != "plan"}})
+        rows[-1]["gemms"] = m["plan"].splitlines()[0]
+        if args.plans:
+            args.plans.mkdir(parents=True, exist_ok=True)
+            name = text.replace(":", "-").replace("@", "-")
+            (args.plans / f"{name}.txt").write_text(m["plan"] + "\n")
+    lines += ["", f"load average (1/5/15 min): before {load_before}, after {_load()}"]
     print(lines[-1])
     if args.out:
         args.out.write_text("\n".join(lines) + "\n")
+    if args.json:
+        args.json.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

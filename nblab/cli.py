@@ -2,6 +2,7 @@
 
   nblab demo [--jobs N]                      the main job: formats, a CPU sweep, its report
   nblab run RECIPE [--set k=v ...] [--name N] train one recipe (a TOML file or a preset)
+  nblab run RECIPE --dry-run                 the model and every module's spec per role, no run
   nblab run RECIPE --nproc N                 ... on N processes with torchrun (FSDP over the
                                              rest when the recipe sets no [parallel] degrees)
   nblab run --resume RUN                     continue an interrupted run from its checkpoint
@@ -15,7 +16,20 @@
   nblab sweeps                               one line per sweep: counts per status
   nblab cancel SWEEP|RUN                     stop a sweep's unfinished runs, or one run
   nblab report SWEEP [--log-x]               the sweep's report.ipynb and offline report.html
+  nblab export RUN|SWEEP [--tensorboard DIR] [--mlflow URI [--experiment NAME]]
+                         [--hf DIR [--step N]]
+                                             runs as TensorBoard events / MLflow runs /
+                                             Hugging Face checkpoints
   nblab plan RECIPE --gpus N --gpu-mem 80GB  rank DP/FSDP/TP/PP layouts by memory and time
+  nblab merge SWEEP|RUN... --method M [--top-k K] [--base RUN]
+                                             merge fine-tuned runs (uniform, greedy,
+                                             task-arithmetic, ties, dare, fisher) into a run
+  nblab eval RUN --precision P1,P2 [--weights-only] [--step N]
+                                             a checkpoint quantized after training (eval runs)
+  nblab sensitivity RUN --precision P [--by module|role]
+                                             Δ val loss with one module (or role) quantized
+  nblab advise RUN --preset P --budget DLOSS | --bits B [--train]
+                                             which modules to keep high; measures the advice
   nblab lab [JUPYTER LAB OPTIONS]            JupyterLab here, with the sidebar and the quickstart
 
 Exit codes of `run` and `sweep`: 0 all succeeded, 1 a run failed, diverged or was
@@ -86,9 +100,9 @@ def _cancel_on_sigterm() -> None:
 
 
 def cmd_run(args) -> int:
+    from nblab.launch import check_layout, launch
     from nblab.recipe import Recipe, RecipeError
     from nblab.runs import RunStore
-    from nblab.train.trainer import train
 
     store = RunStore()
     try:
@@ -106,20 +120,25 @@ def cmd_run(args) -> int:
         else:
             recipe = _load_recipe(args.recipe, args.set, args.name, args.nproc)
         if recipe.parallel.nproc > 1:
-            from nblab.parallel.launch import check_layout
-
             check_layout(recipe)
+        if args.dry_run:
+            from nblab.train.trainer import dry_run
+
+            print(dry_run(recipe))
+            return EXIT_OK
     except (RecipeError, KeyError, ValueError, NotImplementedError) as err:
         print(f"nblab run: {err}", file=sys.stderr)
         return EXIT_USAGE
     _cancel_on_sigterm()
+    from nblab.eval.source import run_fields
+
     run_id = args.resume or store.create_run(
-        recipe.name, recipe.to_toml(), steps=recipe.train.steps
+        recipe.name, recipe.to_toml(), **run_fields(recipe, store)
     )
     print(f"run {run_id}  ({store.run_dir(run_id)})", flush=True)
     bar, update = _progress_bar(recipe.train.steps, 0)
     try:
-        result = train(
+        result = launch(
             recipe, store=store, run_id=run_id, resume=bool(args.resume), progress=update
         )
     except KeyboardInterrupt:
@@ -139,15 +158,31 @@ def cmd_run(args) -> int:
     return EXIT_OK if result.status == "succeeded" else EXIT_FAILED
 
 
+def _table(rows: list[dict], columns: list[str], width: int = 60) -> str:
+    """Rows as a text table, each column right-aligned under its name (as pandas prints
+    one), a value longer than `width` cut with "...", a missing one blank. Plain Python:
+    `nblab runs` and `nblab show` answer without importing pandas."""
+
+    def text(value) -> str:
+        shown = "" if value is None else " ".join(str(value).split())
+        return shown if len(shown) <= width else shown[: width - 3] + "..."
+
+    cells = [[text(row.get(c)) for c in columns] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    lines = [[c.rjust(w) for c, w in zip(columns, widths, strict=True)]]
+    lines += [[v.rjust(w) for v, w in zip(r, widths, strict=True)] for r in cells]
+    return "\n".join(" ".join(line) for line in lines)
+
+
 def cmd_runs(args) -> int:
     from nblab.runs import RunStore
 
-    frame = RunStore().runs(sweep=args.sweep, status=args.status)
-    if frame.empty:
+    rows = RunStore().rows(sweep=args.sweep, status=args.status)
+    if not rows:
         print("no runs")
         return EXIT_OK
-    columns = ["run_id", "name", "sweep", "status", "step", "steps", "error"]
-    print(frame[columns].astype(object).fillna("").to_string(index=False, max_colwidth=60))
+    columns = ["run_id", "name", "kind", "sweep", "status", "step", "steps", "error"]
+    print(_table(rows, columns))
     return EXIT_OK
 
 
@@ -163,11 +198,14 @@ def cmd_show(args) -> int:
     for key in ("run_id", "name", "sweep", "status", "step", "steps", "error"):
         print(f"{key:8s} {run.get(key)}")
     print(f"folder   {store.run_dir(args.run)}\n\n{run['recipe']}")
-    metrics = store.metrics(args.run)
-    if not metrics.empty:
-        last = metrics.sort_values("step").groupby("key").tail(1)
+    series = store.series(args.run).get(args.run, {})
+    if series:
+        last = [
+            {"key": key, "step": int(s.step[-1]), "value": f"{float(s.value[-1]):.6g}"}
+            for key, s in series.items()
+        ]
         print("last metrics:")
-        print(last[["key", "step", "value"]].to_string(index=False))
+        print(_table(last, ["key", "step", "value"]))
     return EXIT_OK
 
 
@@ -187,6 +225,28 @@ def cmd_report(args) -> int:
         print(f"nblab report: {err}", file=sys.stderr)
         return EXIT_USAGE
     print(f"report: {html}\nnotebook: {ipynb}")
+    return EXIT_OK
+
+
+def cmd_export(args) -> int:
+    from nblab.export import EXPORTERS, export
+    from nblab.runs import RunStore
+
+    destinations = {name: getattr(args, name) for name in EXPORTERS}
+    if not any(destinations.values()):
+        flags = " or ".join(f"--{name} {e.metavar}" for name, e in EXPORTERS.items())
+        print(f"nblab export: say where to: {flags}", file=sys.stderr)
+        return EXIT_USAGE
+    options = {o: getattr(args, o) for e in EXPORTERS.values() for o in e.option_names}
+    try:
+        done = export(args.target, store=RunStore(), **destinations, **options)
+    except (KeyError, ValueError) as err:
+        print(f"nblab export: {err.args[0]}", file=sys.stderr)
+        return EXIT_USAGE
+    for name, lines in done.items():
+        print(f"{name}:")
+        for line in lines:
+            print(f"  {line}")
     return EXIT_OK
 
 
@@ -339,7 +399,7 @@ def cmd_sweeps(args) -> int:
 
 
 def cmd_cancel(args) -> int:
-    from nblab.batch.sweeps import cancel
+    from nblab.batch.cancellation import cancel
     from nblab.runs import RunStore
 
     try:
@@ -354,21 +414,53 @@ def cmd_cancel(args) -> int:
     return EXIT_OK
 
 
+LAB_HELP = """usage: nblab lab [JUPYTER LAB OPTIONS]
+
+JupyterLab in the current folder, with what nblab adds:
+  - the nblab sidebar (every sweep and run of $NBLAB_HOME, live, with actions) and the
+    nblab server API it reads (both installed with nblab);
+  - notebooks/quickstart.ipynb, copied here as nblab-quickstart.ipynb the first time
+    (a notebook must lie inside the server's root to open) and opened; a copy you
+    edited is never overwritten.
+Every option is JupyterLab's own and passes through unchanged; they follow.
+"""
+# options that only print: they start no server and copy nothing
+LAB_INFO_OPTIONS = ("-h", "--help", "--help-all", "--version")
+
+
 def cmd_lab(lab_args: list[str]) -> int:
     """JupyterLab in the current folder with the nblab sidebar and the quickstart open
     (copied here as nblab-quickstart.ipynb the first time: a notebook must live inside
-    the server's root to open)."""
+    the server's root to open). --help says what nblab adds, then JupyterLab's help."""
     import os
     import shutil
+    import subprocess
 
     from nblab.notebooks import notebook
 
+    if any(a in LAB_INFO_OPTIONS for a in lab_args):
+        if "--version" not in lab_args:
+            print(LAB_HELP, flush=True)
+        return subprocess.run([sys.executable, "-m", "jupyterlab", *lab_args]).returncode
     target = Path.cwd() / "nblab-quickstart.ipynb"
     if not target.exists():
         shutil.copyfile(notebook("quickstart.ipynb"), target)
     argv = [sys.executable, "-m", "jupyterlab", target.name, *lab_args]
     print(f"starting JupyterLab in {Path.cwd()} with {target.name}", flush=True)
     os.execv(sys.executable, argv)  # JupyterLab takes over this process (and Ctrl-C)
+
+
+def _add_export_targets(parser: argparse.ArgumentParser) -> None:
+    """One option per nblab.export.EXPORTERS target, and the options targets take."""
+    from nblab.export import EXPORTERS
+
+    added: set[str] = set()
+    for name, exporter in EXPORTERS.items():
+        parser.add_argument(f"--{name}", metavar=exporter.metavar, help=exporter.help)
+        for option, metavar, text in exporter.options:
+            if option not in added:  # one --step serves --hf and --adapter
+                parser.add_argument(f"--{option}", metavar=metavar, help=f"{text} (--{name})")
+                added.add(option)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -390,11 +482,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     # listed for --help; main() hands `nblab plan ...` to the planner's own parser
     commands.add_parser("plan", help="rank parallel layouts: RECIPE --gpus N --gpu-mem 80GB")
+    # likewise `nblab merge ...` (nblab.merge.command)
+    commands.add_parser("merge", help="merge fine-tuned runs: SWEEP|RUN... --method M")
+
+    # listed for --help; main() hands these to nblab.eval.commands (`nblab eval --help`)
+    commands.add_parser("eval", help="evaluate a checkpoint quantized after training")
+    commands.add_parser("sensitivity", help="Δ val loss per module or role of a format")
+    commands.add_parser("advise", help="which modules to keep in high precision")
 
     report = commands.add_parser("report", help="a sweep's report: report.ipynb + report.html")
     report.add_argument("sweep")
     report.add_argument("--log-x", action="store_true", help="log-scale step axis")
     report.set_defaults(func=cmd_report)
+
+    export = commands.add_parser(
+        "export", help="runs as TensorBoard event files, MLflow runs, Hugging Face checkpoints"
+    )
+    export.add_argument("target", metavar="RUN_ID|SWEEP", help="a run, or every run of a sweep")
+    _add_export_targets(export)
+    export.set_defaults(func=cmd_export)
 
     run = commands.add_parser("run", help="train one recipe")
     run.add_argument("recipe", nargs="?", help="a recipe .toml file or a preset name")
@@ -413,6 +519,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="processes (torchrun --standalone); sets parallel.nproc, and parallel.dp_shard "
         "when the recipe sets no degree",
+    )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the model and what each of its linear modules' roles would be quantized "
+        "to, validate the layout, and stop (nothing is trained or written)",
     )
     run.set_defaults(func=cmd_run)
 
@@ -467,6 +579,14 @@ def main(argv: list[str] | None = None) -> int:
         from nblab.parallel.planner import plan_command
 
         return plan_command(argv[1:])
+    if argv[:1] == ["merge"]:
+        from nblab.merge.command import merge_command
+
+        return merge_command(argv[1:])
+    if argv[:1] in (["eval"], ["sensitivity"], ["advise"]):  # evaluations own their options
+        from nblab.eval.commands import main as eval_main
+
+        return eval_main(argv)
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -20,6 +20,8 @@ import dataclasses
 import difflib
 import importlib
 import math
+import os
+import re
 import tomllib
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -27,14 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomli_w
-
 from nblab.precision.presets import (
+    GEMM_MODES,
     PRECISION_PRESETS,
     format_problems,
     precision_problems,
     resolve_precision,
 )
+from nblab_kernels.formats import QUANT_PRESETS
 
 Problem = tuple[str, Any, str]  # (field path, bad value, what would be accepted)
 
@@ -57,18 +59,36 @@ class RecipeError(ValueError):
 
 @dataclass
 class ModelSection:
-    name: str = "gpt"  # a key of nblab.train.model.MODELS
-    flavour: str = "tiny"  # a key of nblab.train.model.FLAVOURS
-    tie_embeddings: bool = True
+    """The model (nblab.models): "gpt" (built in), "hf" (a Hugging Face causal LM) or "py"
+    (a module of one's own). Each kind reads its own fields (nblab.models.KIND_FIELDS)."""
+
+    name: str = "gpt"  # a key of nblab.models.MODEL_KINDS
+    flavour: str = "tiny"  # gpt: a key of nblab.models.gpt.FLAVOURS
+    tie_embeddings: bool = True  # gpt (hf: [model.config] tie_word_embeddings)
+    # gpt: GPTConfig fields over the flavour's; hf: fields of its config class; py: the
+    # factory's own settings
+    config: dict[str, Any] = field(default_factory=dict)
+    path: str = ""  # hf: a local checkpoint folder (config.json, optional *.safetensors)
+    architecture: str = ""  # hf: a transformers model_type (llama, qwen2, ...), random init
+    factory: str = ""  # py: "package.module:function" or "path/to/file.py:function"
+    # start from these weights: an exported folder (safetensors) or RUN_ID[:STEP]
+    init_from: str = ""
 
 
 @dataclass
 class DataSection:
     name: str = "pydoc"  # a key of nblab.train.data.DATASETS
-    path: str = ""  # a file for "text", a dataset id for "hf"
+    # "text": a text file; "files": a file, folder or glob of .txt/.jsonl/.json/.parquet
+    # files; "hf": a folder saved by datasets' save_to_disk. Local only: nothing is fetched.
+    path: str = ""
+    # char | byte | bpe:N (a byte-level BPE of vocab N trained on the train split) | the
+    # path of a local tokenizer.json or tokenizer folder (bpe:N and paths: "files" only)
     tokenizer: str = "char"
     val_fraction: float = 0.1
     digits: int = 3  # operand digits of the "addition" task
+    text_column: str = "text"  # the text of a JSON / parquet record ("files", "hf")
+    text_documents: str = "paragraph"  # a document of a .txt file: line | paragraph | file
+    split_seed: int = 0  # which documents are val ("files"); train.seed leaves it alone
 
 
 @dataclass
@@ -108,6 +128,8 @@ class PrecisionSection:
     # added to the preset's list; "!entry" removes one of the preset's entries
     keep_high_precision: list[str] = field(default_factory=list)
     backend: str = "auto"
+    # emulated | native | auto: the GEMMs of quantized operands (nblab.precision.gemm)
+    gemm: str = "auto"
 
     def resolve(self):
         """The PrecisionPreset this section means (preset + overrides + keep list)."""
@@ -128,6 +150,16 @@ class ParallelSection:
 class EvalSection:
     interval: int = 100  # steps between evaluations; 0: never
     batches: int = 10
+    # An evaluation run (nblab.eval) sets source: it evaluates that training run's
+    # checkpoint after training instead of training; the other sections say how to build
+    # and read the model (nblab eval writes them from the source run's recipe).
+    source: str = ""  # a run id; "": this recipe trains
+    step: int = 0  # the source's checkpoint step; 0: its latest
+    # the format to evaluate in: a precision preset or a QuantSpec name (nblab.eval
+    # .precision); "": the [precision] section. Only the forward roles act.
+    precision: str = ""
+    weights_only: bool = False  # quantize the weights only, not the activations
+    scan: str = ""  # "": one evaluation; "module" | "role": a sensitivity scan
 
 
 @dataclass
@@ -141,6 +173,30 @@ class MetricsSection:
     log_interval: int = 10  # loss / lr / throughput
     stats_interval: int = 50  # quantization statistics; 0: never
     histogram_interval: int = 100  # weight and scale histograms; 0: never
+    tensorboard: bool = False  # also write TensorBoard events live, to runs/<run_id>/tensorboard
+
+
+@dataclass
+class FinetuneSection:
+    """Fine-tuning (nblab.finetune): which weights train, how the frozen base is stored.
+
+    method "full": every parameter trains (pretraining is a full fine-tune of a random
+    init); "lora": only peft's LoRA adapters (rank r, scale alpha / r) on the linears that
+    target_modules names train, and the optimizer sees only them. base_format (lora only):
+    the frozen base linears stored once as packed codes and scales of that QuantSpec
+    preset (nvfp4, mxfp4, int4_b32, ...), dequantized in the forward (as QLoRA does).
+    prompt_field / response_field: the fields of data.name = "instruct" jsonl lines."""
+
+    method: str = "full"  # full | lora
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    # globs over qualified linear module names (layers.*.attn.*); [] = every linear of the
+    # model's blocks (the head and embeddings stay frozen)
+    target_modules: list[str] = field(default_factory=list)
+    base_format: str = ""  # "": the base as it is; else a QuantSpec preset name
+    prompt_field: str = "prompt"
+    response_field: str = "response"
 
 
 SECTIONS: dict[str, type] = {
@@ -154,6 +210,7 @@ SECTIONS: dict[str, type] = {
     "eval": EvalSection,
     "checkpoint": CheckpointSection,
     "metrics": MetricsSection,
+    "finetune": FinetuneSection,
 }
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -161,14 +218,20 @@ DECAYS = ("cosine", "linear", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "bfloat16")
 BACKENDS = ("auto", "reference", "triton", "compiled")  # as nblab_kernels.BACKENDS
+FINETUNE_METHODS = ("full", "lora")
 PP_SCHEDULES = ("gpipe", "1f1b")  # as nblab.parallel.pipeline.PP_SCHEDULES
+TEXT_DOCUMENTS = ("line", "paragraph", "file")  # as nblab.train.corpus.TEXT_DOCUMENTS
 # the parallel section's degrees; their product is parallel.nproc
 PARALLEL_DEGREES = ("dp_replicate", "dp_shard", "tp", "pp")
+EVAL_SCANS = ("", "module", "role")  # eval.scan: one evaluation, or a sensitivity scan
+# the eval fields that only an evaluation run (eval.source set) reads
+EVAL_RUN_FIELDS = ("step", "precision", "weights_only", "scan")
+_RUN_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]*")  # as nblab.runs.store's run ids
 
 # Registries owned by other modules, imported only when a recipe is validated.
 _REGISTRIES = {
-    "model": ("nblab.train.model", "MODELS"),
-    "flavour": ("nblab.train.model", "FLAVOURS"),
+    "model": ("nblab.models", "MODEL_KINDS"),
+    "flavour": ("nblab.models.gpt", "FLAVOURS"),
     "dataset": ("nblab.train.data", "DATASETS"),
     "tokenizer": ("nblab.train.data", "TOKENIZERS"),
 }
@@ -201,6 +264,7 @@ class Recipe:
     eval: EvalSection = field(default_factory=EvalSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
+    finetune: FinetuneSection = field(default_factory=FinetuneSection)
 
     # -- construction -----------------------------------------------------------
     @classmethod
@@ -252,6 +316,8 @@ class Recipe:
         return out
 
     def to_toml(self) -> str:
+        import tomli_w  # lazily: training on a bare GPU machine needs no TOML writer
+
         return tomli_w.dumps(self.to_dict())
 
     # -- overrides --------------------------------------------------------------
@@ -380,7 +446,32 @@ def _build(data: Any, problems: list[Problem]) -> Recipe:
     problems += recipe.problems()
     if problems:
         raise RecipeError(_dedup(problems))
+    _absolute_paths(recipe)
     return recipe
+
+
+def _absolute_paths(recipe: Recipe) -> None:
+    """data.path, a tokenizer path, model.path, a factory's file and an init_from folder,
+    made absolute against the current folder once they are known to exist there: a job
+    runs in its run folder and must read the same files (and the run's recipe.toml then
+    says which). "~" is kept: it is the same user's home."""
+    d = recipe.data
+    if d.path and d.name in ("text", "files", "hf"):
+        d.path = _absolute(d.path)
+    if d.tokenizer not in ("char", "byte") and not d.tokenizer.startswith("bpe:"):
+        d.tokenizer = _absolute(d.tokenizer)
+    m = recipe.model
+    if m.path:
+        m.path = _absolute(m.path)
+    module, sep, function = m.factory.rpartition(":")
+    if sep and module.endswith(".py"):
+        m.factory = f"{_absolute(module)}:{function}"
+    if m.init_from and os.path.isdir(os.path.expanduser(m.init_from)):  # not a run id
+        m.init_from = _absolute(m.init_from)
+
+
+def _absolute(path: str) -> str:
+    return path if os.path.isabs(os.path.expanduser(path)) else os.path.abspath(path)
 
 
 def _build_section(section: str, table: Mapping[str, Any], problems: list[Problem]):
@@ -432,6 +523,19 @@ def _dedup(problems: list[Problem]) -> list[Problem]:
 # ---------------------------------------------------------------------------
 
 
+def dotted_fields(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A recipe's TOML table as {dotted field path: value}, the paths overrides use
+    ("optimizer.lr"); an empty table stays one field (precision.roles = {})."""
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out |= dotted_fields(value, path + ".")
+        else:
+            out[path] = value
+    return out
+
+
 def _split_override(item: Any, problems: list[Problem]) -> tuple[str, str] | None:
     if not isinstance(item, str) or "=" not in item:
         problems.append(("(override)", item, 'a "section.field=value" string'))
@@ -467,7 +571,10 @@ def apply_override(data: dict[str, Any], path: Any, raw: Any, problems: list[Pro
         if not isinstance(data[head][key], dict):
             problems.append((path, raw, f"{head}.{key} to be a table first"))
             return
-        _apply_role_override(data[head][key], path, parts[2:], raw, problems)
+        if path.startswith("precision.roles."):
+            _apply_role_override(data[head][key], path, parts[2:], raw, problems)
+        else:
+            _apply_table_override(data[head][key], parts[2:], raw)
         return
     if len(parts) > 2:
         problems.append((path, raw, f"{head}.{key} is a single value, not a table"))
@@ -478,6 +585,20 @@ def apply_override(data: dict[str, Any], path: Any, raw: Any, problems: list[Pro
     value = _parse_or_problem(path, raw, tp, problems)
     if value is not _BAD:
         data[head][key] = _plain(value)
+
+
+def _apply_table_override(table: dict[str, Any], keys: list[str], raw: Any) -> None:
+    """section.table.key[.key...]=value: a TOML value (a bare word stays a string), e.g.
+    model.config.hidden_size=256, model.config.rope_parameters.rope_theta=5e5."""
+    for key in keys[:-1]:
+        if not isinstance(table.get(key), dict):
+            table[key] = {}
+        table = table[key]
+    value = raw
+    if isinstance(raw, str):
+        parsed = _parse_toml_value(raw)
+        value = _unquote(raw) if parsed is _BAD else parsed
+    table[keys[-1]] = _plain(value)
 
 
 def _apply_role_override(
@@ -647,6 +768,9 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     # every dataset splits off a non-empty validation part
     "data.val_fraction": (_finite(lambda v: 0 < v < 1), "a number in (0, 1)"),
     "data.digits": ((lambda v: 1 <= v <= 18), "an integer in 1..18"),
+    "data.text_column": ((lambda v: bool(v)), "a column name (not empty)"),
+    "data.text_documents": _choice(TEXT_DOCUMENTS),
+    "data.split_seed": _int_at_least(0),
     "optimizer.name": _choice(OPTIMIZERS),
     "optimizer.lr": (_finite(lambda v: 0 < v <= 10), "a number in (0, 10]"),
     "optimizer.betas": (
@@ -667,6 +791,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.device": _choice(DEVICES),
     "train.dtype": _choice(DTYPES),
     "precision.backend": _choice(BACKENDS),
+    "precision.gemm": _choice(GEMM_MODES),
     "parallel.dp_replicate": _int_at_least(1),
     "parallel.dp_shard": _int_at_least(1),
     "parallel.tp": _int_at_least(1),
@@ -675,11 +800,32 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "parallel.pp_schedule": _choice(PP_SCHEDULES),
     "eval.interval": _int_at_least(0),
     "eval.batches": _int_at_least(1),
+    "eval.source": (
+        (lambda v: v == "" or _RUN_ID.fullmatch(v) is not None),
+        'a run id (letters, digits, "-", "_"), or "" for a training recipe',
+    ),
+    "eval.step": _int_at_least(0),
+    "eval.precision": (
+        (lambda v: v == "" or v in PRECISION_PRESETS or v in QUANT_PRESETS),
+        '"" (the [precision] section), a precision preset '
+        f"({', '.join(PRECISION_PRESETS)}) or a QuantSpec name "
+        f"({', '.join(n for n in QUANT_PRESETS if n not in PRECISION_PRESETS)})",
+    ),
+    "eval.scan": (
+        (lambda v: v in EVAL_SCANS),
+        '"" (one evaluation), "module" or "role" (a sensitivity scan)',
+    ),
     "checkpoint.interval": _int_at_least(0),
     "checkpoint.keep": _int_at_least(1),
     "metrics.log_interval": _int_at_least(1),
     "metrics.stats_interval": _int_at_least(0),
     "metrics.histogram_interval": _int_at_least(0),
+    "finetune.method": _choice(FINETUNE_METHODS),
+    "finetune.r": _int_at_least(1),
+    "finetune.alpha": (_finite(lambda v: v > 0), "a number > 0"),
+    "finetune.dropout": (_finite(lambda v: 0 <= v < 1), "a number in [0, 1)"),
+    "finetune.prompt_field": ((lambda v: bool(v.strip())), "a non-empty field name"),
+    "finetune.response_field": ((lambda v: bool(v.strip())), "a non-empty field name"),
 }
 
 # path -> registry kind, checked when the registry's module is importable
@@ -687,8 +833,7 @@ _REGISTRY_FIELDS = {
     "model.name": "model",
     "model.flavour": "flavour",
     "data.name": "dataset",
-    "data.tokenizer": "tokenizer",
-}
+}  # data.tokenizer takes bpe:N and paths too: nblab.train.data.data_problems checks it
 
 
 def _check(recipe: Recipe) -> list[Problem]:
@@ -741,6 +886,11 @@ def _check(recipe: Recipe) -> list[Problem]:
 SOURCE_CHECKS = (
     ("nblab.train.data", "data_problems"),
     ("nblab.models", "model_problems"),
+    ("nblab.train.data", "vocab_problems"),
+    ("nblab.train.weights", "init_problems"),
+    ("nblab.finetune", "finetune_problems"),
+    ("nblab.train.instruct", "instruct_problems"),
+    ("nblab.eval.source", "source_problems"),
 )
 
 
@@ -765,8 +915,13 @@ def _cross_field(ok: dict[str, Any]) -> list[Problem]:
     def have(*paths: str) -> bool:
         return all(p in ok for p in paths)
 
-    if have("data.name", "data.path") and ok["data.name"] in ("text", "hf") and not ok["data.path"]:
-        what = "a text file" if ok["data.name"] == "text" else "a dataset id"
+    needs_path = {
+        "text": "a text file",
+        "files": "a file, folder or glob of corpus files",
+        "hf": "a folder saved by datasets' save_to_disk",
+    }
+    if have("data.name", "data.path") and ok["data.name"] in needs_path and not ok["data.path"]:
+        what = needs_path[ok["data.name"]]
         problems.append(
             (
                 "data.path",
@@ -775,6 +930,19 @@ def _cross_field(ok: dict[str, Any]) -> list[Problem]:
                 f"(shorthand: data.name={ok['data.name']}:<path>)",
             )
         )
+    if have("eval.source") and not ok["eval.source"]:
+        defaults = EvalSection()
+        for key in EVAL_RUN_FIELDS:
+            path = f"eval.{key}"
+            if have(path) and ok[path] != getattr(defaults, key):
+                problems.append(
+                    (
+                        path,
+                        ok[path],
+                        "its default in a training recipe: set eval.source to the "
+                        "run whose checkpoint this evaluates",
+                    )
+                )
     dims = tuple(f"parallel.{d}" for d in PARALLEL_DEGREES)
     if have(*dims, "parallel.nproc"):
         product = math.prod(ok[d] for d in dims)
@@ -800,14 +968,19 @@ __all__ = [
     "DECAYS",
     "DEVICES",
     "DTYPES",
+    "EVAL_RUN_FIELDS",
+    "EVAL_SCANS",
+    "FINETUNE_METHODS",
     "OPTIMIZERS",
     "PARALLEL_DEGREES",
     "PP_SCHEDULES",
     "RECIPE_PRESETS",
     "SECTIONS",
+    "TEXT_DOCUMENTS",
     "CheckpointSection",
     "DataSection",
     "EvalSection",
+    "FinetuneSection",
     "MetricsSection",
     "ModelSection",
     "OptimizerSection",

@@ -31,7 +31,9 @@ import pandas as pd
 import tomli_w
 from matplotlib.figure import Figure
 
+from nblab import groups
 from nblab.notebooks import execute, notebook
+from nblab.recipe import dotted_fields
 from nblab.runs import RunStore
 from nblab.sweep import short_keys
 
@@ -66,17 +68,6 @@ def check_sweep(sweep: str, store: RunStore) -> None:
         raise ValueError(f"unknown sweep {sweep!r} in {store.home}; known sweeps: {listing}")
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in data.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out |= _flatten(value, path + ".")
-        else:
-            out[path] = value
-    return out
-
-
 def _same(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
@@ -86,6 +77,9 @@ def _step_at(error: str | None, step: Any) -> Any:
     if match:
         return int(match.group(1))
     return step if not pd.isna(step) else pd.NA
+
+
+MAX_WEIGHT_PANELS = 24  # weight histogram panels in a report (a 200-point sweep: 24)
 
 
 class SweepData:
@@ -104,6 +98,7 @@ class SweepData:
         self.sweep, self.store = sweep, store
         self.generated = dt.datetime.now(dt.UTC)
         every = store.runs(sweep=sweep)
+        every = every[every.kind != "merge"]  # merges have their own section (nblab.merge.report)
         prefix = f"{sweep}/"
         every["point"] = [n[len(prefix) :] if n.startswith(prefix) else n for n in every.name]
         # runs() is oldest first, so the last run of a point is its latest (re)run
@@ -113,7 +108,7 @@ class SweepData:
         runs["recipe"] = [tomllib.loads(t) for t in runs.recipe_text]
         runs["preset"] = [r.get("precision", {}).get("preset", DEFAULT_PRESET) for r in runs.recipe]
         self.runs = runs
-        flat = [_flatten({k: v for k, v in r.items() if k != "name"}) for r in runs.recipe]
+        flat = [dotted_fields({k: v for k, v in r.items() if k != "name"}) for r in runs.recipe]
         paths = sorted({p for f in flat for p in f})
         self.axes: dict[str, list] = {}
         for path in paths:
@@ -132,12 +127,23 @@ class SweepData:
         self.metrics = store.metrics(ids, keys=list(METRIC_KEYS))
         self.stats = store.stats(ids)
         self._points = dict(zip(runs.run_id, runs.point, strict=True))
+        # seeds of one configuration form one group (nblab.groups); every figure colours
+        # a group, and its runs, the same
+        runs["seed"] = [groups.seed_of(r) for r in runs.recipe]
+        runs["group"] = groups.group(runs.point, runs.recipe, runs.kind)
+        self.replicated = bool(runs.group.duplicated().any())
+        self.colors = groups.colors(runs.group)
+        self._group_of = dict(zip(runs.run_id, runs.group, strict=True))
 
     def __repr__(self) -> str:
         return f"SweepData({self.sweep!r}, points={len(self.runs)})"
 
     def point(self, run_id: str) -> str:
         return self._points[run_id]
+
+    def color(self, run_id: str) -> str:
+        """The colour of run `run_id` in every figure: its group's (its point's)."""
+        return self.colors[self._group_of[run_id]]
 
     # -- text -------------------------------------------------------------------
 
@@ -186,6 +192,10 @@ class SweepData:
             f"#   {path} = {' | '.join(_fmt(v) for v in values)}"
             for path, values in self.axes.items()
         ]
+        params = self.runs.params.dropna()
+        if not params.empty:  # recorded by the trainer once it built the model
+            counts = " | ".join(f"{int(n):,}" for n in sorted(set(params)))
+            header.append(f"# model parameters: {counts}")
         return "\n".join(header) + "\n\n" + tomli_w.dumps(common)
 
     # -- the table --------------------------------------------------------------
@@ -240,8 +250,104 @@ class SweepData:
         ).drop(columns=["_failed", "_missing"])
         return table.reset_index(drop=True)
 
+    def grouped_table(self) -> pd.DataFrame:
+        """One row per group of seeds (a point and its replicates, nblab.groups), best
+        mean final val loss first; groups with no succeeded run last.
+
+        Columns: point (the group's label), its swept fields but the seed, preset,
+        runs, seeds, status ("succeeded", or counts such as "2 succeeded, 1 diverged"),
+        final_loss, final_val_loss and best_val_loss (means over the succeeded runs),
+        final_val_loss_sd (their sample standard deviation), gap_to_bf16 (mean final val
+        loss minus that of the best bf16 group), gap_to_bf16_se (its standard error,
+        nblab.groups.gap), paired (whether that pairs the two groups' seeds),
+        reference (the bf16 group the gaps are measured against),
+        tokens_per_s (mean of the runs' medians), peak_memory_mib (max), run_ids."""
+        per_run = self.table().set_index("run_id")
+        seed_axis = self.axis_names.get(groups.SEED_FIELD)
+        rows, by_seed = [], {}
+        for label, members in self.runs.groupby("group", sort=False):
+            mine = per_run.loc[list(members.run_id)]
+            good = mine[mine.status == "succeeded"]
+            counts = mine.status.value_counts()
+            status = (
+                "succeeded"
+                if len(good) == len(mine)
+                else ", ".join(f"{n} {s}" for s, n in counts.items())
+            )
+            seeds = list(members.seed)
+            unique = len(set(seeds)) == len(seeds)
+            keys = [s if unique else (label, i) for i, s in enumerate(seeds)]
+            ok = dict(zip(keys, mine.status == "succeeded", strict=True))
+            values = dict(zip(keys, mine.final_val_loss, strict=True))
+            by_seed[label] = {k: v for k, v in values.items() if ok[k]}
+            val, val_sd, _ = groups.mean_sd(good.final_val_loss)
+            axes = {
+                k: v
+                for k, v in self.axis_values.loc[members.run_id.iloc[0]].items()
+                if k != seed_axis
+            }
+            rows.append(
+                {
+                    "point": label,
+                    **axes,
+                    "preset": members.preset.iloc[0],
+                    "runs": len(mine),
+                    "seeds": ", ".join(str(s) for s in sorted(seeds)),
+                    "status": status,
+                    "final_loss": groups.mean_sd(good.final_loss)[0],
+                    "final_val_loss": val,
+                    "final_val_loss_sd": val_sd,
+                    "best_val_loss": groups.mean_sd(good.best_val_loss)[0],
+                    "tokens_per_s": groups.mean_sd(mine.tokens_per_s)[0],
+                    "peak_memory_mib": mine.peak_memory_mib.max(),
+                    "run_ids": list(members.run_id),
+                    "_ok": len(good) > 0,
+                }
+            )
+        table = pd.DataFrame(rows)
+        bf16 = table[table.preset.isin(HIGH_PRECISION_PRESETS) & table["_ok"]]
+        bf16 = bf16.dropna(subset=["final_val_loss"])
+        reference = bf16.point.iloc[bf16.final_val_loss.argmin()] if len(bf16) else None
+        gaps = [
+            groups.gap(by_seed[p], by_seed[reference]) if reference else (math.nan,) * 2 + (False,)
+            for p in table.point
+        ]
+        at = table.columns.get_loc("best_val_loss") + 1
+        table.insert(at, "gap_to_bf16", [g for g, _, _ in gaps])
+        table.insert(at + 1, "gap_to_bf16_se", [se for _, se, _ in gaps])
+        table.insert(at + 2, "paired", [paired for _, _, paired in gaps])
+        table.insert(at + 3, "reference", table.point == reference)
+        table["_missing"] = table.final_val_loss.isna()
+        table = table.sort_values(
+            ["_ok", "_missing", "final_val_loss", "point"],
+            ascending=[False, True, True, True],
+            kind="stable",
+        )
+        return table.drop(columns=["_ok", "_missing"]).reset_index(drop=True)
+
+    def noise_note(self) -> str:
+        """Markdown, one paragraph: what the table's ranking can and cannot tell."""
+        if not self.replicated:
+            return (
+                "**The ranking is from single runs** (one seed per point): it cannot say "
+                "which differences are seed-to-seed noise. Add a `train.seed` axis to the "
+                "sweep to measure that noise."
+            )
+        n = len(self.runs)
+        g = self.runs.group.nunique()
+        return (
+            f"**Each row is a point over its seeds** ({n} runs in {g} points): losses are "
+            "the mean ± the standard deviation over seeds, and `gap_to_bf16` is ± its "
+            "standard error (paired by seed where both points ran the same seeds). A gap "
+            "within twice its standard error is *within noise*: those points cannot be "
+            "told apart by these runs."
+        )
+
     def display_table(self) -> pd.DataFrame:
-        """The table for reading: rounded, first line of each error, no run_id."""
+        """The table for reading: rounded, first line of each error, no run ids. With
+        seeds (`replicated`) one row per point over its seeds, losses as mean ± sd."""
+        if self.replicated:
+            return self._display_grouped()
         table = self.table()
         table["error"] = [_first_line(e) if isinstance(e, str) else "" for e in table.error]
         table["stopped_at"] = table.stopped_at.astype(object).where(table.stopped_at.notna(), "")
@@ -253,37 +359,115 @@ class SweepData:
             table = table.drop(columns="peak_memory_mib")
         return table.drop(columns="run_id").set_index("point")
 
+    def _display_grouped(self) -> pd.DataFrame:
+        table = self.grouped_table()
+        table["final_val_loss"] = [
+            _pm(m, sd) for m, sd in zip(table.final_val_loss, table.final_val_loss_sd, strict=True)
+        ]
+        table["noise"] = [
+            "reference"
+            if ref
+            else ""
+            if math.isnan(g) or math.isnan(se)
+            else ("within noise" if abs(g) < 2 * se else "beyond noise")
+            for g, se, ref in zip(
+                table.gap_to_bf16, table.gap_to_bf16_se, table.reference, strict=True
+            )
+        ]
+        table["gap_to_bf16"] = [
+            _pm(g, se, sign=True)
+            for g, se in zip(table.gap_to_bf16, table.gap_to_bf16_se, strict=True)
+        ]
+        table = table.rename(columns={"final_val_loss": "final_val_loss (± sd)"})
+        table = table.rename(columns={"gap_to_bf16": "gap_to_bf16 (± se)"})
+        table["tokens_per_s"] = table.tokens_per_s.round(0)
+        table["peak_memory_mib"] = table.peak_memory_mib.round(1)
+        table[["final_loss", "best_val_loss"]] = table[["final_loss", "best_val_loss"]].round(4)
+        drop = ["final_val_loss_sd", "gap_to_bf16_se", "paired", "reference", "run_ids"]
+        if table.peak_memory_mib.fillna(0).eq(0).all():
+            drop.append("peak_memory_mib")
+        return table.drop(columns=drop).set_index("point")
+
     # -- plots ------------------------------------------------------------------
 
-    def _styled(self):
-        """(run_id, point, line style) in table order; failures dashed."""
-        order = self.table()
-        return [
-            (r.run_id, r.point, "--" if r.status in FAILURE_STATUSES else "-")
-            for r in order.itertuples()
-        ]
+    def curves(self, key: str) -> list[dict[str, Any]]:
+        """What the curve figures draw for metric `key`, in table order: one entry per
+        line, {"label", "color", "dashed", "step", "value", "sd"}. Without seeds a line
+        per point (failures dashed, sd None). With seeds (`replicated`) a line per point
+        over its seeds: the mean of its runs that did not fail at each step and their
+        standard deviation (a band); each failed run of it a dashed line of its own."""
+        m = self.metrics[self.metrics.key == key]
+        lines = []
+        if not self.replicated:
+            for r in self.table().itertuples():
+                curve = m[m.run_id == r.run_id]
+                if not curve.empty:
+                    lines.append(
+                        {
+                            "label": r.point,
+                            "color": self.color(r.run_id),
+                            "dashed": r.status in FAILURE_STATUSES,
+                            "step": curve.step.to_numpy(),
+                            "value": curve.value.to_numpy(),
+                            "sd": None,
+                        }
+                    )
+            return lines
+        status = dict(zip(self.runs.run_id, self.runs.status, strict=True))
+        for row in self.grouped_table().itertuples():
+            color = self.colors[row.point]
+            ok = [r for r in row.run_ids if status[r] not in FAILURE_STATUSES]
+            wide = m[m.run_id.isin(ok)].pivot_table(
+                index="step", columns="run_id", values="value", aggfunc="mean"
+            )
+            if not wide.empty:
+                lines.append(
+                    {
+                        "label": f"{row.point} (mean of {len(ok)})",
+                        "color": color,
+                        "dashed": False,
+                        "step": wide.index.to_numpy(),
+                        "value": wide.mean(axis=1).to_numpy(),
+                        "sd": wide.std(axis=1, ddof=1).to_numpy(),
+                    }
+                )
+            for run_id in row.run_ids:
+                curve = m[m.run_id == run_id]
+                if status[run_id] in FAILURE_STATUSES and not curve.empty:
+                    lines.append(
+                        {
+                            "label": f"{self.point(run_id)} ({status[run_id]})",
+                            "color": color,
+                            "dashed": True,
+                            "step": curve.step.to_numpy(),
+                            "value": curve.value.to_numpy(),
+                            "sd": None,
+                        }
+                    )
+        return lines
 
     def plot_curves(self, log_x: bool = False) -> Figure:
-        """Loss and val loss against step, one line per point (failures dashed)."""
+        """Loss and val loss against step, one line per point (failures dashed); with
+        seeds the mean of each point's runs and a band of ± one standard deviation."""
         fig = Figure(figsize=(12, 4.5), layout="constrained")
         axes = fig.subplots(1, 2)
-        m = self.metrics
         for ax, key, title in zip(
             axes, ("loss", "val_loss"), ("train loss", "val loss"), strict=True
         ):
-            drawn = 0
-            for run_id, point, style in self._styled():
-                curve = m[(m.run_id == run_id) & (m.key == key)]
-                if curve.empty:
-                    continue
-                marker = "o" if len(curve) < 3 else None
-                ax.plot(curve.step, curve.value, style, marker=marker, label=point)
-                drawn += 1
+            lines = self.curves(key)
+            for line in lines:
+                marker = "o" if len(line["step"]) < 3 else None
+                style = "--" if line["dashed"] else "-"
+                x, y = line["step"], line["value"]
+                ax.plot(x, y, style, color=line["color"], marker=marker, label=line["label"])
+                if line["sd"] is not None:
+                    sd = np.nan_to_num(line["sd"])
+                    ax.fill_between(x, y - sd, y + sd, color=line["color"], alpha=0.2, lw=0)
             ax.set(title=title, xlabel="step", ylabel=key)
             if log_x:
                 ax.set_xscale("log")
             ax.grid(alpha=0.3)
-            if not drawn:
+            if not lines:
                 _no_data(ax, f"no {key} recorded")
         handles, labels = axes[0].get_legend_handles_labels()
         if not handles:
@@ -292,25 +476,24 @@ class SweepData:
             fig.legend(handles, labels, loc="outside right upper", fontsize="small")
         return fig
 
-    def interactive_curves(self, log_x: bool = False) -> str:
-        """Loss and val loss as an interactive holoviews (bokeh) plot: zoom, hover,
-        a clickable legend. Returns HTML with BokehJS inlined, so report.html stays
-        readable offline; the static PNG above serves where scripts do not run."""
+    def interactive_figure(self, log_x: bool = False):
+        """The bokeh model of interactive_curves (None when nothing was recorded)."""
         import holoviews as hv
-        from bokeh.embed import components
-        from bokeh.resources import Resources
 
         hv.extension("bokeh", logo=False)
-        m = self.metrics
         panels = []
         for key in ("loss", "val_loss"):
-            curves = [
-                hv.Curve(m[(m.run_id == r) & (m.key == key)], "step", ("value", key), label=p)
-                for r, p, _ in self._styled()
-                if not m[(m.run_id == r) & (m.key == key)].empty
-            ]
-            if curves:
-                overlay = hv.Overlay(curves).opts(
+            elements = []
+            for line in self.curves(key):
+                x, y, color = line["step"], line["value"], line["color"]
+                if line["sd"] is not None:
+                    band = hv.Spread((x, y, np.nan_to_num(line["sd"])), "step", [key, "sd"])
+                    elements.append(band.opts(color=color, alpha=0.2, line_alpha=0))
+                curve = hv.Curve((x, y), "step", key, label=line["label"])
+                dash = "dashed" if line["dashed"] else "solid"
+                elements.append(curve.opts(color=color, line_dash=dash))
+            if elements:
+                overlay = hv.Overlay(elements).opts(
                     hv.opts.Curve(tools=["hover"], line_width=2),
                     hv.opts.Overlay(
                         title=key, width=520, height=340, logx=log_x, legend_position="top_right"
@@ -318,8 +501,20 @@ class SweepData:
                 )
                 panels.append(overlay)
         if not panels:
+            return None
+        return hv.render(hv.Layout(panels).cols(2), backend="bokeh")
+
+    def interactive_curves(self, log_x: bool = False) -> str:
+        """Loss and val loss as an interactive holoviews (bokeh) plot: zoom, hover,
+        a clickable legend, the same colours and bands as plot_curves. Returns HTML
+        with BokehJS inlined, so report.html stays readable offline; the static PNG
+        above serves where scripts do not run."""
+        from bokeh.embed import components
+        from bokeh.resources import Resources
+
+        model = self.interactive_figure(log_x)
+        if model is None:
             return "<p>No loss curves recorded.</p>"
-        model = hv.render(hv.Layout(panels).cols(2), backend="bokeh")
         script, div = components(model)
         # BokehJS core inlined; nothing else: extensions that other packages register
         # (panel's module shims) would add <script src> tags that cannot load offline
@@ -330,15 +525,28 @@ class SweepData:
         return bokeh_js + script + div
 
     def plot_throughput(self) -> Figure:
-        """Median tokens/s of each point (horizontal bars, in table order)."""
-        table = self.table()
+        """Median tokens/s of each point (horizontal bars, in table order, in the
+        point's colour; with seeds the mean over its runs, ± their sd)."""
+        if self.replicated:
+            table = self.grouped_table()
+            color = [self.colors[p] for p in table.point]
+            spread = [
+                groups.mean_sd(self.table().set_index("run_id").tokens_per_s.loc[ids])[1]
+                for ids in table.run_ids
+            ]
+        else:
+            table = self.table()
+            color = [self.color(r) for r in table.run_id]
+            spread = [math.nan] * len(table)
+        table = table.assign(_color=color, _sd=spread)
         fig = Figure(figsize=(8, 0.5 + 0.35 * len(table)), layout="constrained")
         ax = fig.subplots()
         known = table.dropna(subset=["tokens_per_s"])
         if known.empty:
             _no_data(ax, "no tokens/s recorded")
             return fig
-        ax.barh(known.point, known.tokens_per_s, color="tab:blue")
+        xerr = None if known["_sd"].isna().all() else known["_sd"].fillna(0)
+        ax.barh(known.point, known.tokens_per_s, xerr=xerr, color=list(known["_color"]))
         ax.invert_yaxis()
         ax.set(xlabel="tokens/s (median over logged intervals)", title="throughput")
         ax.grid(axis="x", alpha=0.3)
@@ -350,31 +558,37 @@ class SweepData:
         """The module whose weights the report shows: the last block's down
         projection when the model has one (where low precision hurts most), else the
         last module with histograms."""
-        hist = self.store.histograms(list(self.runs.run_id))
-        if hist.empty:
+        modules = self.store.histogram_modules(list(self.runs.run_id))
+        if not modules:
             return None
-        modules = sorted(set(hist.module))
         downs = [m for m in modules if m.endswith("mlp.down")]
         return downs[-1] if downs else modules[-1]
 
     def plot_weights(self, module: str | None = None) -> Figure:
-        """Weight histograms of `module`, one panel per point: the first and the last
-        recorded step overlaid (bins are fixed per run, so they compare directly)."""
+        """Weight histograms of `module`, one panel per run that recorded them, at most
+        MAX_WEIGHT_PANELS: the first and the last recorded step overlaid (bins are fixed
+        per run, so they compare directly). Without histograms, one line says so (not an
+        empty panel per point: 200 of them took 18 s to lay out)."""
         module = module or self.weight_module()
-        points = list(self.runs.point)
-        cols = min(4, max(1, len(points)))
-        rows = -(-len(points) // cols)
-        fig = Figure(figsize=(3.2 * cols, 2.4 * rows), layout="constrained")
-        axes = fig.subplots(rows, cols, squeeze=False).flatten()
         hist = (
             pd.DataFrame()
             if module is None
             else self.store.histograms(list(self.runs.run_id), module=module)
         )
-        for ax, (run_id, point) in zip(axes, self._points.items(), strict=False):
-            mine = hist[hist.run_id == run_id] if not hist.empty else hist
-            if mine.empty:
-                _no_data(ax, "no histograms")
+        if hist.empty:
+            fig = Figure(figsize=(6.4, 1.0), layout="constrained")
+            what = f"for {module}" if module else ""
+            _no_data(fig.subplots(), f"no weight histograms recorded {what}".strip())
+            return fig
+        having = set(hist.run_id)
+        shown = [(r, p) for r, p in self._points.items() if r in having]
+        total, shown = len(shown), shown[:MAX_WEIGHT_PANELS]
+        cols = min(4, max(1, len(shown)))
+        rows = -(-len(shown) // cols)
+        fig = Figure(figsize=(3.2 * cols, 2.4 * rows), layout="constrained")
+        axes = fig.subplots(rows, cols, squeeze=False).flatten()
+        for ax, (run_id, point) in zip(axes, shown, strict=False):
+            mine = hist[hist.run_id == run_id]
             for (_, row), style in zip(
                 mine.iloc[[0, -1]].iterrows() if len(mine) > 1 else mine.iterrows(),
                 ("--", "-"),
@@ -382,14 +596,16 @@ class SweepData:
             ):
                 edges = np.asarray(row.edges)
                 centers = (edges[1:] + edges[:-1]) / 2
-                ax.plot(centers, row.counts, style, label=f"step {row.step}")
+                ax.plot(
+                    centers, row.counts, style, color=self.color(run_id), label=f"step {row.step}"
+                )
             ax.set_title(point, fontsize="small")
             ax.set_yscale("log")
-            if not mine.empty:
-                ax.legend(fontsize="x-small")
-        for ax in axes[len(points) :]:
+            ax.legend(fontsize="x-small")
+        for ax in axes[len(shown) :]:
             ax.set_visible(False)
-        fig.suptitle(f"weights of {module}" if module else "no weight histograms recorded")
+        more = f" (the first {len(shown)} of {total} runs)" if total > len(shown) else ""
+        fig.suptitle(f"weights of {module}{more}")
         return fig
 
     # -- quantization error -----------------------------------------------------
@@ -513,6 +729,14 @@ def _first_line(text: Any, width: int = 48) -> Any:
     if text.startswith("Traceback"):
         line = text.strip().splitlines()[-1]
     return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def _pm(value: float, spread: float, *, sign: bool = False) -> str:
+    """ "2.2106 ± 0.0180"; the value alone when the spread is unknown; "" for NaN."""
+    if math.isnan(value):
+        return ""
+    text = f"{value:+.4f}" if sign else f"{value:.4f}"
+    return text if math.isnan(spread) else f"{text} ± {spread:.4f}"
 
 
 def _fmt(value: Any) -> str:

@@ -1,5 +1,6 @@
 """The run store the galata tests see: seeded when the test server starts, changed by
-the tests through `python nblab_store.py set-status HOME NAME STATUS`."""
+the tests through `python nblab_store.py set-status HOME NAME STATUS [SWEEP]` and
+`python nblab_store.py seed-many HOME N` (N more runs, in sweep ui-scale)."""
 
 import shutil
 import sys
@@ -34,9 +35,23 @@ def seed(home: Path) -> RunStore:
     return store
 
 
-def set_status(home: Path, name: str, status: str) -> None:
+def seed_many(home: Path, runs: int, sweep: str = "ui-scale", steps: int = 300) -> None:
+    """Add `runs` succeeded runs to sweep `sweep`, each with `steps` loss rows written
+    through the store's writer as a job writes them (the sidebar at scale)."""
     store = RunStore(home)
-    frame = store.runs(sweep=SWEEP)
+    for i in range(runs):
+        run_id = store.create_run(f"point-{i:03d}", RECIPE, sweep, steps=steps)
+        writer = store.writer(run_id, flush_every=None)
+        for step in range(1, steps + 1):
+            writer.log_metrics(step, {"loss": 4.0 * 0.99**step + 0.5 + i / runs})
+            if step % 50 == 0:
+                writer.flush()
+        writer.close("succeeded")
+
+
+def set_status(home: Path, name: str, status: str, sweep: str = SWEEP) -> None:
+    store = RunStore(home)
+    frame = store.runs(sweep=sweep)
     run_id = frame[frame.name == name].run_id.iloc[-1]
     store.set_status(run_id, status)
 
@@ -45,6 +60,8 @@ if __name__ == "__main__":
     command, home, *rest = sys.argv[1:]
     if command == "seed":
         seed(Path(home))
+    elif command == "seed-many":
+        seed_many(Path(home), int(rest[0]))
     elif command == "set-status":
         set_status(Path(home), *rest)
     else:

@@ -670,11 +670,14 @@ def merge_quant_stats(parts: list[QuantStats]) -> QuantStats:
 
 def sqnr_db(signal: float, noise: float) -> float:
     """10 log10(signal / noise), with the edge cases every backend shares: no noise
-    is +inf, no signal -inf, a NaN noise (a poisoned tensor) NaN."""
+    is +inf, no signal -inf, a NaN noise (a poisoned tensor) NaN, an infinite noise (a
+    cast past its format's range, fp16 over 65504) -inf."""
     if noise == 0:
         return math.inf
     if signal == 0 or math.isnan(noise):
         return -math.inf if signal == 0 else math.nan
+    if math.isinf(noise):
+        return -math.inf
     return 10 * math.log10(signal / noise)
 
 

@@ -11,6 +11,7 @@ import {
   Clipboard,
   Dialog,
   ICommandPalette,
+  InputDialog,
   Notification,
   showDialog
 } from '@jupyterlab/apputils';
@@ -24,7 +25,14 @@ import { LiveRuns } from './live';
 import { RunsModel } from './model';
 import { NblabPanel } from './panel';
 import { apiUrl, postAPI, requestAPI } from './request';
-import { IInfo, IReportFiles, IRun, ISweep } from './types';
+import {
+  IInfo,
+  IMergeStarted,
+  IReportFiles,
+  IRun,
+  ISweep,
+  MERGE_METHODS
+} from './types';
 
 const PLUGIN_ID = 'nblab:plugin';
 
@@ -182,7 +190,33 @@ const plugin: JupyterFrontEndPlugin<void> = {
         Clipboard.copyToSystem(run.run_id);
         Notification.info(`Copied ${run.run_id}`, { autoClose: 2000 });
       },
-      refresh: () => live.refresh().catch(e => notifyError('nblab: refresh', e))
+      refresh: () => live.refresh().catch(e => notifyError('nblab: refresh', e)),
+      merge: async target => {
+        const what = target.sweep ?? `${target.run_ids?.length ?? 0} runs`;
+        const choice = await InputDialog.getItem({
+          title: `Merge ${what}`,
+          label: 'Method (nblab merge --method)',
+          items: MERGE_METHODS,
+          current: 0,
+          okLabel: 'Merge'
+        });
+        if (!choice.button.accept || !choice.value) {
+          return;
+        }
+        try {
+          const reply = await postAPI<IMergeStarted>(['merges'], {
+            ...target,
+            method: choice.value
+          });
+          Notification.success(
+            `Merging ${reply.members.length} runs with ${reply.method}: run ${reply.run_id}`,
+            { autoClose: 4000 }
+          );
+          await live.refresh();
+        } catch (error) {
+          notifyError(`nblab: merge ${what}`, error);
+        }
+      }
     });
     panel.title.icon = nblabIcon;
     app.shell.add(panel, 'left', { rank: 900 });

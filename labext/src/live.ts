@@ -1,13 +1,17 @@
 /**
- * Keeps a RunsModel current: the events websocket when it is open, else polling
- * GET runs (and the loss of running runs) every `interval` seconds, retrying the
- * websocket at the same pace.
+ * Keeps a RunsModel current: the events websocket when it is open (its snapshot carries
+ * every run and its loss sparkline, then changes arrive as events), else polling every
+ * `interval` seconds with two requests, GET runs and GET series (every run's loss at
+ * once), retrying the websocket at the same pace. Never a request per run.
  */
 import { ServerConnection } from '@jupyterlab/services';
 
 import { LOSS_KEY, RunsModel } from './model';
 import { eventsUrl, requestAPI } from './request';
-import { EventMessage, IMetrics, IRun } from './types';
+import { EventMessage, IManyMetrics, IRun, ISeries } from './types';
+
+/** Points per sparkline fetched by GET series (the snapshot sends as many). */
+export const SPARK_POINTS = 100;
 
 export class LiveRuns {
   constructor(
@@ -44,36 +48,18 @@ export class LiveRuns {
     this._socket = null;
   }
 
-  /** GET runs now, then the loss of every run whose sparkline is missing or behind. */
+  /** GET runs and, at the same time, the loss of every run in one request (GET series). */
   async refresh(): Promise<void> {
-    const runs = await requestAPI<IRun[]>(['runs']);
+    const [runs, found] = await Promise.all([
+      requestAPI<IRun[]>(['runs']),
+      requestAPI<IManyMetrics>(['series'], {}, { keys: LOSS_KEY, max_points: SPARK_POINTS })
+    ]);
     this.model.setRuns(runs);
-    await this.loadLosses(runs.filter(r => this._needsLoss(r)));
-  }
-
-  async loadLosses(runs: IRun[]): Promise<void> {
-    for (const run of runs) {
-      const have = this.model.loss(run.run_id);
-      const since = have?.steps[have.steps.length - 1];
-      this._lossStep.set(run.run_id, run.step ?? -1);
-      try {
-        const data = await requestAPI<IMetrics>(['runs', run.run_id, 'metrics'], {}, {
-          keys: LOSS_KEY,
-          since_step: since,
-          max_points: 200
-        });
-        const loss = data.keys[LOSS_KEY];
-        if (loss) {
-          this.model.addLoss(run.run_id, loss);
-        }
-      } catch (error) {
-        console.warn(`nblab: no metrics for run ${run.run_id}`, error);
-      }
+    const byRun: Record<string, Record<string, ISeries>> = {};
+    for (const [runId, data] of Object.entries(found.runs)) {
+      byRun[runId] = data.keys;
     }
-  }
-
-  private _needsLoss(run: IRun): boolean {
-    return run.step !== null && this._lossStep.get(run.run_id) !== run.step;
+    this.model.addLosses(byRun);
   }
 
   private _schedule(): void {
@@ -105,16 +91,8 @@ export class LiveRuns {
     }
     this._socket = socket;
     socket.onmessage = event => {
-      const message = JSON.parse(event.data) as EventMessage;
-      this.model.apply(message);
-      if (message.type === 'snapshot') {
-        // sparklines of runs seen for the first time; later rows arrive as events
-        void this.loadLosses(message.runs.filter(r => this._needsLoss(r)));
-      } else if (message.type === 'metrics') {
-        this._lossStep.set(message.run_id, message.last_step ?? -1);
-      } else if (message.type === 'run' && !this._lossStep.has(message.run.run_id)) {
-        void this.loadLosses([message.run].filter(r => this._needsLoss(r)));
-      }
+      // the snapshot has every sparkline; rows after it, and new runs' rows, are events
+      this.model.apply(JSON.parse(event.data) as EventMessage);
     };
     socket.onclose = () => {
       if (this._socket === socket) {
@@ -127,5 +105,4 @@ export class LiveRuns {
   private _timer: number | undefined;
   private _socket: WebSocket | null = null;
   private _disposed = false;
-  private _lossStep = new Map<string, number>();
 }

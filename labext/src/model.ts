@@ -18,6 +18,42 @@ export interface ISweepNode {
   counts: Partial<Record<Status, number>>;
   /** points (run names) whose latest run failed, diverged or was cancelled */
   rerunnable: number;
+  /** succeeded training runs (the latest of each point): what a Merge would take */
+  mergeable: number;
+}
+
+/** A run that can be merged: a succeeded training run (not an eval or a merge). */
+export function isMergeable(run: IRun): boolean {
+  return run.status === 'succeeded' && (run.kind ?? 'train') === 'train';
+}
+
+/** A count as people say it: 950, 7.3k, 88.8k, 7.3M, 1.11B. */
+export function shortCount(n: number): string {
+  const units: [number, string][] = [
+    [1e9, 'B'],
+    [1e6, 'M'],
+    [1e3, 'k']
+  ];
+  for (const [size, unit] of units) {
+    if (n >= size) {
+      const value = n / size;
+      return `${value >= 100 ? value.toFixed(0) : value.toPrecision(3).replace(/\.?0+$/, '')}${unit}`;
+    }
+  }
+  return String(n);
+}
+
+/** The run's detail words beside its progress: its kind (when not a training run) and
+ * its model's parameter count. */
+export function runDetail(run: IRun): string {
+  const parts: string[] = [];
+  if (run.kind && run.kind !== 'train') {
+    parts.push(run.kind);
+  }
+  if (run.params !== undefined && run.params !== null) {
+    parts.push(`${shortCount(run.params)} params`);
+  }
+  return parts.join(' · ');
 }
 
 /** Merge `more` into `into` by step (the newer value wins for a step seen twice). */
@@ -85,11 +121,26 @@ export class RunsModel {
     this._changed.emit();
   }
 
+  /** Merge the loss series of many runs (a snapshot's, or one GET series) with one
+   * change signal for all of them. */
+  addLosses(byRun: Record<string, Record<string, ISeries>>): void {
+    for (const [runId, keys] of Object.entries(byRun)) {
+      const loss = keys[LOSS_KEY];
+      if (loss && this._runs.has(runId)) {
+        this._loss.set(runId, mergeSeries(this._loss.get(runId), loss));
+      }
+    }
+    this._changed.emit();
+  }
+
   /** Apply one message of the events websocket. */
   apply(message: EventMessage): void {
     switch (message.type) {
       case 'snapshot':
         this.setRuns(message.runs);
+        if (message.metrics) {
+          this.addLosses(message.metrics);
+        }
         break;
       case 'run':
         this.updateRun(message.run);
@@ -132,8 +183,10 @@ export class RunsModel {
         sweep,
         runs,
         counts,
-        rerunnable: [...latest.values()].filter(r => RERUNNABLE.includes(r.status))
-          .length
+        rerunnable: [...latest.values()].filter(
+          r => RERUNNABLE.includes(r.status) && (r.kind ?? 'train') === 'train'
+        ).length,
+        mergeable: [...latest.values()].filter(isMergeable).length
       });
     }
     const newest = (n: ISweepNode) => Math.max(...n.runs.map(r => r.created));

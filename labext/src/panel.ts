@@ -5,7 +5,7 @@
  */
 import { Widget } from '@lumino/widgets';
 
-import { ISweepNode, RunsModel } from './model';
+import { isMergeable, ISweepNode, RunsModel, runDetail } from './model';
 import { sparkline } from './sparkline';
 import { IRun, RERUNNABLE, STATUSES, Status, TERMINAL } from './types';
 
@@ -17,6 +17,8 @@ export interface IPanelActions {
   rerunSweep(sweep: string): Promise<void>;
   copyRunId(run: IRun): void;
   refresh(): Promise<void>;
+  /** Merge a sweep's succeeded runs, or the runs chosen with their checkboxes. */
+  merge(target: { sweep?: string; run_ids?: string[] }): Promise<void>;
 }
 
 function el<K extends keyof HTMLElementTagNameMap>(
@@ -59,6 +61,16 @@ export class NblabPanel extends Widget {
     refresh.title = 'Refresh';
     refresh.onclick = () => void this.actions.refresh();
     header.appendChild(refresh);
+    this._mergeChosen = this._button(
+      'merge chosen',
+      'Merge the runs chosen with their checkboxes (pick a method)',
+      async () => {
+        await this.actions.merge({ run_ids: [...this._chosen] });
+        this._chosen.clear();
+        this._render();
+      }
+    );
+    header.appendChild(this._mergeChosen);
     this.node.appendChild(header);
 
     this._list = el('div', 'nblab-list');
@@ -95,8 +107,17 @@ export class NblabPanel extends Widget {
   }
 
   private _render(): void {
+    for (const id of [...this._chosen]) {
+      const run = this.model.run(id);
+      if (!run || !isMergeable(run)) {
+        this._chosen.delete(id);
+      }
+    }
+    this._mergeChosen.style.display = this._chosen.size < 2 ? 'none' : '';
+    this._mergeChosen.textContent = `merge ${this._chosen.size} chosen`;
     const nodes = this.model.tree(this._filter.value as Status | 'all');
     this._list.textContent = '';
+    this._used.clear();
     if (nodes.length === 0) {
       const empty =
         this.model.size === 0
@@ -107,6 +128,11 @@ export class NblabPanel extends Widget {
     }
     for (const node of nodes) {
       this._list.appendChild(this._sweep(node));
+    }
+    for (const runId of [...this._rows.keys()]) {
+      if (!this._used.has(runId)) {
+        this._rows.delete(runId); // gone, or filtered out: built again when shown
+      }
     }
   }
 
@@ -140,6 +166,13 @@ export class NblabPanel extends Widget {
           this.actions.openReport(sweep)
         )
       );
+      if (node.mergeable >= 2) {
+        summary.appendChild(
+          this._button('merge', 'Merge the succeeded runs of this sweep (pick a method)', () =>
+            this.actions.merge({ sweep })
+          )
+        );
+      }
       if (node.rerunnable > 0) {
         summary.appendChild(
           this._button('rerun failed', 'Rerun every failed or cancelled point', () =>
@@ -150,9 +183,27 @@ export class NblabPanel extends Widget {
     }
     details.appendChild(summary);
     for (const run of node.runs) {
-      details.appendChild(this._run(run));
+      details.appendChild(this._row(run));
     }
     return details;
+  }
+
+  /** The row of `run`: the one drawn before when nothing it shows has changed (with 200
+   * runs, an event about one run then moves 199 rows instead of building them again). */
+  private _row(run: IRun): HTMLElement {
+    const loss = this.model.loss(run.run_id);
+    const n = loss ? loss.steps.length : 0;
+    const tail = n ? `${loss!.steps[n - 1]}:${loss!.values[n - 1]}` : '';
+    const key = `${JSON.stringify(run)}|${n}|${tail}`;
+    const drawn = this._rows.get(run.run_id);
+    if (drawn && drawn.key === key) {
+      this._used.add(run.run_id);
+      return drawn.el;
+    }
+    const el = this._run(run);
+    this._rows.set(run.run_id, { key, el });
+    this._used.add(run.run_id);
+    return el;
   }
 
   private _run(run: IRun): HTMLElement {
@@ -161,6 +212,21 @@ export class NblabPanel extends Widget {
     row.dataset.status = run.status;
     // line 1: status, name, loss sparkline; line 2: progress, actions
     const top = el('div', 'nblab-run-line');
+    if (isMergeable(run)) {
+      const choose = el('input', 'nblab-choose');
+      choose.type = 'checkbox';
+      choose.title = 'Choose this run for "merge chosen"';
+      choose.checked = this._chosen.has(run.run_id);
+      choose.onchange = () => {
+        if (choose.checked) {
+          this._chosen.add(run.run_id);
+        } else {
+          this._chosen.delete(run.run_id);
+        }
+        this._render();
+      };
+      top.appendChild(choose);
+    }
     const badge = el('span', `nblab-badge nblab-run-status nblab-status-${run.status}`, run.status);
     if (run.error) {
       badge.title = run.error;
@@ -185,6 +251,10 @@ export class NblabPanel extends Widget {
       bar.appendChild(fill);
       progress.appendChild(bar);
     }
+    const detail = runDetail(run);
+    if (detail) {
+      progress.appendChild(el('span', 'nblab-run-params', detail));
+    }
     bottom.appendChild(progress);
 
     const actions = el('span', 'nblab-actions');
@@ -194,7 +264,7 @@ export class NblabPanel extends Widget {
     if (!TERMINAL.includes(run.status)) {
       actions.appendChild(this._button('cancel', 'Cancel this run', () => this.actions.cancel(run)));
     }
-    if (RERUNNABLE.includes(run.status)) {
+    if (RERUNNABLE.includes(run.status) && (run.kind ?? 'train') === 'train') {
       actions.appendChild(
         this._button('rerun', 'Rerun with the same recipe', () => this.actions.rerun(run))
       );
@@ -222,8 +292,12 @@ export class NblabPanel extends Widget {
   }
 
   private _filter: HTMLSelectElement;
+  private _mergeChosen: HTMLElement;
+  private _chosen = new Set<string>();
   private _list: HTMLElement;
   private _footer: HTMLElement;
   private _collapsed = new Set<string>();
   private _pending = false;
+  private _rows = new Map<string, { key: string; el: HTMLElement }>();
+  private _used = new Set<string>();
 }

@@ -18,6 +18,11 @@ export const STATUSES: Status[] = [
 ];
 export const TERMINAL: Status[] = ['succeeded', 'failed', 'diverged', 'cancelled'];
 export const RERUNNABLE: Status[] = ['failed', 'diverged', 'cancelled'];
+/** nblab.merge.run.METHODS, the Merge action's choices */
+export const MERGE_METHODS = ['greedy', 'uniform', 'ties', 'task-arithmetic', 'dare', 'fisher'];
+
+/** train (a training job), eval or merge (made from other runs: runs.sources) */
+export type RunKind = 'train' | 'eval' | 'merge';
 
 export interface IRun {
   run_id: string;
@@ -33,6 +38,19 @@ export interface IRun {
   output_file: string;
   output_path: string | null;
   output_exists: boolean;
+  /** train | eval | merge (nblab.runs.schema.RUN_KINDS); absent from servers older than
+   * run kinds: a training run */
+  kind?: RunKind;
+  /** the model's parameter count, once its training built the model */
+  params?: number | null;
+}
+
+/** What POST merges answers. */
+export interface IMergeStarted {
+  run_id: string;
+  name: string;
+  method: string;
+  members: string[];
 }
 
 export interface ISeries {
@@ -65,8 +83,18 @@ export interface IInfo {
   max_points: number;
 }
 
+/** GET series (metrics of many runs in one request): run_id -> its series by key. */
+export interface IManyMetrics {
+  runs: Record<string, { last_step: number | null; keys: Record<string, ISeries> }>;
+}
+
 export type EventMessage =
-  | { type: 'snapshot'; runs: IRun[] }
+  | {
+      type: 'snapshot';
+      runs: IRun[];
+      /** run_id -> key -> its history, downsampled (the socket's keys) */
+      metrics?: Record<string, Record<string, ISeries>>;
+    }
   | { type: 'run'; run: IRun }
   | ({ type: 'metrics' } & IMetrics)
   | { type: 'error'; message: string };

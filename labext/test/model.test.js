@@ -3,7 +3,7 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 
-const { RunsModel, mergeSeries, SINGLE_RUNS } = require('../../lib-test/model.js');
+const { RunsModel, mergeSeries, SINGLE_RUNS, isMergeable } = require('../../lib-test/model.js');
 const { sparklinePath } = require('../../lib-test/sparkline.js');
 
 let clock = 0;
@@ -130,4 +130,58 @@ test('the sparkline spans its box and a NaN breaks the line', () => {
   assert.equal(d, 'M1.0,1.0L27.7,11.0M81.0,21.0');
   assert.equal(sparklinePath({ steps: [], values: [] }, 80, 18), '');
   assert.equal(sparklinePath({ steps: [7], values: [1] }, 80, 18), 'M40.0,9.0');
+});
+
+test('a sweep counts its succeeded training runs as mergeable, and no merge run as rerunnable', () => {
+  const model = new RunsModel();
+  const a = run('p1', 'ft', 'succeeded');
+  const b = run('p2', 'ft', 'succeeded');
+  const c = run('p3', 'ft', 'failed');
+  const soup = run('merge-greedy', 'ft', 'succeeded', { kind: 'merge' });
+  const broken = run('merge-ties', 'ft', 'failed', { kind: 'merge' });
+  model.apply({ type: 'snapshot', runs: [a, b, c, soup, broken] });
+  const [node] = model.tree();
+  assert.equal(node.mergeable, 2);
+  assert.equal(node.rerunnable, 1);
+  assert.equal(isMergeable(a), true);
+  assert.equal(isMergeable(soup), false);
+  assert.equal(isMergeable(c), false);
+});
+
+test('a run shows its kind and its model size in words', () => {
+  const { runDetail, shortCount } = require('../../lib-test/model.js');
+  assert.equal(shortCount(950), '950');
+  assert.equal(shortCount(88832), '88.8k');
+  assert.equal(shortCount(7_300_000), '7.3M');
+  assert.equal(shortCount(123_551_232), '124M');
+  assert.equal(shortCount(1_109_626_880), '1.11B');
+  assert.equal(runDetail(run('p', 'a', 'running', { params: 7_300_000 })), '7.3M params');
+  assert.equal(runDetail(run('p', 'a', 'running', { kind: 'eval', params: null })), 'eval');
+  assert.equal(runDetail(run('p', 'a', 'running', { kind: 'train' })), '');
+});
+
+test('a snapshot carries every sparkline: no request per run', () => {
+  const model = new RunsModel();
+  const a = run('p1', 'a', 'running', { step: 3 });
+  const b = run('p2', 'a', 'succeeded', { step: 2 });
+  model.apply({
+    type: 'snapshot',
+    runs: [a, b],
+    metrics: {
+      [a.run_id]: { loss: { steps: [1, 2, 3], values: [3, 2, 1] } },
+      [b.run_id]: { loss: { steps: [1, 2], values: [4, null] } },
+      gone: { loss: { steps: [1], values: [9] } }
+    }
+  });
+  assert.deepEqual(model.loss(a.run_id), { steps: [1, 2, 3], values: [3, 2, 1] });
+  assert.deepEqual(model.loss(b.run_id), { steps: [1, 2], values: [4, null] });
+  assert.equal(model.loss('gone'), undefined); // not a run of the snapshot
+  // a later metrics event merges by step into the snapshot's series
+  model.apply({
+    type: 'metrics',
+    run_id: a.run_id,
+    last_step: 4,
+    keys: { loss: { steps: [4], values: [0.5] } }
+  });
+  assert.deepEqual(model.loss(a.run_id).steps, [1, 2, 3, 4]);
 });

@@ -17,7 +17,7 @@ in `runs/<run_id>/job.json` and stops the kernel itself:
   KERNEL_GRACE_S the kernel's group gets SIGKILL. The run ends `cancelled`.
 - `--timeout S`: the same stop, and the run ends `failed` "timed out after S s".
 - the job itself killed with SIGKILL: ipykernel's parent poller ends the kernel
-  within a second, and `nblab.batch.sweeps.cancel_run` kills both groups.
+  within a second, and `nblab.batch.cancellation.cancel_run` kills both groups.
 
 Whatever goes wrong (a cell raises, the kernel dies or never starts), the run ends
 with a terminal status and an error naming the cell and the exception. Exit codes:

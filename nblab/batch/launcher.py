@@ -7,8 +7,8 @@
     launcher.wait()                 # True once every submitted run has ended
 
 The run store is the truth: a launcher only starts and stops jobs, each job records
-its own run's status. `Launcher` is the interface the Slurm launcher implements too;
-launchers are registered by name in LAUNCHERS.
+its own run's status. `Launcher` (nblab.batch.base) is the interface the Slurm launcher
+implements too; launchers are registered by name in LAUNCHERS.
 
 LocalLauncher runs each run as a separate process, `python -m nblab.batch.job RUN_ID`
 (papermill is not thread-safe, and a process can be killed whole), in a session of
@@ -31,37 +31,14 @@ import subprocess
 import sys
 import threading
 import time
-from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from nblab.batch.base import Launcher
 from nblab.batch.job import JOB_LOG, KERNEL_GRACE_S, job_groups, read_job_info, signal_groups
 from nblab.runs import TERMINAL_STATUSES, RunStore
-
-
-class Launcher(ABC):
-    """Starts queued runs of a RunStore as jobs. Status lives in the store."""
-
-    store: RunStore
-
-    @abstractmethod
-    def submit(self, run_ids: Iterable[str]) -> None:
-        """Queue these (queued) runs for execution; return at once."""
-
-    @abstractmethod
-    def poll(self) -> dict[str, str]:
-        """{run_id: status} of every submitted run, read from the store."""
-
-    @abstractmethod
-    def cancel(self, run_id: str) -> None:
-        """Stop one run: drop it if it has not started, else stop its job."""
-
-    @abstractmethod
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until every submitted run has ended (True) or `timeout` s passed (False)."""
-
 
 # ---------------------------------------------------------------------------
 # Resources: cores and GPUs (pure functions, unit-tested with fake counts)
@@ -219,7 +196,7 @@ class LocalLauncher(Launcher):
         return {run_id: status.get(run_id, "unknown") for run_id in self._submitted}
 
     def cancel(self, run_id: str) -> None:
-        from nblab.batch.sweeps import cancel_run
+        from nblab.batch.cancellation import cancel_run  # it may scancel: slurm, then this module
 
         with self._lock:
             if run_id in self._queue:
@@ -361,7 +338,7 @@ class LocalLauncher(Launcher):
 
 
 def _slurm_launcher(**options: Any) -> Launcher:
-    """nblab.batch.slurm.SlurmLauncher, imported when asked for (it imports this module)."""
+    """nblab.batch.slurm.SlurmLauncher, imported when asked for (it brings submitit)."""
     from nblab.batch.slurm import SlurmLauncher
 
     return SlurmLauncher(**options)

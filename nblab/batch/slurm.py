@@ -48,7 +48,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nblab.batch.launcher import Launcher
+from nblab.batch.base import Launcher
 from nblab.runs import TERMINAL_STATUSES, RunStore
 
 SLURM_JSON = "slurm.json"
@@ -92,22 +92,49 @@ def read_slurm_info(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
-def scancel_run(store: RunStore, run_id: str, wait: float = 20.0) -> bool:
-    """`nblab cancel` for a run submitted to Slurm: scancel its job and, once Slurm has
-    ended it (at most `wait` s), make sure the run reads `cancelled`. False when the
-    run has no Slurm job (then it is a local job or `nblab run`)."""
-    job_id = read_slurm_info(store.run_dir(run_id)).get("job_id")
-    if not job_id:
-        return False
-    _run(["scancel", str(job_id)])
+def slurm_jobs(store: RunStore, run_ids: Iterable[str]) -> dict[str, str]:
+    """{run_id: Slurm job id} of those runs that were submitted to Slurm (slurm.json)."""
+    jobs = {}
+    for run_id in run_ids:
+        job_id = read_slurm_info(store.run_dir(run_id)).get("job_id")
+        if job_id:
+            jobs[run_id] = str(job_id)
+    return jobs
+
+
+def scancel_runs(store: RunStore, run_ids: Iterable[str], wait: float = 20.0) -> dict[str, str]:
+    """`nblab cancel` for runs submitted to Slurm, from any host that reaches the
+    cluster: one scancel for all their jobs; once Slurm has ended them (at most `wait`
+    s), each run reads `cancelled` (unless its job had already ended it otherwise) and
+    its slurm.json the job's final state. Returns {run_id: status} of the runs that have
+    a Slurm job; runs without one (local jobs, `nblab run`) are left out."""
+    jobs = slurm_jobs(store, run_ids)
+    if not jobs:
+        return {}
+    _run(["scancel", *jobs.values()])
     deadline = time.monotonic() + wait
-    while time.monotonic() < deadline and _in_queue(str(job_id)):
-        time.sleep(0.5)
-    if store.run(run_id)["status"] not in SETTLED_BY_JOB:
-        # still running, or `failed` by the reaper once Slurm's SIGTERM took the
-        # kernel: the user's cancel stands
-        store.set_status(run_id, "cancelled", error=f"cancelled (scancel {job_id})")
-    return True
+    while time.monotonic() < deadline and any(_in_queue(j) for j in jobs.values()):
+        time.sleep(0.5)  # COMPLETING: its processes are still stopping
+    try:
+        states = slurm_states(jobs.values())
+    except SlurmError:
+        states = {}
+    out = {}
+    for run_id, job_id in jobs.items():
+        if store.run(run_id)["status"] not in SETTLED_BY_JOB:
+            # still running, or `failed` by the reaper once Slurm's SIGTERM took the
+            # kernel: the user's cancel stands
+            store.set_status(run_id, "cancelled", error=f"cancelled (scancel {job_id})")
+        state = states.get(job_id) or (None if _in_queue(job_id) else "CANCELLED")
+        if state is not None:
+            record_slurm_job(store, run_id, state=state)
+        out[run_id] = store.run(run_id)["status"]
+    return out
+
+
+def scancel_run(store: RunStore, run_id: str, wait: float = 20.0) -> bool:
+    """scancel_runs for one run; False when it has no Slurm job."""
+    return bool(scancel_runs(store, [run_id], wait))
 
 
 def write_slurm_info(run_dir: Path, **fields: Any) -> dict[str, Any]:
@@ -323,11 +350,13 @@ def multinode_torchrun_command(
     resume: bool = False,
 ) -> list[str]:
     """The command every node of a multi-node point runs: torchrun with a c10d
-    rendezvous on the allocation's first node, each rank nblab.parallel.launch."""
+    rendezvous on the allocation's first node, each rank nblab.launch."""
+    from nblab.launch import ENTRY_MODULE
+
     cmd = [sys.executable, "-m", "torch.distributed.run"]
     cmd += [f"--nnodes={nnodes}", f"--nproc-per-node={nproc_per_node}"]
     cmd += ["--rdzv-backend=c10d", f"--rdzv-endpoint={head}:{port}", f"--rdzv-id={rdzv_id}"]
-    cmd += ["-m", "nblab.parallel.launch", "--run-id", run_id, "--home", str(home)]
+    cmd += ["-m", ENTRY_MODULE, "--run-id", run_id, "--home", str(home)]
     return cmd + (["--resume"] if resume else [])
 
 
@@ -814,6 +843,8 @@ __all__ = [
     "SlurmLauncher",
     "multinode_torchrun_command",
     "read_slurm_info",
+    "scancel_runs",
+    "slurm_jobs",
     "slurm_states",
     "split_launcher_settings",
 ]

@@ -5,7 +5,7 @@
     handle.status()                  # DataFrame from the run store
     handle.wait(); handle.cancel()
     run_sweep(sweep, resume=True)    # reruns only the points whose latest run failed
-    cancel("formats-cpu")            # a sweep name or a run id
+    cancel("formats-cpu")            # a sweep name or a run id (nblab.batch.cancellation)
 
 Every point is validated (`sweep.expand()`) before any run is created, so a bad
 point leaves the store untouched. Runs carry `sweep=sweep.name` and the point's name
@@ -14,20 +14,15 @@ as their name; the point's recipe (named "<sweep>/<point>") is the run's recipe.
 
 from __future__ import annotations
 
-import os
-import signal
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import pandas as pd
 
-from nblab.batch.job import job_groups, read_job_info, signal_groups
-from nblab.batch.launcher import Launcher, LocalLauncher, launch_detached
+from nblab.batch.base import Launcher
+from nblab.batch.cancellation import CANCEL_GRACE_S, cancel, cancel_run, cancel_runs
+from nblab.batch.launcher import LocalLauncher, launch_detached
 from nblab.runs import TERMINAL_STATUSES, RunStore
-from nblab.runs.liveness import HOST, pid_alive
-
-CANCEL_GRACE_S = 15.0  # a job stops its kernel within KERNEL_GRACE_S of SIGTERM
 
 
 @dataclass
@@ -128,9 +123,11 @@ def run_sweep(
                 store.set_status(row.run_id, "cancelled", error="superseded by a resumed sweep")
             todo.append(point)
         points = todo
+    from nblab.eval.source import run_fields  # an evaluation's run: kind eval, its source
+
     run_ids = [
         store.create_run(
-            point.name, point.recipe.to_toml(), sweep.name, steps=point.recipe.train.steps
+            point.name, point.recipe.to_toml(), sweep.name, **run_fields(point.recipe, store)
         )
         for point in points
     ]
@@ -151,83 +148,12 @@ def run_sweep(
     return handle
 
 
-# ---------------------------------------------------------------------------
-# Cancel
-# ---------------------------------------------------------------------------
-
-
-def cancel_run(store: RunStore, run_id: str, *, wait: float = CANCEL_GRACE_S) -> str:
-    """Cancel one run; return its status afterwards.
-
-    A queued run becomes `cancelled` at once (a launcher skips it). A running batch
-    job gets SIGTERM on its process group (from runs/<run_id>/job.json; the job stops
-    its kernel and records `cancelled`); a run started by `nblab run` gets SIGTERM on
-    its pid from the store. With wait > 0, a run still not ended after `wait` seconds
-    has its processes killed and is marked `cancelled`.
-    """
-    return cancel_runs(store, [run_id], wait=wait)[run_id]
-
-
-def cancel_runs(store: RunStore, run_ids: Iterable[str], *, wait: float) -> dict[str, str]:
-    """cancel_run for many runs: signal them all, then wait for them together."""
-    out, targets = {}, {}
-    for run_id in run_ids:
-        out[run_id], targets[run_id] = _signal(store, run_id)
-    deadline = time.monotonic() + wait
-    while wait > 0 and time.monotonic() < deadline:
-        for run_id in [r for r in out if out[r] not in TERMINAL_STATUSES]:
-            out[run_id] = store.run(run_id)["status"]
-        if all(status in TERMINAL_STATUSES for status in out.values()):
-            return out
-        time.sleep(0.2)
-    for run_id, status in out.items():
-        if wait > 0 and status not in TERMINAL_STATUSES:
-            signal_groups(targets[run_id], signal.SIGKILL)
-            store.set_status(run_id, "cancelled", error=f"cancelled (killed after {wait:g}s)")
-            out[run_id] = "cancelled"
-    return out
-
-
-def _signal(store: RunStore, run_id: str) -> tuple[str, list[int]]:
-    """SIGTERM whatever runs `run_id`; return (its status now, its process groups)."""
-    run = store.run(run_id)
-    if run["status"] in TERMINAL_STATUSES:
-        return run["status"], []
-    from nblab.batch.slurm import scancel_run  # a Slurm job may run on another host
-
-    if scancel_run(store, run_id):
-        return store.run(run_id)["status"], []
-    groups = job_groups(read_job_info(store.run_dir(run_id)))
-    if run["status"] == "queued":
-        store.set_status(run_id, "cancelled", error="cancelled before it started")
-        signal_groups(groups[:1], signal.SIGTERM)  # a job that is just starting
-        return "cancelled", groups
-    if groups:
-        reached = signal_groups(groups[:1], signal.SIGTERM)
-    elif run["pid"] and run["host"] == HOST and pid_alive(int(run["pid"])):
-        os.kill(int(run["pid"]), signal.SIGTERM)  # `nblab run` turns it into cancelled
-        reached = [int(run["pid"])]
-    else:
-        reached = []
-    if not reached:  # nobody is left to record it
-        store.set_status(run_id, "cancelled", error="cancelled (its job was gone)")
-        return "cancelled", groups
-    return store.run(run_id)["status"], groups
-
-
-def cancel(
-    target: str, *, store: RunStore | None = None, wait: float = CANCEL_GRACE_S
-) -> dict[str, str]:
-    """Cancel a run (by run id) or every unfinished run of a sweep (by name).
-    Returns {run_id: status afterwards} of the runs it acted on; KeyError if `target`
-    is neither."""
-    store = store or RunStore()
-    frame = store.runs(sweep=target)
-    if frame.empty:
-        try:
-            store.run(target)
-        except (KeyError, ValueError):
-            raise KeyError(f"{target!r} is neither a sweep nor a run id") from None
-        return cancel_runs(store, [target], wait=wait)
-    live = list(frame.run_id[~frame.status.isin(TERMINAL_STATUSES)])
-    return cancel_runs(store, live, wait=wait)
+__all__ = [
+    "CANCEL_GRACE_S",
+    "SweepHandle",
+    "cancel",
+    "cancel_run",
+    "cancel_runs",
+    "latest_runs",
+    "run_sweep",
+]

@@ -1,17 +1,15 @@
 """Parallel layouts: ParallelDims (the degrees and the one place that validates them),
 the planner (which layouts fit N GPUs, with memory and communication estimates), the
-runtime (mesh, TP / FSDP2 / DDP plan), pipeline stages (pp, nblab.parallel.pipeline) and
-the torchrun launcher."""
+runtime (mesh, TP / FSDP2 / DDP plan) and pipeline stages (pp, nblab.parallel.pipeline).
+They know a model through the model protocol only (nblab.models.protocol). torchrun is
+started above the trainer, by nblab.launch."""
 
 from nblab.parallel.dims import (
-    TP_STYLES,
     LayoutContext,
     LayoutError,
     ParallelDims,
     context_from,
-    linear_shapes,
 )
-from nblab.parallel.launch import check_layout, launch
 from nblab.parallel.planner import (
     Hardware,
     LayoutEstimate,
@@ -25,7 +23,6 @@ from nblab.parallel.planner import (
 from nblab.parallel.runtime import ParallelContext, apply_parallelism, init_distributed
 
 __all__ = [
-    "TP_STYLES",
     "Hardware",
     "LayoutContext",
     "LayoutError",
@@ -33,14 +30,11 @@ __all__ = [
     "ParallelContext",
     "ParallelDims",
     "apply_parallelism",
-    "check_layout",
     "context_from",
     "estimate_layout",
     "format_plan",
     "init_distributed",
-    "launch",
     "layouts",
-    "linear_shapes",
     "parse_bytes",
     "plan",
     "plan_command",

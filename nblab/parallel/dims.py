@@ -8,10 +8,14 @@ Degrees, outermost to innermost in the device mesh: pp (pipeline stages), dp_rep
 (DDP / the replicate dim of HSDP), dp_shard (FSDP2), tp (tensor parallel, innermost so
 that a TP group sits on neighbouring ranks of one node). dp = dp_replicate x dp_shard.
 
+The model is known through the model protocol only (a ModelShape: nblab.models.protocol),
+so every rule holds for the built-in GPT, a Hugging Face model and a module of one's own.
 Rules (each message names the numbers that disagree):
 
 - every degree is an integer >= 1 (dp_shard may be -1: "the rest of world_size");
 - dp_replicate x dp_shard x tp x pp == world_size;
+- tp > 1 needs a model with a tensor-parallel plan, pp > 1 one that splits into stages
+  (the shape says why not);
 - tp divides n_heads and n_kv_heads (each TP rank holds whole heads; this also splits
   d_model = n_heads x head_dim evenly, so d_model needs no rule of its own), and tp
   divides ffn_hidden (gate/up split out_features, down splits in_features);
@@ -23,13 +27,13 @@ Rules (each message names the numbers that disagree):
 - pp <= train.grad_accum: the pipeline's micro-batches are the grad_accum micro-batches,
   at least one per stage;
 - precision: after sharding every quantized dimension is still a multiple of its block.
-  TP_STYLES says which dim TP splits: ColwiseParallel splits out_features by tp,
-  RowwiseParallel splits in_features. A role's groups run along the GEMM's reduction dim
-  (_ROLE_DIMS); a tile needs both of its dims. The token dim (local micro-batch x seq_len)
-  is checked for the roles whose groups run along or across tokens (the weight-gradient
-  GEMM reduces over tokens). Modules in high precision are exempt: kept by
-  keep_high_precision (lm_head by default), or already unquantizable unsharded (then
-  nblab.precision.apply_precision keeps them in high precision too).
+  Each linear's TP style (the model's block plan) says which dim TP splits:
+  ColwiseParallel splits out_features by tp, RowwiseParallel splits in_features. A role's
+  groups run along the GEMM's reduction dim (_ROLE_DIMS); a tile needs both of its dims.
+  The token dim (local micro-batch x seq_len) is checked for the roles whose groups run
+  along or across tokens (the weight-gradient GEMM reduces over tokens). Modules in high
+  precision are exempt: kept by keep_high_precision (the head by default), or already
+  unquantizable unsharded (then nblab.precision.apply_precision keeps them high too).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from nblab.models.protocol import COLWISE, ROWWISE, LinearShape, ModelShape
 from nblab.precision.plan import keeping_token
 from nblab.precision.presets import (
     PRECISION_PRESETS,
@@ -52,20 +57,6 @@ from nblab.precision.presets import (
 # The vocabulary the planner assumes when none is given: GPT-2's, the one the flavour
 # table's parameter counts use. A recipe's dataset decides the real one (byte: 256).
 DEFAULT_VOCAB_SIZE = 50257
-
-# Module-name suffix inside a block -> the torch.distributed.tensor.parallel style the TP
-# plan applies to it. lm_head is ColwiseParallel too (vocab-parallel output).
-COLWISE, ROWWISE = "ColwiseParallel", "RowwiseParallel"
-TP_STYLES: dict[str, str] = {
-    "attn.wq": COLWISE,
-    "attn.wk": COLWISE,
-    "attn.wv": COLWISE,
-    "attn.wo": ROWWISE,
-    "mlp.gate": COLWISE,
-    "mlp.up": COLWISE,
-    "mlp.down": ROWWISE,
-}
-HEAD_STYLE = COLWISE
 
 # The dims of y = x W^T each role's quantization groups run along (the GEMM's reduction
 # dim) and across (a tile's second dim): "in" / "out" features or "tokens". The same
@@ -93,51 +84,6 @@ class LayoutError(ValueError):
         super().__init__(head + "\n" + "\n".join(f"  - {p}" for p in self.problems))
 
 
-@dataclass(frozen=True)
-class LinearShape:
-    """One nn.Linear of the built-in GPT as TP sees it."""
-
-    name: str  # e.g. "layers.3.mlp.down"
-    in_features: int
-    out_features: int
-    style: str  # ColwiseParallel | RowwiseParallel
-    block: int | None  # the transformer block index, None for lm_head
-
-    def local(self, tp: int) -> tuple[int, int]:
-        """(in_features, out_features) on one TP rank (before any divisibility check)."""
-        if self.style == ROWWISE:
-            return self.in_features // tp, self.out_features
-        return self.in_features, self.out_features // tp
-
-
-def linear_shapes(config: Any) -> list[LinearShape]:
-    """Every Linear of a GPTConfig, in model order (names as nblab.train.model)."""
-    d, hd = config.d_model, config.head_dim
-    per_block = {
-        "attn.wq": (d, config.n_heads * hd),
-        "attn.wk": (d, config.n_kv_heads * hd),
-        "attn.wv": (d, config.n_kv_heads * hd),
-        "attn.wo": (config.n_heads * hd, d),
-        "mlp.gate": (d, config.ffn_hidden),
-        "mlp.up": (d, config.ffn_hidden),
-        "mlp.down": (config.ffn_hidden, d),
-    }
-    out = [
-        LinearShape(f"layers.{i}.{suffix}", fin, fout, TP_STYLES[suffix], i)
-        for i in range(config.n_layers)
-        for suffix, (fin, fout) in per_block.items()
-    ]
-    out.append(LinearShape("lm_head", d, config.vocab_size, HEAD_STYLE, None))
-    return out
-
-
-def _block_index(name: str) -> int | None:
-    parts = name.split(".")
-    if len(parts) > 1 and parts[0] == "layers" and parts[1].isdigit():
-        return int(parts[1])
-    return None
-
-
 def group_dims(role: str, spec: Any) -> list[tuple[str, int, str]]:
     """(dim, size that must divide it, what) for the groups of `spec` in `role`: the dim
     its blocks run along, a tile's second dim, a Hadamard transform's dim. [] for a
@@ -155,13 +101,15 @@ def group_dims(role: str, spec: Any) -> list[tuple[str, int, str]]:
     return out
 
 
-def quantized_roles(shape: LinearShape, preset: PrecisionPreset, n_layers: int) -> bool:
+def quantized_roles(linear: LinearShape, preset: PrecisionPreset, model: ModelShape) -> bool:
     """Whether apply_precision would quantize this module: the preset quantizes something,
     no keep_high_precision entry keeps it, and its unsharded in/out dims fit every block
     (the token dim is not part of that decision, as in nblab.precision.plan)."""
-    if preset.is_high_precision or keeping_token(shape.name, preset, n_layers):
+    if preset.is_high_precision or keeping_token(
+        linear.name, preset, model.n_layers, model.block_prefix, model.head
+    ):
         return False
-    sizes = {"in": shape.in_features, "out": shape.out_features}
+    sizes = {"in": linear.in_features, "out": linear.out_features}
     for role in ROLES:
         for dim, b, _ in group_dims(role, preset.roles[role]):
             if dim in sizes and sizes[dim] % b:
@@ -177,9 +125,9 @@ def quantized_roles(shape: LinearShape, preset: PrecisionPreset, n_layers: int) 
 @dataclass
 class LayoutContext:
     """What validation needs from a recipe; every part is optional (None: its rules are
-    skipped). `config` is a GPTConfig (or anything with its fields)."""
+    skipped). `model` is the model's ModelShape (nblab.models.protocol)."""
 
-    config: Any = None
+    model: ModelShape | None = None
     batch_size: int | None = None
     seq_len: int | None = None
     grad_accum: int | None = None  # None: unknown (the pipeline rule is skipped)
@@ -192,48 +140,37 @@ class LayoutContext:
         return self.grad_accum or 1
 
 
-def model_config(
-    flavour: str | Mapping[str, Any] | Any,
-    *,
-    vocab_size: int = DEFAULT_VOCAB_SIZE,
-    seq_len: int = 2048,
-    tie_embeddings: bool = True,
-):
-    """A GPTConfig from a flavour name, a dict of GPTConfig fields, or a GPTConfig."""
-    from nblab.train.model import FLAVOURS, GPTConfig
+def _shape(model: Any, vocab_size: int, seq_len: int) -> ModelShape:
+    """A ModelShape from a ModelShape, or from what describes one through nblab.models: a
+    [model] section (or a mapping of its fields), a gpt flavour name, or a dict of GPTConfig
+    fields (d_model, n_layers, ...; the convenient form for layout studies)."""
+    if isinstance(model, ModelShape):
+        return model
+    from nblab.models import model_shape  # the registry: it imports a kind when used
 
-    if isinstance(flavour, GPTConfig):
-        return flavour
-    if isinstance(flavour, str):
-        if flavour not in FLAVOURS:
-            raise ValueError(f"flavour={flavour!r} is unknown; accepted: {', '.join(FLAVOURS)}")
-        flavour = FLAVOURS[flavour]
-    kwargs = {"vocab_size": vocab_size, "max_seq_len": seq_len, "tie_embeddings": tie_embeddings}
-    return GPTConfig(**{**kwargs, **dict(flavour)})
+    if isinstance(model, str):
+        model = {"name": "gpt", "flavour": model}
+    elif isinstance(model, Mapping) and "name" not in model:
+        model = {"name": "gpt", "config": dict(model)}
+    return model_shape(model, vocab_size, seq_len)
 
 
 def context_from(recipe: Any = None, **parts: Any) -> LayoutContext:
-    """A LayoutContext from a Recipe (model flavour, train batch/seq/grad_accum, precision
-    section) and/or keyword parts: config (GPTConfig, flavour name or dict), batch_size,
-    seq_len, grad_accum, precision (preset name, PrecisionPreset or [precision] section),
+    """A LayoutContext from a Recipe (its model, train batch/seq/grad_accum, precision
+    section) and/or keyword parts: model (a ModelShape, a [model] section, a gpt flavour
+    name or a dict of GPTConfig fields; `config` is the same part), batch_size, seq_len,
+    grad_accum, precision (preset name, PrecisionPreset or [precision] section),
     vocab_size, sequence_parallel. Parts override what the recipe says."""
     values: dict[str, Any] = {}
     vocab_size = parts.pop("vocab_size", DEFAULT_VOCAB_SIZE)
+    if "config" in parts:
+        parts["model"] = parts.pop("config")
     if isinstance(recipe, Mapping):
         parts = {**recipe, **parts}
         recipe = None
     if recipe is not None:
-        if recipe.model.name != "gpt":
-            raise ValueError(
-                f"model.name={recipe.model.name!r}: ParallelDims knows the layout of the "
-                f"built-in 'gpt' only"
-            )
-        values["config"] = model_config(
-            recipe.model.flavour,
-            vocab_size=vocab_size,
-            seq_len=recipe.train.seq_len,
-            tie_embeddings=recipe.model.tie_embeddings,
-        )
+        if "model" not in parts:
+            values["model"] = _shape(recipe.model, vocab_size, recipe.train.seq_len)
         values["batch_size"] = recipe.train.batch_size
         values["seq_len"] = recipe.train.seq_len
         values["grad_accum"] = recipe.train.grad_accum
@@ -241,14 +178,12 @@ def context_from(recipe: Any = None, **parts: Any) -> LayoutContext:
     unknown = set(parts) - {f.name for f in dataclasses.fields(LayoutContext)}
     if unknown:
         raise ValueError(
-            f"unknown layout part {sorted(unknown)[0]!r}; accepted: config, batch_size, "
-            f"seq_len, grad_accum, precision, vocab_size, sequence_parallel"
+            f"unknown layout part {sorted(unknown)[0]!r}; accepted: model (or config), "
+            f"batch_size, seq_len, grad_accum, precision, vocab_size, sequence_parallel"
         )
     values.update(parts)
-    if values.get("config") is not None:
-        values["config"] = model_config(
-            values["config"], vocab_size=vocab_size, seq_len=values.get("seq_len") or 2048
-        )
+    if values.get("model") is not None:
+        values["model"] = _shape(values["model"], vocab_size, values.get("seq_len") or 2048)
     precision = values.get("precision")
     if isinstance(precision, str):
         if precision not in PRECISION_PRESETS:
@@ -373,32 +308,38 @@ class ParallelDims:
         return out
 
     def _model_problems(self, ctx: LayoutContext) -> list[str]:
-        cfg, tp, pp, out = ctx.config, self.tp, self.pp, []
-        if cfg is not None:
-            if cfg.n_heads % tp:
+        m, tp, pp, out = ctx.model, self.tp, self.pp, []
+        if m is not None:
+            if tp > 1 and m.tp_problem:
+                out.append(f"tp {tp}: {m.tp_problem}")
+            if pp > 1 and m.pp_problem:
+                out.append(f"pp {pp}: {m.pp_problem}")
+            # (0: a size the model's shape does not know; its rule is skipped)
+            if m.n_heads and m.n_heads % tp:
                 out.append(
-                    f"tp {tp} does not divide n_heads {cfg.n_heads} (each TP rank holds whole "
-                    f"query heads; tp in {_divisors(cfg.n_heads)})"
+                    f"tp {tp} does not divide n_heads {m.n_heads} (each TP rank holds whole "
+                    f"query heads; tp in {_divisors(m.n_heads)})"
                 )
-            if cfg.n_kv_heads % tp:
+            if m.n_kv_heads and m.n_kv_heads % tp:
                 out.append(
-                    f"tp {tp} does not divide n_kv_heads {cfg.n_kv_heads} (wk/wv are split by "
-                    f"heads; tp in {_divisors(cfg.n_kv_heads)})"
+                    f"tp {tp} does not divide n_kv_heads {m.n_kv_heads} (the key/value "
+                    f"projections are split by heads; tp in {_divisors(m.n_kv_heads)})"
                 )
-            if cfg.ffn_hidden % tp:
+            if m.ffn_hidden and m.ffn_hidden % tp:
                 out.append(
-                    f"tp {tp} does not divide ffn_hidden {cfg.ffn_hidden} (gate/up split "
-                    f"out_features, down splits in_features; tp in {_divisors(cfg.ffn_hidden)})"
+                    f"tp {tp} does not divide ffn_hidden {m.ffn_hidden} (the MLP's first "
+                    f"projections split out_features, its last in_features; tp in "
+                    f"{_divisors(m.ffn_hidden)})"
                 )
-            if pp > cfg.n_layers:
+            if pp > m.n_layers:
                 out.append(
-                    f"pp {pp} stages > n_layers {cfg.n_layers}: each stage needs at least one block"
+                    f"pp {pp} stages > n_layers {m.n_layers}: each stage needs at least one block"
                 )
-            elif cfg.n_layers % pp:
-                split = _split(cfg.n_layers, pp)
+            elif m.n_layers % pp:
+                split = _split(m.n_layers, pp)
                 out.append(
-                    f"pp {pp} does not divide n_layers {cfg.n_layers} (stages would hold "
-                    f"{'+'.join(map(str, split))} blocks); pp in {_divisors(cfg.n_layers)}"
+                    f"pp {pp} does not divide n_layers {m.n_layers} (stages would hold "
+                    f"{'+'.join(map(str, split))} blocks); pp in {_divisors(m.n_layers)}"
                 )
         if ctx.sequence_parallel and ctx.seq_len is not None and ctx.seq_len % tp:
             out.append(
@@ -436,8 +377,8 @@ class ParallelDims:
         return ctx.batch_size // micro
 
     def _precision_problems(self, ctx: LayoutContext) -> list[str]:
-        preset, cfg = ctx.precision, ctx.config
-        if preset is None or cfg is None or preset.is_high_precision:
+        preset, model = ctx.precision, ctx.model
+        if preset is None or model is None or preset.is_high_precision:
             return []
         micro = self.local_batch(ctx)
         tokens = micro * ctx.seq_len if micro is not None and ctx.seq_len is not None else None
@@ -445,8 +386,8 @@ class ParallelDims:
         # problem once with the blocks it occurs in
         found: dict[tuple, list[tuple[str, str]]] = {}
         token_found: dict[str, list[str]] = {}
-        for shape in linear_shapes(cfg):
-            if not quantized_roles(shape, preset, cfg.n_layers):
+        for shape in model.linears:
+            if not quantized_roles(shape, preset, model):
                 continue
             local_in, local_out = shape.local(self.tp)
             full = {"in": shape.in_features, "out": shape.out_features}
@@ -459,7 +400,9 @@ class ParallelDims:
                         continue
                     if local[dim] == full[dim] or full[dim] % self.tp or local[dim] % b == 0:
                         continue  # unsharded, or not evenly split (a model rule says so)
-                    suffix = shape.name.split(".", 2)[-1] if shape.block is not None else ""
+                    suffix = ""
+                    if shape.block is not None:  # the name within its block
+                        suffix = shape.name[len(f"{model.block_prefix}{shape.block}.") :]
                     key = (suffix or shape.name, dim, full[dim], local[dim], what, shape.style)
                     found.setdefault(key, []).append((shape.name, role))
         out = []
@@ -471,7 +414,7 @@ class ParallelDims:
                 f"multiple of {preset.name} {what} ({', '.join(roles)}, {style})"
             )
             if len(modules) > 1:
-                blocks = [_block_index(m) for m in modules[1:]]
+                blocks = [model.block_of(m) for m in modules[1:]]
                 msg += f"; also in layers {_ranges(blocks)}"
             out.append(msg)
         for key, roles in token_found.items():
@@ -514,14 +457,10 @@ __all__ = [
     "DEFAULT_VOCAB_SIZE",
     "MESH_ORDER",
     "ROWWISE",
-    "TP_STYLES",
     "LayoutContext",
     "LayoutError",
-    "LinearShape",
     "ParallelDims",
     "context_from",
     "group_dims",
-    "linear_shapes",
-    "model_config",
     "quantized_roles",
 ]

@@ -1,6 +1,7 @@
-"""Pipeline parallelism (pp > 1) for the built-in GPT with torch.distributed.pipelining.
+"""Pipeline parallelism (pp > 1) with torch.distributed.pipelining, for any model whose
+Architecture (nblab.models.protocol) has a stage_forward: the built-in GPT today.
 
-    pipe = Pipeline(model, ctx, recipe)       # model: the FULL GPT, built with the run's seed
+    pipe = Pipeline(model, ctx, recipe)       # model: the FULL model, built with the run's seed
     loss = pipe.train_step(x, y)              # x, y: the step's grad_accum micro-batches
     pipe.sync_tied_grads()
     counted, duplicates = pipe.norm_parameters()
@@ -10,12 +11,14 @@ Stages (manual split, no tracing): every rank builds the whole model with the sa
 then deletes what its stage does not own, so the weights equal the single-process
 model's and the module names stay (checkpoints and precision plans by name still apply):
 
-- stage s owns blocks layers.{s L/pp} .. layers.{(s+1) L/pp - 1} (ParallelDims.validate
-  requires pp | n_layers); the other entries of model.layers become parameter-free
-  _Absent modules, so the names of the owned blocks do not change;
-- stage 0 owns tok_emb, the last stage owns norm and lm_head;
-- tied embeddings (model.tie_embeddings = true): stage 0's tok_emb.weight and the last
-  stage's lm_head.weight are two copies of one tensor with the same initial value. After
+- stage s owns blocks {s L/pp} .. {(s+1) L/pp - 1} of the model's blocks
+  (ParallelDims.validate requires pp | n_layers); the other entries become
+  parameter-free _Absent modules, so the names of the owned blocks do not change; the
+  stage's forward is the Architecture's stage_forward over model.pp_blocks;
+- stage 0 owns the embedding, the last stage the final norm and the head;
+- tied embeddings (the head's weight is the embedding's, e.g. the GPT's lm_head.weight
+  and tok_emb.weight): stage 0's embedding weight and the last stage's head weight are
+  two copies of one tensor with the same initial value. After
   backward, their gradients are summed over the pp group (sync_tied_grads), so both
   copies take the same optimizer update and stay equal; the gradient norm counts the
   tensor once (norm_parameters sets the last stage's copy apart: clipped, not counted).
@@ -63,11 +66,17 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
+from nblab.models.protocol import (
+    architecture,
+    blocks,
+    get_part,
+    lm_loss,
+    set_part,
+    tied_weights,
+)
 from nblab.recipe import PP_SCHEDULES
-from nblab.train.model import IGNORE_INDEX
 
 
 def stage_blocks(n_layers: int, pp: int, stage: int) -> range:
@@ -83,47 +92,27 @@ class _Absent(nn.Module):
         raise RuntimeError("this block belongs to another pipeline stage")
 
 
-def _stage_forward(self, x: torch.Tensor) -> torch.Tensor:
-    """GPT.forward of one stage: token ids (stage 0) or hidden states (B, T, d) in;
-    hidden states or, on the last stage, logits (B, T, V) out."""
-    if self.tok_emb is not None:
-        x = self.tok_emb(x)  # (B, T, d)
-    T = x.size(1)
-    cos, sin = self.rope_cos[:T], self.rope_sin[:T]
-    for i in self.pp_blocks:
-        x = self.layers[i](x, cos, sin)
-    if self.lm_head is not None:
-        x = self.lm_head(self.norm(x))  # (B, T, V)
-    return x
-
-
 def split_model(model: nn.Module, stage: int, pp: int) -> nn.Module:
     """Keep only what stage `stage` of `pp` owns (in place; see the module docstring)."""
-    if not hasattr(model, "layers") or not hasattr(model, "tok_emb"):
-        raise ValueError(f"{type(model).__name__}: pipeline stages know the built-in GPT only")
-    n = len(model.layers)
+    arch = architecture(model)
+    if arch.stage_forward is None:
+        raise ValueError(f"pipeline parallelism: {arch.pp_problem}")
+    layers = blocks(model)
+    n = len(layers)
     if n % pp:
         raise ValueError(f"pp {pp} does not divide n_layers {n}")
     owned = stage_blocks(n, pp, stage)
     for i in range(n):
         if i not in owned:
-            model.layers[i] = _Absent()
+            layers[i] = _Absent()
     if stage != 0:
-        model.tok_emb = None
+        set_part(model, arch.embedding, None)
     if stage != pp - 1:
-        model.norm = None
-        model.lm_head = None
+        set_part(model, arch.final_norm, None)
+        set_part(model, arch.head, None)
     model.pp_blocks = list(owned)
-    model.forward = types.MethodType(_stage_forward, model)
+    model.forward = types.MethodType(arch.stage_forward, model)
     return model
-
-
-def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The model's loss: mean cross entropy over targets != -100, in fp32."""
-    B, T = targets.shape
-    return F.cross_entropy(
-        logits.float().reshape(B * T, -1), targets.reshape(B * T), ignore_index=IGNORE_INDEX
-    )
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -142,8 +131,11 @@ class Pipeline:
         self.is_first = self.stage_index == 0
         self.is_last = self.stage_index == self.pp - 1
         self.n_microbatches = recipe.train.grad_accum
-        self.tied = bool(getattr(model.config, "tie_embeddings", False))
-        self.tied_shape = tuple(model.tok_emb.weight.shape)
+        arch = architecture(model)
+        # {head weight: embedding weight} of the whole model, before the split drops one
+        self.tied = tied_weights(model)
+        self.tied_shape = tuple(get_part(model, arch.embedding).weight.shape)
+        self._embedding, self._head = arch.embedding, arch.head
         self.model = split_model(model, self.stage_index, self.pp)
         if ctx.dims.tp > 1:  # within the stage: its blocks' Linears split over the tp group
             from nblab.parallel.runtime import apply_tp
@@ -165,7 +157,7 @@ class Pipeline:
         dp = self.dp
 
         def loss_fn(logits, targets):  # gradients are SUM-reduced over dp: / dp is the mean
-            return _cross_entropy(logits, targets) / dp
+            return lm_loss(logits, targets) / dp
 
         self.schedule = cls(self.stage, self.n_microbatches, loss_fn=loss_fn)
         self._last_rank = dist.get_global_rank(self.group, self.pp - 1)
@@ -215,9 +207,9 @@ class Pipeline:
             return
         weight = None
         if self.is_first:
-            weight = self.model.tok_emb.weight
+            weight = get_part(self.model, self._embedding).weight
         elif self.is_last:
-            weight = self.model.lm_head.weight
+            weight = get_part(self.model, self._head).weight
         device = next(self.model.buffers()).device
         if weight is not None and weight.grad is None:
             weight.grad = torch.zeros_like(weight)
@@ -234,7 +226,7 @@ class Pipeline:
         the last stage's copy of a tied embedding is tok_emb.weight (nblab.train.checkpoint
         saves its optimizer state once, from stage 0, and loads it from there)."""
         if self.tied and self.is_last and not self.is_first:
-            return {"lm_head.weight": "tok_emb.weight"}
+            return dict(self.tied)
         return {}
 
     def norm_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -243,7 +235,7 @@ class Pipeline:
         tied embedding) are clipped with the same coefficient but not counted."""
         params = list(self.model.parameters())
         if self.tied and self.is_last and not self.is_first:
-            head = self.model.lm_head.weight
+            head = get_part(self.model, self._head).weight
             return [p for p in params if p is not head], [head]
         return params, []
 

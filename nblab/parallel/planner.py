@@ -40,6 +40,9 @@ Memory per GPU (bytes), for the pipeline stage that needs the most:
               with (full, per block) checkpointing: k x t x L_s x d x a (block inputs)
                  + t x one block's activations (recomputed during its backward)
               k = micro-batches in flight: 1 without pp; 1F1B holds min(pp - stage, m)
+  finetune.method = "lora" (nblab.finetune.finetune_memory): grads and optimizer state of
+              the adapters only (r (in + out) per target linear); with base_format the
+              blocks' linears are held packed (q bytes per weight) instead of fp32
   Not counted: CUDA context and allocator fragmentation (~1-3 GB; leave that margin),
   DDP gradient buckets, temporary GEMM workspaces. The quantized activations are what a
   fused low-precision kernel saves; nblab's fake-quant QuantLinear keeps its
@@ -59,7 +62,7 @@ and reduce-scatter send (n-1)/n x S, all-reduce 2 (n-1)/n x S, S the full tensor
               gradients backward (point to point)
 
 Step time (the ranking score, seconds), with Hardware's assumptions:
-  compute     6 N_mm + 12 L d s FLOPs per token (GPT.flops_per_token) x tokens per step
+  compute     6 N_mm + 12 L d s FLOPs per token (ModelShape.flops_per_token) x tokens per step
               (x 4/3 with checkpointing) / gpus / (peak_flops x mfu)
   bubble      compute x (pp - 1) / m (GPipe / 1F1B)
   step        compute + bubble + tp/bw + pp/bw + max(0, (fsdp + replicate)/bw
@@ -80,12 +83,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nblab.finetune import finetune_memory
+from nblab.models.protocol import COLWISE, ROWWISE
 from nblab.parallel.dims import (
     DEFAULT_VOCAB_SIZE,
     LayoutContext,
     ParallelDims,
     context_from,
-    linear_shapes,
     quantized_roles,
 )
 from nblab_kernels.formats import SCALE_FORMATS
@@ -205,7 +209,12 @@ def estimate_layout(
     if problems:
         est.valid, est.reasons = False, problems
         return est
-    cfg, preset = ctx.config, ctx.precision
+    cfg, preset = ctx.model, ctx.precision
+    if not cfg.n_heads:
+        raise ValueError(
+            f"the planner needs the model's attention and MLP sizes, which a {cfg.kind} model "
+            f"does not state; plan a gpt or hf model of the same size instead"
+        )
     dtype = getattr(getattr(recipe, "train", None), "dtype", "bfloat16")
     optimizer = getattr(getattr(recipe, "optimizer", None), "name", "adamw")
     a = 2 if dtype == "bfloat16" else 4
@@ -215,24 +224,38 @@ def estimate_layout(
     t = dims.local_batch(ctx) * ctx.seq_len  # tokens per micro-batch per rank
     est.tokens_per_step = ctx.batch_size * ctx.seq_len
 
+    # a LoRA fine-tune: only adapters have grads and optimizer state; a packed base
+    ft = finetune_memory(recipe, cfg, lambda spec: quant_bytes_per_element(spec, 4))
+
     # which modules are quantized, and the bytes/element of their saved wgrad input
-    quantized = {s.name: quantized_roles(s, preset, L) for s in linear_shapes(cfg)}
+    quantized = {s.name: quantized_roles(s, preset, cfg) for s in cfg.linears}
     wgrad_x_bytes = quant_bytes_per_element(preset.roles["wgrad_x"], a)
 
-    def q(name: str) -> float:
-        return wgrad_x_bytes if quantized[name] else a
-
-    block_linear = d * (nh * hd) * 2 + d * (nkv * hd) * 2 + 3 * d * F  # TP-split
+    by_block: dict[int, list] = {}
+    for s in cfg.linears:
+        if s.block is not None:
+            by_block.setdefault(s.block, []).append(s)
+    block_linear = sum(s.in_features * s.out_features for s in by_block.get(0, []))  # TP-split
     block_norms = 2 * d  # replicated
     block_params_tp = block_linear / tp + block_norms  # per TP rank
 
     def block_act(i: int) -> float:
-        """Bytes saved for backward by block i per token (see the module docstring)."""
+        """Bytes saved for backward by block i per token (see the module docstring). The
+        linears that read one input (q/k/v, gate/up: one parent, one in_features, one TP
+        style) keep it once; the attention's output projection keeps its input only when
+        quantized (unquantized it is the attention output, counted above)."""
         hp = a * (2 * d + (nh * hd + 2 * nkv * hd) / tp + nh * hd / tp + 2 * F / tp)
-        p = f"layers.{i}."
-        lin = q(p + "attn.wq") * d + q(p + "mlp.gate") * d + q(p + "mlp.down") * F / tp
-        if quantized[p + "attn.wo"]:
-            lin += q(p + "attn.wo") * nh * hd / tp
+        inputs: dict[tuple, list] = {}
+        for s in by_block.get(i, []):
+            inputs.setdefault((s.name.rpartition(".")[0], s.in_features, s.style), []).append(s)
+        lin = 0.0
+        for (parent, n_in, style), members in inputs.items():
+            quant = any(quantized[m.name] for m in members)
+            attention_out = n_in == nh * hd and style != COLWISE and "attn" in parent
+            if attention_out and not quant:
+                continue
+            local_in = n_in / tp if style == ROWWISE else n_in
+            lin += (wgrad_x_bytes if quant else a) * local_in
         return hp + lin
 
     stages = []
@@ -259,6 +282,8 @@ def estimate_layout(
             "fsdp_buffers": 0.0,
             "activations": act,
         }
+        if ft is not None:
+            mem.update(ft.states(p_rank, _STATE_BYTES.get(optimizer, 8)))
         if dims.dp_shard > 1:
             unit = max(block_params_tp, root)
             mem["fsdp_buffers"] = 2 * unit * a + unit * 4
@@ -288,10 +313,7 @@ def estimate_layout(
 
     # step time
     hw, world = hardware, dims.world_size
-    # GPT.num_params(exclude_embedding=True): every Linear (lm_head too; an untied
-    # embedding is a lookup) and the norms
-    n_mm = sum(s.in_features * s.out_features for s in linear_shapes(cfg)) + L * 2 * d + d
-    flops = (6 * n_mm + 12 * L * d * ctx.seq_len) * est.tokens_per_step
+    flops = cfg.flops_per_token(ctx.seq_len) * est.tokens_per_step
     if activation_checkpointing:
         flops *= 4 / 3  # forward recomputed: 2 + 4 -> 2 + 2 + 4 of every 6 FLOPs
     compute = flops / world / (hw.peak_flops * hw.mfu)
@@ -531,13 +553,19 @@ def plan_command(argv: list[str]) -> int:
     except (RecipeError, ValueError) as err:
         print(f"nblab plan: {err}", file=sys.stderr)
         return 2
-    flavour = f"{recipe.model.name}-{recipe.model.flavour}"
+    from nblab.models import describe
+
+    flavour = describe(recipe.model)
     print(
         f"{recipe.name} ({flavour}, {recipe.precision.preset}, batch {recipe.train.batch_size} "
         f"x seq {recipe.train.seq_len}, grad_accum {recipe.train.grad_accum}"
         f"{', activation checkpointing' if args.activation_checkpointing else ''}) on "
         f"{args.gpus} GPUs with {_gb(args.gpu_mem)} each"
     )
+    shape = context_from(recipe, vocab_size=args.vocab).model
+    ft = finetune_memory(recipe, shape, lambda spec: quant_bytes_per_element(spec, 4))
+    if ft is not None:
+        print(ft.describe())
     print(format_plan(estimates))
     return 0 if any(e.fits for e in estimates) else 1
 

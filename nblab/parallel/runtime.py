@@ -8,11 +8,15 @@
 
 Order of the plan (as torchtitan): TP first, then FSDP2 / HSDP / DDP on top.
 
-- TP (`parallelize_module`): every block gets the TP_STYLES plan (ColwiseParallel wq, wk,
-  wv, gate, up; RowwiseParallel wo, down). The attention's head counts become the local
-  ones (n_heads / tp, n_kv_heads / tp). tok_emb, the norms and lm_head stay replicated on
-  every TP rank (their gradients are equal on all TP ranks: the inputs of the Colwise
-  layers are all-reduced in backward). A QuantLinear under TP computes on the LOCAL
+The model is known through the model protocol only (nblab.models.protocol): its blocks,
+its tensor-parallel plan per block, its parts. Nothing here imports a model.
+
+- TP (`parallelize_module`): every block gets its Architecture's tp_plan (the GPT's:
+  ColwiseParallel wq, wk, wv, gate, up; RowwiseParallel wo, down; a Llama's: q/k/v/gate/up
+  and o/down). Attention head counts the plan names (tp_divided) become the local ones
+  (n_heads / tp). The embedding, the norms and the head stay replicated on every TP rank
+  (their gradients are equal on all TP ranks: the inputs of the Colwise layers are
+  all-reduced in backward). A QuantLinear under TP computes on the LOCAL
   shards: its autograd Function sees plain local tensors (Colwise: the full input and the
   out_features shard; Rowwise: the in_features shard of both), so a quantization block
   never straddles two ranks (ParallelDims.validate guarantees the local dims are whole
@@ -48,7 +52,9 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
 
-from nblab.parallel.dims import COLWISE, TP_STYLES, ParallelDims
+from nblab.models.protocol import COLWISE, ModelShape, architecture, blocks
+from nblab.parallel.dims import ParallelDims
+from nblab.precision.linear import linear_shape
 
 # ---------------------------------------------------------------------------
 # The process group
@@ -104,10 +110,17 @@ def dims_for(recipe: Any, world: int) -> ParallelDims:
     return ParallelDims.from_recipe(recipe, world_size=world)
 
 
+def resolve_device(name: str) -> torch.device:
+    """train.device as a torch.device: auto is cuda when one is visible, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device='cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
 def device_for(recipe: Any) -> torch.device:
     """This rank's device: cuda:LOCAL_RANK on CUDA, else cpu (train.device as resolved)."""
-    from nblab.train.trainer import resolve_device
-
     device = resolve_device(recipe.train.device)
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -179,10 +192,10 @@ class ParallelContext:
         return float(t) / self.world_size
 
 
-def init_distributed(recipe: Any) -> ParallelContext | None:
+def init_distributed(recipe: Any, shape: ModelShape | None = None) -> ParallelContext | None:
     """Join (or start) the process group torchrun set up and build the mesh; None when this
-    is a single process. gloo on CPU, nccl on CUDA. Validates the layout first (LayoutError
-    lists every problem)."""
+    is a single process. gloo on CPU, nccl on CUDA. Validates the layout first against the
+    model's shape (LayoutError lists every problem)."""
     world = world_size()
     if world <= 1:
         return None
@@ -192,7 +205,10 @@ def init_distributed(recipe: Any) -> ParallelContext | None:
             f"(torchrun --nproc-per-node)"
         )
     dims = dims_for(recipe, world)
-    dims.validate(recipe)
+    if shape is not None:
+        dims.validate(recipe, model=shape)
+    else:
+        dims.validate(recipe)
     device = device_for(recipe)
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
@@ -245,13 +261,13 @@ def quantize_local_shards(module: nn.Module) -> nn.Module:
 
 
 def _owned_blocks(model: nn.Module) -> list[nn.Module]:
-    """The blocks of model.layers this rank holds: all of them, except under pp, where the
-    other stages' blocks are parameter-free stand-ins (nblab.parallel.pipeline)."""
-    return [block for block in model.layers if any(True for _ in block.parameters())]
+    """The blocks this rank holds: all of them, except under pp, where the other stages'
+    blocks are parameter-free stand-ins (nblab.parallel.pipeline)."""
+    return [block for block in blocks(model) if any(True for _ in block.parameters())]
 
 
 def apply_tp(model: nn.Module, tp_mesh: DeviceMesh) -> nn.Module:
-    """TP on every block of the built-in GPT with the TP_STYLES plan (see the module doc)."""
+    """TP on every block with the model's tp_plan (see the module doc)."""
     from torch.distributed.tensor.parallel import (
         ColwiseParallel,
         RowwiseParallel,
@@ -260,17 +276,22 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh) -> nn.Module:
 
     from nblab.precision.linear import QuantLinear
 
+    arch = architecture(model)
+    if not arch.tp_plan:
+        raise ValueError(f"tensor parallelism: {arch.tp_problem}")
     tp = tp_mesh.size()
-    # a pipeline stage's model.layers holds parameter-free stand-ins for other stages' blocks
+    # a pipeline stage's blocks hold parameter-free stand-ins for other stages' blocks
     for block in _owned_blocks(model):
         plan = {
             suffix: ColwiseParallel() if style == COLWISE else RowwiseParallel()
-            for suffix, style in TP_STYLES.items()
+            for suffix, style in arch.tp_plan.items()
         }
         parallelize_module(block, tp_mesh, plan)
-        attn = block.attn
-        attn.n_heads, attn.n_kv_heads = attn.n_heads // tp, attn.n_kv_heads // tp
-        for suffix in TP_STYLES:
+        for path in arch.tp_divided:  # head counts the attention views by: the local ones
+            owner_path, _, attr = path.rpartition(".")
+            owner = block.get_submodule(owner_path) if owner_path else block
+            setattr(owner, attr, getattr(owner, attr) // tp)
+        for suffix in arch.tp_plan:
             module = block.get_submodule(suffix)
             if isinstance(module, QuantLinear):
                 quantize_local_shards(module)
@@ -319,13 +340,11 @@ def apply_data_parallel(
 def apply_parallelism(
     model: nn.Module, dims: ParallelDims, mesh: DeviceMesh, recipe: Any = None
 ) -> nn.Module:
-    """TP, then FSDP2 / HSDP / DDP, on the built-in GPT already on its device (see the
-    module docstring). Returns the same model, changed in place. Pipeline stages are not
-    made here: with pp > 1 the trainer builds a nblab.parallel.pipeline.Pipeline."""
+    """TP, then FSDP2 / HSDP / DDP, on a model already on its device (see the module
+    docstring). Returns the same model, changed in place. Pipeline stages are not made
+    here: with pp > 1 the trainer builds a nblab.parallel.pipeline.Pipeline."""
     if dims.pp > 1:
         raise ValueError("apply_parallelism does not split pipeline stages; use Pipeline")
-    if not hasattr(model, "layers"):
-        raise ValueError(f"{type(model).__name__}: the parallel plan knows the built-in GPT only")
     device = next(model.parameters()).device
     if dims.tp > 1:
         apply_tp(model, mesh["tp"])
@@ -422,12 +441,12 @@ def gather_to_rank0(items: list, *, contribute: bool = True) -> list:
 
 
 def gathered_linears(model: nn.Module) -> nn.Module:
-    """Every nn.Linear of `model` by name, each with its whole weight (DTensor shards are
-    gathered: every rank must call this, in the same order). Shares storage where the
-    weight is not sharded."""
+    """Every linear module of `model` (nn.Linear, Conv1D) by name, each with its whole
+    weight (DTensor shards are gathered: every rank must call this, in the same order).
+    Shares storage where the weight is not sharded."""
     items = []
     for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
+        if linear_shape(module) is not None:
             weight = full_tensor(module.weight.detach())
             lin = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
             lin.weight = nn.Parameter(weight, requires_grad=False)
@@ -453,6 +472,7 @@ __all__ = [
     "is_rank0",
     "mp_policy",
     "quantize_local_shards",
+    "resolve_device",
     "unmix_optimizer",
     "rank",
     "world_size",

@@ -1,6 +1,7 @@
 """Precision recipes: which QuantSpec each operand of a Linear gets (see presets.py)."""
 
 from nblab.precision.presets import (
+    GEMM_MODES,
     GEMMS,
     HIGH,
     PRECISION_PRESETS,
@@ -19,6 +20,7 @@ from nblab.precision.presets import (
 
 __all__ = [
     "GEMMS",
+    "GEMM_MODES",
     "HIGH",
     "PRECISION_PRESETS",
     "ROLES",

@@ -8,7 +8,11 @@ Each operand is quantized from the high-precision tensor (as TransformerEngine a
 torchao do), so a role's error never compounds with another's.
 
 With every role in high precision QuantLinear computes exactly what nn.Linear does (the
-same addmm / mm calls), so swapping it in changes no bit. It also stands in for
+same addmm / mm calls), so swapping it in changes no bit. A GEMM named in `native_gemms`
+multiplies the quantized codes with the hardware's scaled GEMM instead
+(nblab_kernels.matmul.native_mm; nblab.precision.gemm chooses which, precision.gemm):
+the same result within the GEMM's accumulation tolerance, and the same random bits for
+stochastic rounding (the operands are quantized in the same order). It also stands in for
 transformers' Conv1D (GPT-2), which stores its weight as (in, out): `transposed_weight`
 keeps that layout (and so the state_dict a Hugging Face checkpoint expects) and the GEMMs
 use its transpose.
@@ -16,14 +20,15 @@ use its transpose.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
 
 import nblab_kernels as nk
-from nblab.precision.presets import ROLES
+from nblab.precision.presets import GEMMS, ROLES
 from nblab_kernels import QuantSpec
+from nblab_kernels.matmul import native_mm
 
 # roles whose GEMM reduces over dim 0 of the tensor as stored
 _REDUCE_DIM0 = frozenset({"dgrad_w", "wgrad_x", "wgrad_dy"})
@@ -44,6 +49,10 @@ def on_stored_layout(spec: QuantSpec | None, role: str) -> QuantSpec | None:
 
 def _fq(t: torch.Tensor, spec: QuantSpec | None, backend: str) -> torch.Tensor:
     return t if spec is None else nk.fake_quantize(t, spec, backend=backend)
+
+
+def _q(t: torch.Tensor, spec: QuantSpec, backend: str) -> nk.QTensor:
+    return nk.quantize(t, spec, backend=backend)
 
 
 def _shared(specs: dict, first: str, second: str) -> bool:
@@ -74,10 +83,16 @@ class _QuantLinearFn(torch.autograd.Function):
         backend = nk.layer_backend(module.backend, x2)
         module._tap("fwd_x", x2, backend)
         module._tap("fwd_w", weight, backend)
-        xq, wq = _fq(x2, specs["fwd_x"], backend), _fq(weight, specs["fwd_w"], backend)
-        # nn.Linear's own calls (F.linear: addmm with a bias, else mm), so that a role in
-        # high precision gives nn.Linear's bits
-        y = xq @ wq.t() if bias is None else torch.addmm(bias, xq, wq.t())
+        if "forward" in module.native_gemms:
+            qx, qw = _q(x2, specs["fwd_x"], backend), _q(weight, specs["fwd_w"], backend)
+            y = native_mm(qx, qw, x2.dtype)
+            y = y if bias is None else y + bias
+            xq = wq = None  # backward quantizes again: rne gives the same codes
+        else:
+            xq, wq = _fq(x2, specs["fwd_x"], backend), _fq(weight, specs["fwd_w"], backend)
+            # nn.Linear's own calls (F.linear: addmm with a bias, else mm), so that a role
+            # in high precision gives nn.Linear's bits
+            y = xq @ wq.t() if bias is None else torch.addmm(bias, xq, wq.t())
         # keep the forward's quantized operands where backward would recompute them
         ctx.save_for_backward(
             x2,
@@ -93,15 +108,32 @@ class _QuantLinearFn(torch.autograd.Function):
         x2, weight, xq, wq = ctx.saved_tensors
         module, backend = ctx.module, ctx.backend
         specs = module.stored_specs
+        # a frozen weight (a fine-tuned base) needs no wgrad GEMM: its roles do not run
+        need_dw = ctx.needs_input_grad[1]
         for role, t in (("dgrad_dy", dy), ("dgrad_w", weight), ("wgrad_dy", dy), ("wgrad_x", x2)):
-            module._tap(role, t, backend)
-        dyq = _fq(dy, specs["dgrad_dy"], backend)
-        wq = wq if wq is not None else _fq(weight, specs["dgrad_w"], backend)
-        dx = dyq @ wq  # (T, out) @ (out, in)
-        dyq = dyq if _shared(specs, "dgrad_dy", "wgrad_dy") else _fq(dy, specs["wgrad_dy"], backend)
-        xq = xq if xq is not None else _fq(x2, specs["wgrad_x"], backend)
-        dw = dyq.t() @ xq  # (out, T) @ (T, in)
-        db = dy.sum(0) if ctx.has_bias else None
+            if need_dw or not role.startswith("wgrad"):
+                module._tap(role, t, backend)
+        native = module.native_gemms
+        # quantized in the emulated order, so that stochastic rounding draws the same bits
+        if "dgrad" in native:
+            dyq = _q(dy, specs["dgrad_dy"], backend)
+            dx = native_mm(dyq, _q(weight, specs["dgrad_w"], backend), dy.dtype, b_kfirst=True)
+        else:
+            dyq = _fq(dy, specs["dgrad_dy"], backend)
+            wq = wq if wq is not None else _fq(weight, specs["dgrad_w"], backend)
+            dx = dyq @ wq  # (T, out) @ (out, in)
+        dw = None
+        if need_dw and "wgrad" in native:
+            shared = _shared(specs, "dgrad_dy", "wgrad_dy") and "dgrad" in native
+            dyq = dyq if shared else _q(dy, specs["wgrad_dy"], backend)
+            xq = _q(x2, specs["wgrad_x"], backend)
+            dw = native_mm(dyq, xq, dy.dtype, a_kfirst=True, b_kfirst=True)  # (out, in)
+        elif need_dw:
+            shared = _shared(specs, "dgrad_dy", "wgrad_dy") and "dgrad" not in native
+            dyq = dyq if shared else _fq(dy, specs["wgrad_dy"], backend)
+            xq = xq if xq is not None else _fq(x2, specs["wgrad_x"], backend)
+            dw = dyq.t() @ xq  # (out, T) @ (T, in)
+        db = dy.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return dx, dw, db, None
 
 
@@ -123,6 +155,7 @@ class QuantLinear(nn.Linear):
         specs: Mapping[str, QuantSpec | None],
         backend: str = "auto",
         transposed_weight: bool = False,
+        native_gemms: Iterable[str] = (),
         device=None,
         dtype=None,
     ):
@@ -134,11 +167,24 @@ class QuantLinear(nn.Linear):
         self.specs = {role: specs.get(role) for role in ROLES}
         self.stored_specs = {role: on_stored_layout(s, role) for role, s in self.specs.items()}
         self.backend = backend
+        self.native_gemms = frozenset(native_gemms)
+        bad = sorted(g for g in self.native_gemms if g not in GEMMS)
+        if bad:
+            raise ValueError(f"native_gemms {bad} unknown; accepted: {', '.join(GEMMS)}")
+        for gemm in self.native_gemms:
+            missing = [r for r in GEMMS[gemm] if self.specs[r] is None]
+            if missing:
+                raise ValueError(
+                    f"native_gemms: the {gemm} GEMM cannot run natively with {missing[0]} in "
+                    f"high precision"
+                )
         self.recording = False
         self.recorded: list[tuple[str, nk.QuantStats]] = []
 
     @classmethod
-    def from_linear(cls, linear: nn.Module, specs, backend: str = "auto") -> QuantLinear:
+    def from_linear(
+        cls, linear: nn.Module, specs, backend: str = "auto", native_gemms: Iterable[str] = ()
+    ) -> QuantLinear:
         """Wrap an existing nn.Linear or transformers Conv1D, sharing its Parameters
         (optimizer state survives, state_dict keys and shapes stay)."""
         shape = linear_shape(linear)
@@ -152,6 +198,7 @@ class QuantLinear(nn.Linear):
             specs=specs,
             backend=backend,
             transposed_weight=transposed,
+            native_gemms=native_gemms,
             device="meta",
         )
         q.weight = linear.weight
@@ -178,4 +225,5 @@ class QuantLinear(nn.Linear):
 
     def extra_repr(self) -> str:
         roles = ", ".join(f"{r}={s.describe() if s else 'high'}" for r, s in self.specs.items())
-        return f"{super().extra_repr()}, {roles}"
+        native = f", native={','.join(sorted(self.native_gemms))}" if self.native_gemms else ""
+        return f"{super().extra_repr()}, {roles}{native}"

@@ -1,20 +1,31 @@
-"""apply_precision: swap a model's nn.Linear modules for QuantLinear, by plan.
+"""apply_precision: swap a model's linear modules for QuantLinear, by plan.
 
-The plan report says, for every Linear, which spec each role got, or why the
-module stayed in high precision (a keep_high_precision entry, or a dimension the
-spec's block does not divide).
+Linear modules are nn.Linear and transformers' Conv1D (GPT-2), as
+nblab.precision.linear.linear_shape says. The plan report says, for every one, which
+spec each role got, or why the module stayed in high precision (a keep_high_precision
+entry, or a dimension the spec's block does not divide), and for each of its three
+GEMMs whether it runs natively or emulated, and why (precision.gemm, nblab.precision.gemm).
+
+Block entries of keep_high_precision (first:N, last:N, last:P%) count the model's repeated
+blocks, whose modules are named f"{block_prefix}{i}." (the model protocol says the prefix:
+"layers." for nblab's GPT, "model.layers." for a Llama). The entry "lm_head" stands for the
+model's output head whatever its name (`head`), so the presets keep every model's head
+in high precision, as torchao and TransformerEngine do.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
-from nblab.precision.linear import QuantLinear, on_stored_layout
+from nblab.precision.gemm import choose_gemms
+from nblab.precision.linear import QuantLinear, linear_shape, on_stored_layout
 from nblab.precision.presets import (
     ROLES,
     PrecisionPreset,
@@ -24,7 +35,7 @@ from nblab.precision.presets import (
     resolve_precision,
 )
 
-_BLOCK_NAME = re.compile(r"^layers\.(\d+)\.")
+HEAD_TOKEN = "lm_head"  # a keep_high_precision glob that also means the model's head
 
 
 @dataclass
@@ -35,12 +46,15 @@ class ModulePlan:
     quantized: bool
     specs: dict[str, str] = field(default_factory=dict)  # role -> describe() or "high"
     reason: str = ""
+    gemms: dict[str, str] = field(default_factory=dict)  # GEMM -> native or emulated, why
 
 
 @dataclass
 class PlanReport:
     preset: PrecisionPreset
     modules: list[ModulePlan]
+    gemm: str = "emulated"  # precision.gemm, and where it was decided
+    gemm_on: str = "cpu, float32"
 
     @property
     def quantized(self) -> list[str]:
@@ -58,20 +72,30 @@ class PlanReport:
                 "shape": f"{m.out_features}x{m.in_features}",
                 **m.specs,
                 "reason": m.reason,
+                **{f"gemm_{g}": why for g, why in m.gemms.items()},
             }
             for m in self.modules
         ]
 
     def __str__(self) -> str:
+        whys = list(dict.fromkeys(w for m in self.modules for w in m.gemms.values()))
+        native = sum(w.startswith("native") for m in self.modules for w in m.gemms.values())
         lines = [
             f"precision {self.preset.name}: {len(self.quantized)} of "
-            f"{len(self.modules)} Linear modules quantized"
+            f"{len(self.modules)} Linear modules quantized; precision.gemm={self.gemm} on "
+            f"{self.gemm_on}: {native} of {sum(len(m.gemms) for m in self.modules)} GEMMs native"
         ]
         for m in self.modules:
             if m.quantized:
-                lines.append(f"  {m.module}: " + ", ".join(f"{r}={s}" for r, s in m.specs.items()))
+                specs = ", ".join(f"{r}={s}" for r, s in m.specs.items())
+                gemms = ", ".join(
+                    f"{g} {w.split(' ')[0].rstrip(':')} [{whys.index(w) + 1}]"
+                    for g, w in m.gemms.items()
+                )
+                lines.append(f"  {m.module}: {specs}; GEMMs {gemms}")
             else:
                 lines.append(f"  {m.module}: high precision ({m.reason})")
+        lines += [f"  [{i}] {w}" for i, w in enumerate(whys, 1)]
         return "\n".join(lines)
 
 
@@ -83,42 +107,57 @@ def _as_preset(precision: Any) -> PrecisionPreset:
     return resolve_precision(precision)
 
 
-def _n_blocks(model: nn.Module) -> int:
-    layers = getattr(model, "layers", None)
-    return len(layers) if isinstance(layers, nn.ModuleList) else 0
+def _block_of(name: str, block_prefix: str) -> int | None:
+    match = re.match(rf"^{re.escape(block_prefix)}(\d+)\.", name)
+    return int(match.group(1)) if match else None
 
 
-def keeping_token(name: str, preset: PrecisionPreset, n_blocks: int) -> str:
+def count_blocks(names, block_prefix: str) -> int:
+    """The number of blocks among module names (1 + the largest block index)."""
+    found = [b for n in names if (b := _block_of(n, block_prefix)) is not None]
+    return max(found) + 1 if found else 0
+
+
+def keeping_token(
+    name: str,
+    preset: PrecisionPreset,
+    n_blocks: int,
+    block_prefix: str = "layers.",
+    head: str = HEAD_TOKEN,
+) -> str:
     """The keep_high_precision entry (a glob, first:N, last:N or last:P%) that keeps
     module `name` of a model with `n_blocks` blocks in high precision, or ''."""
-    match = _BLOCK_NAME.match(name)
+    block = _block_of(name, block_prefix)
     for token in preset.keep_high_precision:
         parsed = parse_keep_token(token)
         if parsed.kind == "glob":
             if fnmatch.fnmatchcase(name, parsed.pattern):
                 return token
-        elif match and int(match.group(1)) in keep_blocks([token], n_blocks):
+            if parsed.pattern == HEAD_TOKEN and name == head:
+                return token
+        elif block is not None and block in keep_blocks([token], n_blocks):
             return token
     return ""
 
 
-def _kept_by(name: str, preset: PrecisionPreset, n_blocks: int) -> str:
+def _kept_by(
+    name: str, preset: PrecisionPreset, n_blocks: int, block_prefix: str, head: str
+) -> str:
     """Why `name` stays in high precision by a keep entry, or ''."""
-    token = keeping_token(name, preset, n_blocks)
+    token = keeping_token(name, preset, n_blocks, block_prefix, head)
     if not token or parse_keep_token(token).kind == "glob":
         return f"keep_high_precision {token!r}" if token else ""
-    block = _BLOCK_NAME.match(name).group(1)
+    block = _block_of(name, block_prefix)
     return f"block {block} of {n_blocks} kept by keep_high_precision {token!r}"
 
 
-def _shape_problem(linear: nn.Linear, role: str, spec) -> str:
+def _shape_problem(in_f: int, out_f: int, role: str, spec) -> str:
     """Why `spec` cannot quantize this role's weight-side dims, or ''. Token dims
     (batch x seq) are checked when the tensor arrives."""
     stored = on_stored_layout(spec, role)
     if stored is None or stored.padding == "pad" or stored.block is None:
         return ""
     b = stored.block
-    out_f, in_f = linear.out_features, linear.in_features
     # the weight-side dims each role's blocks run along (a tile runs along both)
     along, across = {
         "fwd_x": ("in", None),
@@ -142,36 +181,67 @@ def _shape_problem(linear: nn.Linear, role: str, spec) -> str:
     return ""
 
 
-def apply_precision(model: nn.Module, precision: Any, backend: str = "auto") -> PlanReport:
-    """Swap every nn.Linear of `model` (in place) for a QuantLinear as `precision`
-    says: a preset name, a PrecisionPreset, or a [precision] section / mapping.
-    Modules kept in high precision stay plain nn.Linear. Returns the plan report."""
-    if isinstance(model, nn.Linear):
+def apply_precision(
+    model: nn.Module,
+    precision: Any,
+    backend: str = "auto",
+    *,
+    block_prefix: str = "layers.",
+    head: str = HEAD_TOKEN,
+    gemm: str | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> PlanReport:
+    """Swap every linear module of `model` (nn.Linear or Conv1D, in place) for a
+    QuantLinear as `precision` says: a preset name, a PrecisionPreset, or a [precision]
+    section / mapping. Modules kept in high precision stay as they are. block_prefix and
+    head: where the model keeps its blocks and its output head (see the module doc).
+    `gemm` (default: the section's precision.gemm, else "emulated") chooses native or
+    emulated GEMMs for training on `device` (default cpu) in `dtype`. Returns the plan
+    report."""
+    if linear_shape(model) is not None:
         raise ValueError("apply_precision swaps submodules: wrap a bare nn.Linear in a module")
+    if gemm is None:
+        gemm = _section_gemm(precision)
+    device = torch.device(device if device is not None else "cpu")
     preset = _as_preset(precision)
-    n_blocks = _n_blocks(model)
+    linears = [
+        (name, module, dims)
+        for name, module in model.named_modules()
+        if not isinstance(module, QuantLinear) and (dims := linear_shape(module)) is not None
+    ]
+    n_blocks = count_blocks((name for name, _ in model.named_modules()), block_prefix)
     plans: list[ModulePlan] = []
-    swaps: list[tuple[str, nn.Linear]] = []
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear) or isinstance(module, QuantLinear):
-            continue
-        plan = ModulePlan(name, module.in_features, module.out_features, quantized=False)
+    swaps: list[tuple[str, nn.Module, list[str]]] = []
+    for name, module, (in_f, out_f, _) in linears:
+        plan = ModulePlan(name, in_f, out_f, quantized=False)
         if preset.is_high_precision:
             plan.reason = f"preset {preset.name} is high precision"
         else:
-            plan.reason = _kept_by(name, preset, n_blocks) or next(
-                (p for r in ROLES if (p := _shape_problem(module, r, preset.roles[r]))), ""
+            plan.reason = _kept_by(name, preset, n_blocks, block_prefix, head) or next(
+                (p for r in ROLES if (p := _shape_problem(in_f, out_f, r, preset.roles[r]))), ""
             )
         if not plan.reason:
             plan.quantized = True
             plan.specs = {r: s.describe() if s else "high" for r, s in preset.roles.items()}
-            swaps.append((name, module))
+            stored = {r: on_stored_layout(s, r) for r, s in preset.roles.items()}
+            choices = choose_gemms(stored, gemm, device, dtype)
+            plan.gemms = {g: c.why for g, c in choices.items()}
+            swaps.append((name, module, [g for g, c in choices.items() if c.native]))
         plans.append(plan)
-    for name, module in swaps:
+    for name, module, native in swaps:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, QuantLinear.from_linear(module, preset.roles, backend))
-    return PlanReport(preset, plans)
+        setattr(parent, child, QuantLinear.from_linear(module, preset.roles, backend, native))
+    on = f"{device.type}, {str(dtype).removeprefix('torch.')}"
+    return PlanReport(preset, plans, gemm=gemm, gemm_on=on)
+
+
+def _section_gemm(precision: Any) -> str:
+    """precision.gemm of a [precision] section or mapping; "emulated" for a preset."""
+    if isinstance(precision, Mapping):
+        return precision.get("gemm", "auto")
+    return getattr(precision, "gemm", "emulated")
 
 
 def quant_linears(model: nn.Module) -> dict[str, QuantLinear]:

@@ -45,6 +45,9 @@ GEMMS = {
 
 HIGH = "high"  # a role override meaning: leave this operand in high precision
 
+# precision.gemm: how the GEMMs multiply quantized operands (nblab.precision.gemm)
+GEMM_MODES = ("emulated", "native", "auto")
+
 # A role override table may start from a named QuantSpec with this key; without it
 # the table edits the preset's spec for that role (or QuantSpec() defaults when the
 # preset keeps the role in high precision).
@@ -590,6 +593,7 @@ PRECISION_PRESETS: dict[str, PrecisionPreset] = {
 __all__ = [
     "BASE_KEY",
     "GEMMS",
+    "GEMM_MODES",
     "HIGH",
     "PRECISION_PRESETS",
     "ROLES",

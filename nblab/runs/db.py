@@ -23,6 +23,29 @@ T = TypeVar("T")
 _BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
+# A write the disk had no room for: SQLITE_FULL (ENOSPC, a write cut short by a file size
+# limit), or SQLITE_IOERR_WRITE (a write refused outright, e.g. EFBIG at the limit).
+_FULL_NAMES = ("SQLITE_FULL", "SQLITE_IOERR_WRITE")
+
+
+class StoreFullError(OSError):
+    """The run store could not be written because the disk (or a file size limit) had
+    no room. The transaction rolled back: the database holds what it held before."""
+
+
+def _full(conn: sqlite3.Connection, error: sqlite3.OperationalError) -> StoreFullError:
+    try:
+        path = conn.execute("PRAGMA database_list").fetchone()[2]
+    except sqlite3.Error:
+        path = "the run store's database"
+    name = getattr(error, "sqlite_errorname", "")
+    return StoreFullError(
+        f"the run store {path} could not be written: the disk is full or a file size "
+        f"limit was reached ({name}: {error}). The write was rolled back and the database "
+        "is intact; free space, then resume the run (nblab run --resume RUN_ID)"
+    )
+
+
 def _is_busy(error: sqlite3.OperationalError) -> bool:
     # Extended result codes keep the primary code in the low byte.
     return (getattr(error, "sqlite_errorcode", 0) & 0xFF) in _BUSY_CODES
@@ -77,4 +100,9 @@ def write(conn: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]) -> 
             raise
         return result
 
-    return retry(attempt)
+    try:
+        return retry(attempt)
+    except sqlite3.OperationalError as error:
+        if getattr(error, "sqlite_errorname", "") in _FULL_NAMES:
+            raise _full(conn, error) from error
+        raise

@@ -7,6 +7,7 @@ the field already ran it.
 """
 
 import sqlite3
+from collections.abc import Callable
 
 STATUSES = ("queued", "running", "succeeded", "failed", "diverged", "cancelled")
 TERMINAL_STATUSES = ("succeeded", "failed", "diverged", "cancelled")
@@ -15,7 +16,10 @@ _STATUS_CHECK = ", ".join(f"'{s}'" for s in STATUSES)
 
 # Times are Unix seconds (REAL, UTC). A metric value may be NULL: SQLite stores a
 # float NaN as NULL, and NaN is exactly what a diverging run logs.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
+# A migration is a tuple of SQL statements; a step that moves data SQL cannot (numbers into
+# blobs) is a function of the connection, run in the same transaction.
+Step = str | Callable[[sqlite3.Connection], None]
+MIGRATIONS: tuple[tuple[Step, ...], ...] = (
     # 1: runs and the three event tables.
     (
         f"""CREATE TABLE runs (
@@ -74,7 +78,46 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
 )
 
+# What a run is: a training run (the default), an evaluation of a run's checkpoint, a
+# merge of several runs. `sources` is JSON: [{"run_id": ..., "step": ...}, ...], the runs
+# (and their checkpoints) an eval or merge run was made from; NULL for training runs.
+RUN_KINDS = ("train", "eval", "merge")
+_KIND_CHECK = ", ".join(f"'{k}'" for k in RUN_KINDS)
+MIGRATIONS += (
+    # 4: run kinds and their sources
+    (
+        f"ALTER TABLE runs ADD COLUMN kind TEXT NOT NULL DEFAULT 'train' "
+        f"CHECK (kind IN ({_KIND_CHECK}))",
+        "ALTER TABLE runs ADD COLUMN sources TEXT",
+    ),
+    # 5: the model's parameter count (the trainer sets it once the model is built), for
+    # run lists that say what was trained without reading the recipe
+    ("ALTER TABLE runs ADD COLUMN params INTEGER",),
+    # 6: metrics as chunks of numpy arrays (nblab.runs.series): fewer bytes, read
+    # back without a Python object per value; the rows of `metrics` move there
+    (
+        """CREATE TABLE metric_chunks (
+            run_id     TEXT NOT NULL REFERENCES runs (run_id),
+            key        TEXT NOT NULL,
+            first_step INTEGER NOT NULL,  -- min and max step of the chunk, for since_step
+            last_step  INTEGER NOT NULL,
+            n          INTEGER NOT NULL,
+            steps      BLOB NOT NULL,     -- n int64, little-endian
+            vals       BLOB NOT NULL,     -- n float64 (NaN kept)
+            times      BLOB NOT NULL      -- n float64, Unix seconds
+        )""",
+        "CREATE INDEX metric_chunks_run_key ON metric_chunks (run_id, key, last_step)",
+        lambda conn: _series().convert_legacy_metrics(conn),
+    ),
+)
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _series():
+    # imported when needed: numpy costs `nblab runs` more than the rest of its work
+    from nblab.runs import series
+
+    return series
 
 
 def check_status(status: str, allowed: tuple[str, ...] = STATUSES) -> str:
@@ -104,8 +147,11 @@ def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
         try:
             if conn.execute("PRAGMA user_version").fetchone()[0] == version:
                 # Statement by statement: executescript() would COMMIT our transaction.
-                for statement in MIGRATIONS[version]:
-                    conn.execute(statement)
+                for step in MIGRATIONS[version]:
+                    if isinstance(step, str):
+                        conn.execute(step)
+                    else:
+                        step(conn)
                 conn.execute(f"PRAGMA user_version = {version + 1}")
             conn.execute("COMMIT")
         except BaseException:

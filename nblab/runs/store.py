@@ -5,6 +5,8 @@ Times are Unix seconds (float, UTC) everywhere: in the database, in DataFrames a
 `pd.to_datetime(df.created, unit="s", utc=True)`.
 """
 
+from __future__ import annotations
+
 import json
 import numbers
 import os
@@ -16,14 +18,26 @@ import time
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from nblab.runs import db
 from nblab.runs.liveness import HOST, death_of
-from nblab.runs.schema import TERMINAL_STATUSES, check_status
+from nblab.runs.schema import RUN_KINDS, TERMINAL_STATUSES, check_status
 from nblab.runs.writer import RunWriter
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from nblab.runs.series import Series
+
+
+def _dataframe(rows: list, columns: Iterable[str], dtypes: dict) -> pd.DataFrame:
+    # pandas is imported here, not at the top: a training job (a bare GPU machine
+    # included) writes to the store without it
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=list(columns)).astype(dtypes)
+
 
 RUN_COLUMNS = (
     "run_id",
@@ -41,8 +55,11 @@ RUN_COLUMNS = (
     "error",
     "scheduler_job",
     "scheduler_state",
+    "kind",
+    "sources",
+    "params",
 )
-_RUN_DTYPES = {"step": "Int64", "steps": "Int64", "pid": "Int64"} | {
+_RUN_DTYPES = {"step": "Int64", "steps": "Int64", "pid": "Int64", "params": "Int64"} | {
     t: "float64" for t in ("created", "started", "ended", "heartbeat")
 }
 _SAFE_RUN_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]*")
@@ -119,12 +136,23 @@ class RunStore:
     # -- writes ---------------------------------------------------------------------
 
     def create_run(
-        self, name: str, recipe: str, sweep: str | None = None, *, steps: int | None = None
+        self,
+        name: str,
+        recipe: str,
+        sweep: str | None = None,
+        *,
+        steps: int | None = None,
+        kind: str = "train",
+        sources: list[dict[str, Any]] | None = None,
     ) -> str:
         """Register a `queued` run; write its recipe to `run_dir(run_id)/recipe.toml`.
 
         `recipe` is the recipe as TOML text; `steps`, if known, the total for progress.
+        `kind`: train, eval or merge; `sources`: what an eval or merge run was made from,
+        [{"run_id": ..., "step": ...}, ...] (each run must exist).
         """
+        if kind not in RUN_KINDS:
+            raise ValueError(f"kind {kind!r} is not one of {', '.join(RUN_KINDS)}")
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty string, got {name!r}")
         if sweep is not None and (not isinstance(sweep, str) or not sweep):
@@ -137,6 +165,13 @@ class RunStore:
             tomllib.loads(recipe)
         except tomllib.TOMLDecodeError as error:
             raise ValueError(f"recipe is not valid TOML: {error}") from None
+        sources_json = None
+        if sources is not None:
+            for source in sources:
+                if not isinstance(source, dict) or "run_id" not in source:
+                    raise ValueError(f"a source must be a dict with a run_id, got {source!r}")
+                self.run(source["run_id"])  # KeyError names an unknown run
+            sources_json = json.dumps([dict(s) for s in sources])
 
         for _ in range(100):
             now = time.time()
@@ -144,9 +179,9 @@ class RunStore:
             try:
                 self._write(
                     lambda conn, run_id=run_id, now=now: conn.execute(
-                        "INSERT INTO runs (run_id, name, sweep, recipe, status, steps, created)"
-                        " VALUES (?, ?, ?, ?, 'queued', ?, ?)",
-                        (run_id, name, sweep, recipe, steps, now),
+                        "INSERT INTO runs (run_id, name, sweep, recipe, status, steps, created,"
+                        " kind, sources) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
+                        (run_id, name, sweep, recipe, steps, now, kind, sources_json),
                     )
                 )
                 break
@@ -163,11 +198,24 @@ class RunStore:
         """Forget the events logged after `step`: a run resuming from its checkpoint at
         `step` logs those steps again, and each step must appear once."""
 
+        from nblab.runs import series
+
         def body(conn: sqlite3.Connection) -> None:
-            for table in ("metrics", "stats", "histograms"):
+            series.rewind(conn, run_id, step)
+            for table in ("stats", "histograms"):
                 conn.execute(f"DELETE FROM {table} WHERE run_id = ? AND step > ?", (run_id, step))
 
         self._write(body)
+
+    def set_params(self, run_id: str, params: int) -> None:
+        """Record the parameter count of the model `run_id` trains."""
+        if isinstance(params, bool) or not isinstance(params, numbers.Integral) or params < 0:
+            raise ValueError(f"params must be a non-negative integer, got {params!r}")
+        self._write(
+            lambda conn: conn.execute(
+                "UPDATE runs SET params = ? WHERE run_id = ?", (int(params), run_id)
+            )
+        )
 
     def set_scheduler_job(self, run_id: str, job: str | None, state: str | None) -> None:
         """Record the cluster scheduler's job of `run_id` (e.g. "slurm:1234_0") and its
@@ -251,8 +299,21 @@ class RunStore:
         """One row per run (oldest first), optionally of one sweep and/or some statuses.
 
         Columns: run_id, name, sweep, status, step, steps, pid, host, created, started,
-        ended, heartbeat, error. The recipe text is left out; `run()` has it.
+        ended, heartbeat, error, scheduler_job, scheduler_state, kind, sources (JSON
+        text), params (the model's parameter count, once training built it). The recipe
+        text is left out; `run()` has it.
         """
+        rows = self._run_rows(sweep, status)
+        return _dataframe(rows, RUN_COLUMNS, _RUN_DTYPES)
+
+    def rows(
+        self, sweep: str | None = None, status: str | Iterable[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """What `runs()` returns, as one dict of plain values (None for a missing one) per
+        run: for callers that must not pay for pandas (the command line, the server)."""
+        return [dict(zip(RUN_COLUMNS, row, strict=True)) for row in self._run_rows(sweep, status)]
+
+    def _run_rows(self, sweep: str | None, status: str | Iterable[str] | None) -> list[tuple]:
         where, params = [], []
         if sweep is not None:
             where.append("sweep = ?")
@@ -267,8 +328,7 @@ class RunStore:
         sql = f"SELECT {', '.join(RUN_COLUMNS)} FROM runs"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        rows = self._read(sql + " ORDER BY created, run_id", params)
-        return pd.DataFrame(rows, columns=list(RUN_COLUMNS)).astype(_RUN_DTYPES)
+        return self._read(sql + " ORDER BY created, run_id", params)
 
     def run(self, run_id: str) -> dict[str, Any]:
         """Everything about `run_id` (the `runs()` columns plus `recipe`) as plain values."""
@@ -315,21 +375,53 @@ class RunStore:
         sql = f"SELECT {', '.join(columns)} FROM {table} WHERE {' AND '.join(where)}"
         return self._read(sql + " ORDER BY run_id, step, rowid", params)
 
+    def _series_args(self, run_ids, keys, since_step) -> tuple[list[str], list | None, int | None]:
+        ids = self._known(run_ids)
+        if keys is not None:
+            keys = [keys] if isinstance(keys, str) else list(keys)
+        return ids, keys, (None if since_step is None else _plain(since_step))
+
     def metrics(
         self,
         run_ids: str | Iterable[str],
         keys: str | Iterable[str] | None = None,
         since_step: int | None = None,
     ) -> pd.DataFrame:
-        """Metrics in long format: run_id, step, key, value, time.
+        """Metrics in long format: run_id, step, key, value, time, ordered by run_id and
+        step (a step's keys in the order they were logged).
 
         `since_step` keeps steps strictly after it, so a poller passes the last step it
         has. A NaN value (a diverged loss) reads back as NaN.
         """
-        columns = ("run_id", "step", "key", "value", "time")
-        rows = self._events("metrics", columns, run_ids, {"key": keys}, since_step)
-        dtypes = {"step": "int64", "value": "float64", "time": "float64"}
-        return pd.DataFrame(rows, columns=list(columns)).astype(dtypes)
+        import pandas as pd
+
+        from nblab.runs import series
+
+        args = self._series_args(run_ids, keys, since_step)
+        columns = db.retry(lambda: series.read_long(self._conn(), *args))
+        for name in ("run_id", "key"):
+            columns[name] = pd.array(columns[name], dtype="str")
+        return pd.DataFrame(columns)
+
+    def series(
+        self,
+        run_ids: str | Iterable[str],
+        keys: str | Iterable[str] | None = None,
+        since_step: int | None = None,
+    ) -> dict[str, dict[str, Series]]:
+        """Metrics as arrays, the fast read: {run_id: {key: Series(step, value, time)}},
+        each in step order; runs and keys without values (after `since_step`) are left
+        out. What `metrics()` returns, without building a long DataFrame."""
+        from nblab.runs import series  # numpy: imported where metrics are read
+
+        args = self._series_args(run_ids, keys, since_step)
+        return db.retry(lambda: series.read(self._conn(), *args))
+
+    def recipes(self, run_ids: Iterable[str]) -> dict[str, str]:
+        """{run_id: recipe TOML} of `run_ids`, in one query (KeyError names unknown ones)."""
+        ids = self._known(run_ids)
+        marks = ", ".join("?" * len(ids))
+        return dict(self._read(f"SELECT run_id, recipe FROM runs WHERE run_id IN ({marks})", ids))
 
     def stats(
         self,
@@ -343,7 +435,16 @@ class RunStore:
         filters = {"module": module, "role": role}
         rows = self._events("stats", columns, run_ids, filters, since_step)
         dtypes = {c: "float64" for c in ("sqnr", "saturation", "underflow", "time")}
-        return pd.DataFrame(rows, columns=list(columns)).astype(dtypes | {"step": "int64"})
+        return _dataframe(rows, columns, dtypes | {"step": "int64"})
+
+    def histogram_modules(self, run_ids: str | Iterable[str]) -> list[str]:
+        """The modules that have histograms in `run_ids`, sorted, without reading the
+        histograms themselves (a 200-run sweep holds about 150k of them)."""
+        ids = self._known(run_ids)
+        sql = (
+            f"SELECT DISTINCT module FROM histograms WHERE run_id IN ({', '.join('?' * len(ids))})"
+        )
+        return sorted(row[0] for row in self._read(sql, ids))
 
     def histograms(
         self,
@@ -361,4 +462,4 @@ class RunStore:
             )
         ]
         dtypes = {"step": "int64", "time": "float64"}
-        return pd.DataFrame(rows, columns=list(columns)).astype(dtypes)
+        return _dataframe(rows, columns, dtypes)

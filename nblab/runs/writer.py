@@ -14,6 +14,7 @@ import traceback
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from nblab.runs.db import StoreFullError
 from nblab.runs.schema import TERMINAL_STATUSES, check_status
 
 if TYPE_CHECKING:
@@ -95,7 +96,7 @@ class RunWriter:
             raise ValueError(f"metrics must be a mapping of key to number, got {values!r}")
         now = time.time()
         rows = [
-            (self.run_id, step, _name("metric key", key), _number(f"metric {key!r}", v), now)
+            (step, _name("metric key", key), _number(f"metric {key!r}", v), now)
             for key, v in values.items()
         ]
         self._metrics += rows  # only after every value passed: a bad dict adds nothing
@@ -139,11 +140,19 @@ class RunWriter:
     def flush(self) -> None:
         """Write every buffered event and the heartbeat in one transaction."""
         self._check_open()
+        self._flush(merge=False)
+
+    def _flush(self, merge: bool) -> None:
+        """flush(); `merge`: also merge the run's small metric chunks (at close)."""
+        from nblab.runs import series  # numpy: not needed by those who only read runs
+
         metrics, stats, histograms = self._metrics, self._stats, self._histograms
         max_step = self._max_step
 
         def body(conn: sqlite3.Connection) -> None:
-            conn.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?)", metrics)
+            series.write(conn, self.run_id, metrics)
+            if merge:
+                series.merge(conn, self.run_id)
             conn.executemany("INSERT INTO stats VALUES (?, ?, ?, ?, ?, ?, ?, ?)", stats)
             conn.executemany("INSERT INTO histograms VALUES (?, ?, ?, ?, ?, ?)", histograms)
             sql, params = "UPDATE runs SET heartbeat = ?", [time.time()]
@@ -172,7 +181,15 @@ class RunWriter:
         if self.closed:
             return
         check_status(status, TERMINAL_STATUSES)
-        self.flush()
+        self._check_open()
+        try:
+            self._flush(merge=True)  # its small metric chunks become one per key
+        except StoreFullError:
+            if status == "succeeded":
+                raise  # the caller fails the run, closing again with the error
+            # the events that did not fit are dropped so the end of the run is recorded:
+            # a one-row update, which fits where the rolled-back write's pages were
+            self._metrics, self._stats, self._histograms = [], [], []
         self.store.set_status(self.run_id, status, error=error)
         self.closed = True
 

@@ -7,6 +7,7 @@ server, and every command is an argument list: no request value reaches a shell.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ def start_sweep(store: RunStore, toml: Path, jobs: int, resume: bool) -> dict[st
 
 
 def cancel_run(store: RunStore, run_id: str, wait: float) -> dict[str, Any]:
-    from nblab.batch.sweeps import cancel
+    from nblab.batch.cancellation import cancel
 
     try:
         store.run(run_id)
@@ -39,11 +40,26 @@ def cancel_run(store: RunStore, run_id: str, wait: float) -> dict[str, Any]:
 
 
 def rerun(store: RunStore, run_ids: list[str]) -> dict[str, Any]:
-    """A new queued run (same name, sweep, recipe, steps) for each run, launched detached."""
+    """A new queued run (same name, sweep, recipe, steps, kind and sources) for each run,
+    launched detached."""
     from nblab.batch.launcher import launch_detached
 
     runs = [store.run(run_id) for run_id in run_ids]
-    new = [store.create_run(r["name"], r["recipe"], r["sweep"], steps=r["steps"]) for r in runs]
+    made = [r["run_id"] for r in runs if r.get("kind", "train") == "merge"]
+    if made:  # a merge run is not a job: remake it with its command
+        raise ApiError(409, f"run {made[0]} is not a training run; make it again with nblab merge")
+    # an eval run is a job like a training run (launch evaluates its recipe's eval.source)
+    new = [
+        store.create_run(
+            r["name"],
+            r["recipe"],
+            r["sweep"],
+            steps=r["steps"],
+            kind=r.get("kind") or "train",
+            sources=json.loads(r["sources"]) if r.get("sources") else None,
+        )
+        for r in runs
+    ]
     if new:
         launch_detached(new, jobs=1, store=store)
     return {"run_ids": new, "rerun_of": run_ids}
@@ -66,7 +82,26 @@ def rerun_sweep(store: RunStore, sweep: str) -> dict[str, Any]:
     latest = latest_runs(store, sweep)
     if latest.empty:
         raise ApiError(404, f"unknown sweep {sweep!r}")
+    latest = latest[latest.kind == "train"]  # its points; merges are made, not trained
     return rerun(store, list(latest.run_id[latest.status.isin(RERUNNABLE)]))
+
+
+def start_merge(
+    store: RunStore, sweep: str | None, run_ids: list[str] | None, method: str, top_k: int | None
+) -> dict[str, Any]:
+    """Check a merge (nblab.merge.plan_merge: a bad field is a 400 naming it, nothing
+    written), then make it as a run of kind merge in a detached process."""
+    from nblab.merge.run import MergeError, plan_merge, start_merge
+
+    if (sweep is None) == (run_ids is None):
+        raise ApiError(400, '"sweep" or "run_ids" is required (one of them): a sweep, or run ids')
+    try:
+        spec = plan_merge(sweep if sweep is not None else run_ids, method, top_k=top_k, store=store)
+    except MergeError as err:
+        field = {"--method": "method", "--top-k": "top_k"}.get(err.field, err.field)
+        raise ApiError(400, f'"{field}" {err.value!r}: {err.accepted}') from None
+    run_id = start_merge(spec, store)
+    return {"run_id": run_id, "name": spec.name, "method": spec.method, "members": spec.members}
 
 
 def build_report(store: RunStore, root_dir: Path, sweep: str) -> dict[str, Any]:

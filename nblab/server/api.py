@@ -156,22 +156,40 @@ def check_int(name: str, value: str | None, low: int, high: int | None = None) -
 # -- runs and sweeps --------------------------------------------------------------------
 
 
+class RunPaths:
+    """Where runs' output notebooks are, for the JSON of many runs: the store's runs
+    folder is resolved against the server root once, not once per run."""
+
+    def __init__(self, store: RunStore, root_dir: Path):
+        self.runs_dir = store.home / "runs"
+        self.runs_path = inside(Path(root_dir), self.runs_dir)
+
+    def json(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A run row plus where its output notebook is (`output_path`: inside the server
+        root, for the document manager; else None and only `output_file`)."""
+        run_id = row["run_id"]
+        output = self.runs_dir / run_id / OUTPUT_NOTEBOOK
+        path = None
+        if self.runs_path is not None:
+            path = "/".join(p for p in (self.runs_path, run_id, OUTPUT_NOTEBOOK) if p)
+        return row | {
+            "output_file": str(output),
+            "output_path": path,
+            "output_exists": output.exists(),
+        }
+
+
 def run_json(store: RunStore, root_dir: Path, row: dict[str, Any]) -> dict[str, Any]:
-    """A run row plus where its output notebook is (`output_path`: inside the server root,
-    for the document manager; else None and only `output_file`)."""
-    run_dir = store.run_dir(row["run_id"])
-    output = run_dir / OUTPUT_NOTEBOOK
-    return row | {
-        "output_file": str(output),
-        "output_path": inside(root_dir, output),
-        "output_exists": output.exists(),
-    }
+    """A run row plus where its output notebook is (see RunPaths.json)."""
+    store.run_dir(row["run_id"])  # ValueError for an id that cannot be a folder
+    return RunPaths(store, root_dir).json(row)
 
 
 def list_runs(
     store: RunStore, root_dir: Path, sweep: str | None, status: list[str] | None
 ) -> list[dict[str, Any]]:
-    return [run_json(store, root_dir, r) for r in records(store.runs(sweep=sweep, status=status))]
+    paths = RunPaths(store, root_dir)
+    return [paths.json(row) for row in store.rows(sweep=sweep, status=status)]
 
 
 def get_run(store: RunStore, root_dir: Path, run_id: str) -> dict[str, Any]:
@@ -230,7 +248,7 @@ def get_sweep(store: RunStore, root_dir: Path, name: str) -> dict[str, Any]:
         {"name": name}
         | sweep_summary(frame)
         | {
-            "run_list": [run_json(store, root_dir, r) for r in records(frame)],
+            "run_list": [RunPaths(store, root_dir).json(r) for r in records(frame)],
             "report": report,
         }
     )
@@ -242,7 +260,23 @@ def downsample(steps: np.ndarray, values: np.ndarray, max_points: int) -> tuple[
     if n > max_points:
         keep = np.unique(np.linspace(0, n - 1, max_points).round().astype(np.int64))
         steps, values = steps[keep], values[keep]
-    return [int(s) for s in steps], [plain(v) for v in values]
+    finite = [v if math.isfinite(v) else None for v in np.asarray(values, np.float64).tolist()]
+    return np.asarray(steps, np.int64).tolist(), finite
+
+
+def series_json(found: dict, max_points: int) -> dict[str, Any]:
+    """{key: {"steps", "values", "total"}} of one run's series (nblab.runs.series.Series),
+    each downsampled to about `max_points`; NaN as null."""
+    out = {}
+    for key in sorted(found):
+        steps, values = downsample(found[key].step, found[key].value, max_points)
+        out[key] = {"steps": steps, "values": values, "total": len(found[key].step)}
+    return out
+
+
+def last_step(found: dict) -> int | None:
+    """The furthest step of one run's series (each is in step order)."""
+    return max((int(s.step[-1]) for s in found.values()), default=None)
 
 
 def get_metrics(
@@ -254,12 +288,34 @@ def get_metrics(
 ) -> dict[str, Any]:
     """{"run_id", "last_step", "keys": {key: {"steps", "values", "total"}}}; NaN as null."""
     try:
-        frame = store.metrics(run_id, keys=keys, since_step=since_step)
+        found = store.series(run_id, keys=keys, since_step=since_step).get(run_id, {})
     except KeyError:
         raise ApiError(404, f"unknown run_id {run_id!r}") from None
-    out: dict[str, Any] = {}
-    for key, group in frame.groupby("key", sort=True):
-        steps, values = downsample(group.step.to_numpy(), group.value.to_numpy(), max_points)
-        out[key] = {"steps": steps, "values": values, "total": len(group)}
-    last = int(frame.step.max()) if len(frame) else since_step
-    return {"run_id": run_id, "last_step": last, "keys": out}
+    last = last_step(found)
+    return {
+        "run_id": run_id,
+        "last_step": since_step if last is None else last,
+        "keys": series_json(found, max_points),
+    }
+
+
+def get_many_metrics(
+    store: RunStore, run_ids: list[str] | None, keys: list[str] | None, max_points: int
+) -> dict[str, Any]:
+    """Metrics of many runs in one read (every run when `run_ids` is None), e.g. every
+    sparkline of the sidebar: {"runs": {run_id: {"last_step", "keys"}}}, runs without
+    values left out."""
+    if run_ids is None:
+        run_ids = [row["run_id"] for row in store.rows()]
+    if not run_ids:
+        return {"runs": {}}
+    try:
+        found = store.series(run_ids, keys=keys)
+    except KeyError as err:
+        raise ApiError(404, str(err.args[0])) from None
+    return {
+        "runs": {
+            run_id: {"last_step": last_step(by_key), "keys": series_json(by_key, max_points)}
+            for run_id, by_key in found.items()
+        }
+    }

@@ -4,7 +4,10 @@ One `EventHub` per server polls the run store every `poll_interval` seconds, and
 while at least one socket is open. Each tick reads `store.runs()` (one indexed query),
 compares it with the previous tick and pushes diffs:
 
-    {"type": "snapshot", "runs": [run, ...]}       to a socket when it opens
+    {"type": "snapshot", "runs": [run, ...],       to a socket when it opens, with the
+     "metrics": {run_id: {key: {"steps", "values", "total"}}}}
+                                                    history of its keys, downsampled to
+                                                    SNAPSHOT_POINTS (sparklines)
     {"type": "run", "run": run}                     a run is new or changed (status,
                                                     step, steps, error, start/end)
     {"type": "metrics", "run_id": id, "last_step": n,
@@ -13,8 +16,9 @@ compares it with the previous tick and pushes diffs:
                                                     read only for runs whose step moved
 
 A client sends {"type": "subscribe", "keys": ["loss", ...]} to choose the metric keys
-it receives (default: loss). Metric history before the socket opened comes from the
-REST route runs/{id}/metrics; clients merge by step.
+it receives (default: loss). So one socket is all a client needs, however many runs
+there are: no request per run. The REST routes series and runs/{id}/metrics serve
+more history; clients merge by step.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web, websocket
 from tornado.ioloop import PeriodicCallback
 
-from nblab.server.api import plain, records, run_json
+from nblab.server.api import RunPaths, plain, series_json
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -41,6 +45,7 @@ if TYPE_CHECKING:
 WATCHED = ("name", "sweep", "status", "step", "steps", "started", "ended", "error")
 DEFAULT_KEYS = ("loss",)
 MAX_KEYS = 32
+SNAPSHOT_POINTS = 100  # per run and key in a snapshot: a sparkline's worth (80 px)
 
 
 class EventHub:
@@ -61,8 +66,8 @@ class EventHub:
 
     async def add(self, socket: EventsSocket) -> None:
         self.sockets.add(socket)
-        runs = await asyncio.to_thread(self._snapshot)
-        socket.send({"type": "snapshot", "runs": runs})
+        runs, metrics = await asyncio.to_thread(self._snapshot, sorted(socket.keys))
+        socket.send({"type": "snapshot", "runs": runs, "metrics": metrics})
         if self._timer is None:
             self._timer = PeriodicCallback(self.tick, self.poll_interval * 1000)
             self._timer.start()
@@ -84,20 +89,25 @@ class EventHub:
 
     # -- polling ----------------------------------------------------------------------
 
-    def _snapshot(self) -> list[dict[str, Any]]:
-        """Every run now; for the first socket also the baseline that ticks diff against,
-        so a change right after the snapshot is pushed, not mistaken for the baseline."""
-        rows = records(self.store.runs())
+    def _snapshot(self, keys: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Every run now and the history of `keys` (downsampled); for the first socket
+        also the baseline that ticks diff against, so a change right after the snapshot
+        is pushed, not mistaken for the baseline."""
+        rows = self.store.rows()
         if self._seen is None:
             self._seen = {row["run_id"]: tuple(row[c] for c in WATCHED) for row in rows}
             self._metric_step = {row["run_id"]: row["step"] for row in rows}
-        return [run_json(self.store, self.root_dir, r) for r in rows]
+        found = self.store.series([r["run_id"] for r in rows], keys) if rows else {}
+        metrics = {run_id: series_json(s, SNAPSHOT_POINTS) for run_id, s in found.items()}
+        paths = RunPaths(self.store, self.root_dir)
+        return [paths.json(r) for r in rows], metrics
 
     def _poll(self, keys: set[str]) -> list[dict[str, Any]]:
         """One tick's messages (run in a worker thread: SQLite reads block)."""
-        rows = records(self.store.runs())
+        rows = self.store.rows()
         first = self._seen is None
         seen = self._seen or {}
+        paths = RunPaths(self.store, self.root_dir)
         messages, moved = [], []
         for row in rows:
             run_id = row["run_id"]
@@ -106,23 +116,28 @@ class EventHub:
                 self._metric_step[run_id] = row["step"]
                 continue
             if seen.get(run_id) != state:
-                messages.append({"type": "run", "run": run_json(self.store, self.root_dir, row)})
+                messages.append({"type": "run", "run": paths.json(row)})
             if row["step"] is not None and row["step"] != self._metric_step.get(run_id, -1):
                 moved.append(run_id)
         self._seen = {row["run_id"]: tuple(row[c] for c in WATCHED) for row in rows}
+        if not moved:
+            return messages
+        # one read for every run that moved, from the earliest step one of them still needs
+        since = {run_id: self._metric_step.get(run_id) for run_id in moved}
+        low = None if None in since.values() else min(since.values())
+        found = self.store.series(moved, sorted(keys), since_step=low)
         for run_id in moved:
-            since = self._metric_step.get(run_id)
-            frame = self.store.metrics(run_id, keys=sorted(keys), since_step=since)
-            if len(frame):
-                self._metric_step[run_id] = int(frame.step.max())
-                by_key = {
-                    key: {
-                        "steps": [int(s) for s in group.step],
-                        "values": [plain(v) for v in group.value],
+            by_key = {}
+            for key, s in found.get(run_id, {}).items():
+                keep = s.step > (-1 if since[run_id] is None else since[run_id])
+                if keep.any():
+                    by_key[key] = {
+                        "steps": [int(v) for v in s.step[keep]],
+                        "values": [plain(v) for v in s.value[keep]],
                     }
-                    for key, group in frame.groupby("key", sort=True)
-                }
-                last = self._metric_step[run_id]
+            if by_key:
+                last = max(steps["steps"][-1] for steps in by_key.values())
+                self._metric_step[run_id] = last
                 messages.append(
                     {"type": "metrics", "run_id": run_id, "last_step": last, "keys": by_key}
                 )

@@ -7,6 +7,7 @@ websocket authenticates in its own `get`. Routes, relative to `<base_url>`:
     GET  nblab/api/runs?sweep=&status=           runs, oldest first
     GET  nblab/api/runs/{id}                     one run (with its recipe)
     GET  nblab/api/runs/{id}/metrics?keys=&since_step=&max_points=
+    GET  nblab/api/series?keys=&max_points=&run_id=      metrics of many runs (default: all)
     POST nblab/api/runs/{id}/cancel              {"wait": seconds}?
     POST nblab/api/runs/{id}/rerun               a new run with the same recipe
     GET  nblab/api/sweeps                        one summary per sweep
@@ -14,6 +15,7 @@ websocket authenticates in its own `get`. Routes, relative to `<base_url>`:
     GET  nblab/api/sweeps/{name}                 summary, runs, report files
     POST nblab/api/sweeps/{name}/rerun           rerun its failed / cancelled points
     POST nblab/api/sweeps/{name}/report          build report.ipynb + report.html
+    POST nblab/api/merges                        {"sweep" | "run_ids", "method", "top_k"?}
     GET  nblab/api/sweeps/{name}/report.html     the built report, to open in a tab
     GET  nblab/api/events                        websocket (see events.py)
 """
@@ -36,7 +38,7 @@ from nblab.server.events import EventsSocket
 
 RUN_ID = r"(?P<run_id>[0-9A-Za-z][0-9A-Za-z_-]*)"
 SWEEP = r"(?P<sweep>[^/]+)"
-CANCEL_WAIT_S = 15.0  # nblab.batch.sweeps.CANCEL_GRACE_S
+CANCEL_WAIT_S = 15.0  # nblab.batch.cancellation.CANCEL_GRACE_S
 
 
 class NblabHandler(ExtensionHandlerMixin, APIHandler):
@@ -129,6 +131,22 @@ class MetricsHandler(NblabHandler):
         await self.call(api.get_metrics, self.store, run_id, keys, since, points or api.MAX_POINTS)
 
 
+class SeriesHandler(NblabHandler):
+    """Metrics of many runs in one request: the sidebar's sparklines, not a poll per run.
+    (Not named `metrics`: galata's test pages answer any URL with /api/me in it.)"""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        keys = [k for v in self.get_query_arguments("keys") for k in v.split(",") if k] or None
+        run_ids = [r for v in self.get_query_arguments("run_id") for r in v.split(",") if r]
+        arg = self.get_query_argument
+        points = self.check(api.check_int, "max_points", arg("max_points", None), 2, 100_000)
+        await self.call(
+            api.get_many_metrics, self.store, run_ids or None, keys, points or api.MAX_POINTS
+        )
+
+
 class CancelHandler(NblabHandler):
     @web.authenticated
     @authorized
@@ -181,6 +199,30 @@ class SweepRerunHandler(NblabHandler):
         await self.call(actions.rerun_sweep, self.store, sweep, status=201)
 
 
+class MergesHandler(NblabHandler):
+    """POST {"sweep": name} or {"run_ids": [...]}, "method", optional "top_k": a merge run."""
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        data = self.body({"sweep": str, "run_ids": list, "method": str, "top_k": int})
+        method = data.get("method")
+        if not isinstance(method, str):
+            raise web.HTTPError(400, '"method" is required: uniform, greedy, ties, ...')
+        run_ids = data.get("run_ids")
+        if run_ids is not None and not (
+            isinstance(run_ids, list) and all(isinstance(r, str) for r in run_ids)
+        ):
+            raise web.HTTPError(400, '"run_ids" must be a list of run ids')
+        sweep = data.get("sweep")
+        if sweep is not None and not isinstance(sweep, str):
+            raise web.HTTPError(400, '"sweep" must be a sweep name')
+        top_k = data.get("top_k")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)):
+            raise web.HTTPError(400, f'"top_k" must be an integer, got {top_k!r}')
+        await self.call(actions.start_merge, self.store, sweep, run_ids, method, top_k, status=201)
+
+
 class ReportHandler(NblabHandler):
     @web.authenticated
     @authorized
@@ -216,9 +258,11 @@ def routes() -> list[tuple[str, type]]:
         (rf"/{api_url}/runs", RunsHandler),
         (rf"/{api_url}/runs/{RUN_ID}", RunHandler),
         (rf"/{api_url}/runs/{RUN_ID}/metrics", MetricsHandler),
+        (rf"/{api_url}/series", SeriesHandler),
         (rf"/{api_url}/runs/{RUN_ID}/cancel", CancelHandler),
         (rf"/{api_url}/runs/{RUN_ID}/rerun", RerunHandler),
         (rf"/{api_url}/sweeps", SweepsHandler),
+        (rf"/{api_url}/merges", MergesHandler),
         (rf"/{api_url}/sweeps/{SWEEP}", SweepHandler),
         (rf"/{api_url}/sweeps/{SWEEP}/rerun", SweepRerunHandler),
         (rf"/{api_url}/sweeps/{SWEEP}/report", ReportHandler),

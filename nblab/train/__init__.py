@@ -1,7 +1,7 @@
-"""nblab.train: the built-in model and datasets (the training loop builds on these).
+"""nblab.train: datasets, the training loop, checkpoints and metrics (models: nblab.models).
 
 ds = build_dataset("pydoc")
-model = build_model("gpt", "tiny", vocab_size=ds.vocab_size, max_seq_len=256)
+result = nblab.train.trainer.train(Recipe.preset("gpt-tiny"))
 """
 
 from nblab.train.data import (
@@ -13,19 +13,13 @@ from nblab.train.data import (
     build_dataset,
     exact_match_accuracy,
 )
-from nblab.train.model import FLAVOURS, GPT, MODELS, GPTConfig, build_model
 
 __all__ = [
     "DATASETS",
-    "FLAVOURS",
-    "GPT",
-    "MODELS",
     "AdditionDataset",
     "Dataset",
-    "GPTConfig",
     "MissingDependencyError",
     "TokenStreamDataset",
     "build_dataset",
-    "build_model",
     "exact_match_accuracy",
 ]

@@ -168,6 +168,39 @@ def latest(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def model_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """{parameter name: shape} of the model a checkpoint holds (read from its metadata)."""
+    metadata = dcp.FileSystemReader(str(path)).read_metadata()
+    out = {}
+    for key, value in metadata.state_dict_metadata.items():
+        if key.startswith("model.") and hasattr(value, "size"):
+            out[key[len("model.") :]] = tuple(value.size)
+    return out
+
+
+def save_model(folder: Path, step: int, model) -> Path:
+    """Only `model`'s weights as checkpoint `step` under folder (one process): a model made
+    rather than trained (a merge) has no optimizer, schedule or RNG to resume. load_model,
+    model_shapes and model.init_from read it like any other."""
+    path = folder / f"{_PREFIX}{step:07d}"
+    tmp = folder / f".{path.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    with _single_process_ok():
+        dcp.save({"model": get_model_state_dict(model)}, checkpoint_id=tmp)
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)  # complete or absent
+    return path
+
+
+def load_model(path: Path, model) -> None:
+    """Only the model's weights of checkpoint `path` (a fine-tuning run's start), into a
+    model of any layout; the optimizer, schedule, step and RNG are left alone."""
+    state = {"model": get_model_state_dict(model)}
+    with _single_process_ok():
+        dcp.load(state, checkpoint_id=path)
+    set_model_state_dict(model, state["model"])
+
+
 def load(
     path: Path, model, optimizer, scheduler, pp: int = 1, aliases: dict[str, str] | None = None
 ) -> int:

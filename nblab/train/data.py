@@ -2,24 +2,45 @@
 
     ds = build_dataset("pydoc")                      # char-level stdlib docs, ~465k chars
     ds = build_dataset("text:/data/shakespeare.txt", tokenizer="byte")
+    ds = build_dataset("files:/data/corpus/", tokenizer="bpe:8192")  # jsonl / parquet / txt
     ds = build_dataset("addition", digits=3)         # "123+456=" -> "975$" (reversed sum)
     x, y = ds.get_batch("train", 16, 128, torch.Generator().manual_seed(0))  # (B, T) each
+    ds = build_data(recipe)                          # the same, from a recipe's [data]
 
 Every dataset follows the ``Dataset`` protocol below. ``y`` is ``x`` shifted by one token;
 positions whose loss must be left out hold -100 (the model's ``ignore_index``). Batches are
 built on the CPU from ``generator`` alone, so a seeded generator replays the same batches.
+
+pydoc, text and hf are one token stream cut in two (val is its end) with a char or byte
+tokenizer; files is a corpus of documents, split by document, with any tokenizer of
+nblab.train.tokenizer (bpe:N, a local tokenizer.json), tokenized once into a shared token
+cache (nblab.train.corpus). Recipe validation calls data_problems (recipe.SOURCE_CHECKS).
 """
 
 from __future__ import annotations
 
+import difflib
+import functools
 import hashlib
+import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
-IGNORE_INDEX = -100
+from nblab.models.protocol import IGNORE_INDEX, greedy_generate
+from nblab.train.instruct import build_instruct, instruct_options
+from nblab.train.tokenizer import (
+    ByteTokenizer,
+    CharTokenizer,
+    Tokenized,
+    Tokenizer,
+    TokenizerError,
+    load_path,
+    parse_spec,
+)
+
 SPLITS = ("train", "val")
 
 
@@ -28,7 +49,8 @@ class MissingDependencyError(ImportError):
 
 
 class Dataset(Protocol):
-    vocab_size: int
+    vocab_size: int  # the model's vocabulary: ids run from 0 to vocab_size - 1
+    tokenizer: Tokenizer
 
     def encode(self, text: str) -> list[int]: ...
 
@@ -41,47 +63,7 @@ class Dataset(Protocol):
     def describe(self) -> str: ...
 
 
-# ---------------------------------------------------------------------------------------------
-# tokenizers
-
-
-class CharTokenizer:
-    """One id per character of a fixed vocabulary (ids follow the order of ``chars``)."""
-
-    kind = "char"
-
-    def __init__(self, chars: str) -> None:
-        self.chars = chars
-        self.stoi = {c: i for i, c in enumerate(chars)}
-        self.vocab_size = len(chars)
-
-    def encode(self, text: str) -> list[int]:
-        try:
-            return [self.stoi[c] for c in text]
-        except KeyError as e:
-            raise ValueError(
-                f"character {e.args[0]!r} is not in this char vocabulary of {self.vocab_size} "
-                f"symbols; use tokenizer='byte' for open-ended text"
-            ) from None
-
-    def decode(self, ids: list[int]) -> str:
-        return "".join(self.chars[i] for i in ids)
-
-
-class ByteTokenizer:
-    """UTF-8 bytes, vocab 256. decode turns a character cut by a window edge into U+FFFD."""
-
-    kind = "byte"
-    vocab_size = 256
-
-    def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
-
-    def decode(self, ids: list[int]) -> str:
-        return bytes(ids).decode("utf-8", errors="replace")
-
-
-TOKENIZERS = ("byte", "char")
+TOKENIZERS = ("byte", "char")  # the built-in names; data.tokenizer also takes bpe:N and paths
 
 
 def _check_positive_int(name: str, value: object) -> None:
@@ -94,11 +76,38 @@ def _check_split(split: str) -> None:
         raise ValueError(f"split={split!r} is not a split; accepted: {list(SPLITS)}")
 
 
+def check_batch_args(split: str, batch_size: int, seq_len: int) -> None:
+    """The checks every get_batch makes on its arguments."""
+    _check_split(split)
+    _check_positive_int("batch_size", batch_size)
+    _check_positive_int("seq_len", seq_len)
+
+
+def window_starts(
+    split: str,
+    batch_size: int,
+    seq_len: int,
+    generator: torch.Generator,
+    tokens: dict,
+    where: str,
+) -> torch.Tensor:
+    """The first token of each of a batch's random windows of seq_len + 1 tokens in
+    tokens[split]; `where` names the token stream in the error when it is too short."""
+    check_batch_args(split, batch_size, seq_len)
+    n_tokens = len(tokens[split])
+    if n_tokens < seq_len + 1:
+        raise ValueError(
+            f"seq_len={seq_len} needs {seq_len + 1} tokens, but split {split!r} of {where} "
+            f"has {n_tokens}"
+        )
+    return torch.randint(0, n_tokens - seq_len, (batch_size,), generator=generator)  # (B,)
+
+
 # ---------------------------------------------------------------------------------------------
 # token streams: pydoc, text, hf
 
 
-class TokenStreamDataset:
+class TokenStreamDataset(Tokenized):
     """A token stream cut in two: train, then val. get_batch takes random windows of
     seq_len + 1 tokens from one split; no target is masked."""
 
@@ -146,25 +155,12 @@ class TokenStreamDataset:
             )
         return cls(name, source, tok, ids, val_ids)
 
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text)
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids)
-
     def get_batch(
         self, split: str, batch_size: int, seq_len: int, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        _check_split(split)
-        _check_positive_int("batch_size", batch_size)
-        _check_positive_int("seq_len", seq_len)
+        where = f"dataset {self.name!r}" + (f" ({self.source})" if self.source else "")
+        starts = window_starts(split, batch_size, seq_len, generator, self.tokens, where)
         data = self.tokens[split]
-        if len(data) < seq_len + 1:
-            raise ValueError(
-                f"seq_len={seq_len} needs {seq_len + 1} tokens, but split {split!r} of dataset "
-                f"{self.name!r} has {len(data)}"
-            )
-        starts = torch.randint(0, len(data) - seq_len, (batch_size,), generator=generator)  # (B,)
         windows = data[starts[:, None] + torch.arange(seq_len + 1)].long()  # (B, T + 1)
         return windows[:, :-1], windows[:, 1:]  # x (B, T), y (B, T)
 
@@ -265,7 +261,7 @@ def build_hf(
 # addition
 
 
-class AdditionDataset:
+class AdditionDataset(Tokenized):
     """Reversed-sum addition: "123+456=" then the sum's digits reversed, then END:
     "123+456=975$" (579 reversed). Operands are zero-padded to `digits` digits, so every
     prompt has the same length; the answer is not padded ("003+004=7$").
@@ -288,12 +284,6 @@ class AdditionDataset:
         self.prompt_len = 2 * digits + 2  # "aaa+bbb="
         self.max_answer_len = digits + 2  # up to digits + 1 sum digits, then END
         self.max_problem_len = self.prompt_len + self.max_answer_len
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text)
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids)
 
     def prompt(self, a: int, b: int) -> str:
         return f"{a:0{self.digits}d}+{b:0{self.digits}d}="
@@ -328,9 +318,7 @@ class AdditionDataset:
     def get_batch(
         self, split: str, batch_size: int, seq_len: int, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        _check_split(split)
-        _check_positive_int("batch_size", batch_size)
-        _check_positive_int("seq_len", seq_len)
+        check_batch_args(split, batch_size, seq_len)
         per_row = (seq_len + 1) // self.max_problem_len
         if per_row == 0:
             raise ValueError(
@@ -407,7 +395,7 @@ def exact_match_accuracy(
             prompts = torch.tensor(
                 [dataset.encode(dataset.prompt(a, b)) for a, b in chunk], device=device
             )  # (b, prompt_len)
-            out = model.generate(prompts, dataset.max_answer_len, greedy=True)  # (b, P + A)
+            out = greedy_generate(model, prompts, dataset.max_answer_len)  # (b, P + A)
             for (a, b), ids in zip(chunk, out[:, dataset.prompt_len :].tolist(), strict=True):
                 text = dataset.decode(ids)
                 got = text[: text.index(dataset.END) + 1] if dataset.END in text else text
@@ -418,12 +406,53 @@ def exact_match_accuracy(
 
 
 # ---------------------------------------------------------------------------------------------
+# files: a local corpus of documents
+
+
+def build_files(
+    *,
+    path=None,
+    tokenizer="char",
+    val_fraction=0.1,
+    seed=0,
+    text_column="text",
+    text_documents="paragraph",
+    split_seed=0,
+    cache_dir=None,
+):
+    """A local corpus (nblab.train.corpus): a file, folder or glob of .txt / .jsonl / .json /
+    .parquet files. Tokenized once into the token cache under cache_dir (default
+    $NBLAB_HOME/cache); train.seed (`seed`) is not used: the split follows split_seed, so
+    runs that differ in seed share one split and one cache."""
+    from nblab.train import corpus
+
+    if text_documents not in corpus.TEXT_DOCUMENTS:
+        raise ValueError(
+            f"text_documents={text_documents!r} is not a way to cut text files; accepted: "
+            f"{list(corpus.TEXT_DOCUMENTS)}"
+        )
+    try:
+        parse_spec(tokenizer)
+        files = corpus.corpus_files("" if path is None else str(path))
+        corpus.check_text_column(files, text_column)
+    except TokenizerError as err:
+        raise ValueError(f"tokenizer={tokenizer!r}: accepted: {err}") from None
+    spec = corpus.CorpusSpec(
+        tuple(files), text_column, text_documents, tokenizer, val_fraction, split_seed
+    )
+    folder, built = corpus.token_cache(spec, Path(cache_dir) if cache_dir else None)
+    return corpus.CorpusDataset(folder, built)
+
+
+# ---------------------------------------------------------------------------------------------
 # registry
 
 
 DATASETS: dict[str, Callable[..., Dataset]] = {
     "addition": build_addition,
+    "files": build_files,
     "hf": build_hf,
+    "instruct": build_instruct,  # prompt / response jsonl, loss on responses (instruct.py)
     "pydoc": build_pydoc,
     "text": build_text,
 }
@@ -434,7 +463,8 @@ def build_dataset(
 ) -> Dataset:
     """build_dataset("pydoc"), build_dataset("text", path=...), or the shorthand
     build_dataset("text:/path/file.txt"). Extra keywords go to the dataset (addition:
-    digits; hf: text_column). path="" counts as no path (the recipe's default)."""
+    digits; hf: text_column; files: text_column, text_documents, split_seed, cache_dir).
+    path="" counts as no path (the recipe's default)."""
     if path == "":
         path = None
     if ":" in name:
@@ -446,9 +476,10 @@ def build_dataset(
         path = shorthand
     if name not in DATASETS:
         raise ValueError(f"dataset name={name!r} is not registered; accepted: {sorted(DATASETS)}")
-    if tokenizer not in TOKENIZERS:
+    if name != "files" and tokenizer not in TOKENIZERS:
         raise ValueError(
-            f"tokenizer={tokenizer!r} is not a tokenizer; accepted: {list(TOKENIZERS)}"
+            f"tokenizer={tokenizer!r} is not a tokenizer of dataset {name!r}; accepted: "
+            f"{list(TOKENIZERS)} (bpe:N and tokenizer paths need dataset 'files')"
         )
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float):
         raise ValueError(f"val_fraction={val_fraction!r} must be a number between 0 and 1")
@@ -463,3 +494,196 @@ def build_dataset(
             f"accepted: {sorted(accepted)}"
         )
     return builder(path=path, tokenizer=tokenizer, val_fraction=val_fraction, seed=seed, **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# from a recipe: the dataset, its checks, its vocab size, its saved tokenizer
+
+TOKENIZER_DIR = "tokenizer"  # the run folder's copy of the run's tokenizer (save_tokenizer)
+
+
+def build_data(recipe, *, cache_dir=None) -> Dataset:
+    """The dataset of recipe.data (train.seed seeds the addition split). cache_dir: where
+    a files corpus's tokens are cached (default $NBLAB_HOME/cache)."""
+    d = recipe.data
+    extra: dict[str, Any] = {}
+    if d.name == "addition":
+        extra = {"digits": d.digits}
+    elif d.name == "hf":
+        extra = {"text_column": d.text_column}
+    elif d.name == "files":
+        extra = {
+            "text_column": d.text_column,
+            "text_documents": d.text_documents,
+            "split_seed": d.split_seed,
+            "cache_dir": cache_dir,
+        }
+    elif d.name == "instruct":  # fine-tuning data: its field names, the base run's tokenizer
+        extra = instruct_options(recipe, build_data)
+    return build_dataset(
+        d.name,
+        path=d.path or None,
+        tokenizer=d.tokenizer,
+        val_fraction=d.val_fraction,
+        seed=recipe.train.seed,
+        **extra,
+    )
+
+
+def save_tokenizer(dataset: Dataset, run_dir: str | Path) -> Path:
+    """Write the dataset's tokenizer to run_dir/tokenizer/ (tokenizer.json and
+    tokenizer_config.json, which transformers' AutoTokenizer loads); return that folder."""
+    return dataset.tokenizer.save(Path(run_dir) / TOKENIZER_DIR)
+
+
+def tokenizer_vocab_size(data) -> int | None:
+    """The vocab size recipe.data's tokenizer gives, without reading the corpus: bpe:N -> N
+    (the model's vocab; a small corpus may train fewer tokens), a path -> its tokenizer's
+    size with added tokens, byte -> 256 (257 for files: end-of-text), char -> known for
+    pydoc and addition only (None otherwise: it comes from the corpus). None when the
+    tokenizer is invalid (data_problems says why)."""
+    try:
+        kind, arg = parse_spec(data.tokenizer)
+        if kind == "path":
+            return load_path(arg).vocab_size
+    except (TokenizerError, TypeError, AttributeError):
+        return None
+    if kind == "bpe":
+        return arg
+    if kind == "byte":
+        return 257 if data.name == "files" else 256
+    if data.name == "addition":
+        return len(AdditionDataset.VOCAB)
+    if data.name == "pydoc":
+        return _pydoc_vocab_size()
+    return None
+
+
+@functools.cache
+def _pydoc_vocab_size() -> int:
+    return len(set(pydoc_text()))
+
+
+Problem = tuple[str, Any, str]
+BUILTIN_DATASETS = ("pydoc", "addition")  # generated: no path
+
+
+def vocab_problems(recipe) -> list[Problem]:
+    """A model that keeps its own embedding (a Hugging Face checkpoint with weights) with
+    fewer rows than the tokenizer has ids: the problem names both numbers."""
+    from nblab.models import embedding_rows
+
+    try:
+        rows = embedding_rows(recipe.model)
+    except (ValueError, OSError):
+        return []  # model_problems names what is wrong with the model
+    vocab = tokenizer_vocab_size(recipe.data)
+    if rows is None or vocab is None or vocab <= rows:
+        return []
+    return [
+        (
+            "data.tokenizer",
+            recipe.data.tokenizer,
+            f"a tokenizer of at most {rows} ids: model.path's embedding has {rows} rows, "
+            f"but this tokenizer has {vocab} ids",
+        )
+    ]
+
+
+def data_problems(recipe) -> list[Problem]:
+    """What recipe.data names that does not exist or does not fit, as (field path, bad
+    value, what is accepted). Cheap: reads a corpus file's first record (cached by path,
+    size and mtime) and a tokenizer file (cached by path and mtime), nothing more."""
+    d = recipe.data
+    problems = _tokenizer_problems(d)
+    try:
+        problems += _source_problems(d)
+    except Exception as err:  # noqa: BLE001 - a strange path must give a problem, not a crash
+        problems.append(
+            ("data.path", d.path, f"a readable local path ({type(err).__name__}: {err})")
+        )
+    return problems
+
+
+def _tokenizer_problems(d) -> list[Problem]:
+    spec = d.tokenizer
+    try:
+        kind, arg = parse_spec(spec)
+        if kind == "path":
+            load_path(arg)
+    except TokenizerError as err:
+        hint = [] if spec.startswith("bpe") else difflib.get_close_matches(spec, TOKENIZERS, n=1)
+        why = str(err) + (f"; did you mean {hint[0]!r}?" if hint else "")
+        return [("data.tokenizer", spec, why)]
+    except Exception as err:  # noqa: BLE001 - e.g. a path with a NUL byte
+        return [("data.tokenizer", spec, f"a readable local tokenizer path ({err})")]
+    if d.name == "addition" and kind != "char":
+        vocab = len(AdditionDataset.VOCAB)
+        return [
+            (
+                "data.tokenizer",
+                spec,
+                f"char: dataset 'addition' has its own {vocab}-symbol vocabulary",
+            )
+        ]
+    if d.name != "files" and kind not in TOKENIZERS:
+        return [
+            (
+                "data.tokenizer",
+                spec,
+                f"char or byte for data.name={d.name!r}; bpe:N and tokenizer paths tokenize "
+                f"documents: use data.name='files' with data.path a file, folder or glob",
+            )
+        ]
+    return []
+
+
+def _source_problems(d) -> list[Problem]:
+    from nblab.train import corpus
+
+    if d.name in BUILTIN_DATASETS:
+        if d.path:
+            return [("data.path", d.path, f"empty: dataset {d.name!r} takes no path")]
+        return []
+    if not d.path:  # the recipe's own check names the missing path
+        return []
+    p = Path(d.path).expanduser()
+    never = "nblab reads local files only and never downloads, so a hub name is refused"
+    if d.name == "text":
+        return (
+            [] if p.is_file() else [("data.path", d.path, f"an existing local text file; {never}")]
+        )
+    if d.name == "hf":
+        return _hf_problems(p, d, never)
+    if d.name == "files":
+        try:
+            corpus.check_text_column(corpus.corpus_files(d.path), d.text_column)
+        except corpus.CorpusError as err:
+            return [err.problem]
+    return []
+
+
+def _hf_problems(p: Path, d, never: str) -> list[Problem]:
+    """A save_to_disk folder: a Dataset (state.json) or a DatasetDict (dataset_dict.json),
+    whose features (dataset_info.json) hold the text column."""
+    if (p / "dataset_dict.json").is_file():
+        splits = json.loads((p / "dataset_dict.json").read_text()).get("splits", [])
+        info = next((p / s / "dataset_info.json" for s in splits), None)
+    elif (p / "state.json").is_file():
+        info = p / "dataset_info.json"
+    else:
+        return [
+            (
+                "data.path",
+                d.path,
+                f"a local folder saved by datasets' save_to_disk (with state.json or "
+                f"dataset_dict.json); {never}",
+            )
+        ]
+    try:
+        features = json.loads(info.read_text()).get("features") or {}
+    except (OSError, ValueError, AttributeError):
+        return []  # load_from_disk will say what is wrong with it
+    if features and d.text_column not in features:
+        return [("data.text_column", d.text_column, f"a column of {p}; it has {sorted(features)}")]
+    return []

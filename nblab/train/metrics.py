@@ -8,6 +8,8 @@ import sys
 import torch
 from torch import nn
 
+from nblab.precision.linear import linear_shape
+
 # Dense bf16 tensor-core peaks in TFLOP/s, by a substring of the device name.
 PEAK_TFLOPS_BF16 = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
 
@@ -27,13 +29,6 @@ def peak_memory_bytes(device: torch.device) -> int:
     return int(rss if sys.platform == "darwin" else rss * 1024)  # Linux reports KiB
 
 
-def flops_per_token(model: nn.Module, seq_len: int) -> float:
-    """6N (+ attention) per token: the model's own count when it has one."""
-    if hasattr(model, "flops_per_token"):
-        return float(model.flops_per_token(seq_len))
-    return 6.0 * sum(p.numel() for p in model.parameters())
-
-
 class WeightHistograms:
     """Histograms of each Linear weight with edges fixed at the first call (+-3x the
     initial max |w|, `bins` bins), so steps compare bin by bin. Values outside the
@@ -45,7 +40,7 @@ class WeightHistograms:
 
     def __call__(self, model: nn.Module):
         for name, module in model.named_modules():
-            if not isinstance(module, nn.Linear):
+            if linear_shape(module) is None:  # an nn.Linear or Conv1D
                 continue
             w = module.weight.detach().float().flatten().cpu()
             if name not in self.edges:

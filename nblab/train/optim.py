@@ -18,6 +18,9 @@ def build_optimizer(model: nn.Module, section) -> torch.optim.Optimizer:
         {"params": decay, "weight_decay": section.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    # an empty group (LoRA trains only matrices) would break loading optimizer state by
+    # parameter name (torch's flattened state dict names a group by its first parameter)
+    groups = [g for g in groups if g["params"]]
     if section.name == "adamw":
         return torch.optim.AdamW(groups, lr=section.lr, betas=tuple(section.betas), eps=section.eps)
     if section.name == "adam":

@@ -5,11 +5,16 @@
 Batches are drawn from a generator seeded by (seed, step, micro-batch), so the data
 position is just the step and a resumed run sees exactly the batches it would have.
 
-Under torchrun (WORLD_SIZE > 1; see nblab.parallel.launch) the same loop runs on every
+The model is whatever the recipe's [model] section builds (nblab.models: the built-in
+GPT, a Hugging Face causal LM, a module of one's own); the trainer speaks to it only
+through the model protocol (nblab.models.protocol): its Architecture's logits, blocks and
+parts, its ModelShape's counts.
+
+Under torchrun (WORLD_SIZE > 1; nblab.launch starts it) the same loop runs on every
 rank: nblab.parallel.runtime builds the mesh and applies TP / FSDP2 / DDP, each dp rank
 takes its rows of the same global micro-batch, the loss is divided by grad_accum x dp
-before backward (gradients are SUM-reduced), and only rank 0 writes to the store.
-`train()` of a recipe with parallel.nproc > 1 from a single process launches torchrun.
+before backward (gradients are SUM-reduced), and only rank 0 writes to the store. A
+recipe with parallel.nproc > 1 is started with nblab.launch.launch, not train() here.
 
 With parallel.pp > 1 (pipeline parallelism, nblab.parallel.pipeline) each rank keeps one
 stage of the model; a step stacks its grad_accum micro-batches and runs the pipeline
@@ -34,14 +39,24 @@ import torch
 from torch import nn
 
 import nblab_kernels as nk
+from nblab import finetune
+from nblab.models import build_model, model_shape, shape_of
+from nblab.models.protocol import architecture, lm_loss
+from nblab.models.py import from_module
 from nblab.parallel import runtime
+from nblab.parallel.planner import quant_bytes_per_element
 from nblab.precision.plan import PlanReport, apply_precision, quant_linears
 from nblab.recipe import Recipe
 from nblab.runs import RunStore
-from nblab.train import checkpoint
-from nblab.train.data import AdditionDataset, build_dataset, exact_match_accuracy
-from nblab.train.metrics import WeightHistograms, flops_per_token, peak_memory_bytes, peak_tflops
-from nblab.train.model import build_model
+from nblab.train import checkpoint, weights
+from nblab.train.data import (
+    AdditionDataset,
+    build_data,
+    exact_match_accuracy,
+    save_tokenizer,
+    tokenizer_vocab_size,
+)
+from nblab.train.metrics import WeightHistograms, peak_memory_bytes, peak_tflops
 from nblab.train.optim import build_optimizer, build_schedule
 
 log = logging.getLogger("nblab.train")
@@ -65,25 +80,39 @@ class TrainResult:
     plan: PlanReport | None = None
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device='cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
-    return torch.device(name)
+def describe_plan(shape, plan: PlanReport) -> str:
+    """A model's kind and parameter count, then every linear module with the spec of each
+    of its roles, or why it stays in high precision."""
+    s = shape
+    head = f"model {s.kind}: {s.n_params:,} parameters ({s.n_matmul_params:,} in matmuls)"
+    return f"{head}\n{plan}"
 
 
-def build_data(recipe: Recipe):
-    d = recipe.data
-    extra = {"digits": d.digits} if d.name == "addition" else {}
-    return build_dataset(
-        d.name,
-        path=d.path or None,
-        tokenizer=d.tokenizer,
-        val_fraction=d.val_fraction,
-        seed=recipe.train.seed,
-        **extra,
+def dry_run(recipe: Recipe) -> str:
+    """What training `recipe` would quantize, without training: the model is built on the
+    meta device (no weights are read), the precision plan applied, the parallel layout
+    validated. Nothing is written, except that a char tokenizer over a corpus of one's own
+    must read the corpus for its vocabulary (and caches its tokens, as a run would).
+    Raises what training would raise first."""
+    recipe.validate()
+    t = recipe.train
+    vocab = tokenizer_vocab_size(recipe.data) or build_data(recipe).vocab_size
+    shape = model_shape(recipe.model, vocab, t.seq_len)
+    if recipe.parallel.nproc > 1:
+        runtime.dims_for(recipe, recipe.parallel.nproc).validate(recipe, model=shape)
+    with torch.device("meta"):
+        model = build_model(recipe.model, vocab_size=vocab, max_seq_len=t.seq_len, weights=False)
+    arch = architecture(model)
+    plan = apply_precision(
+        model,
+        recipe.precision,
+        backend=recipe.precision.backend,
+        block_prefix=arch.block_prefix,
+        head=arch.head,
     )
+    # LoRA and a packed base from the shape alone (nothing is quantized on the meta device)
+    ft = finetune.finetune_memory(recipe, shape, lambda s: quant_bytes_per_element(s, 4))
+    return describe_plan(shape, plan) + (f"\n{ft.describe()}" if ft is not None else "")
 
 
 def _batch_generator(seed: int, step: int, micro: int) -> torch.Generator:
@@ -107,28 +136,42 @@ class Trainer:
         self.recipe, self.writer, self.progress = recipe, writer, progress
         self.run_dir = run_dir
         t = recipe.train
-        torch.manual_seed(t.seed)  # the same on every rank: TP / FSDP shard one init
-        self.parallel = runtime.init_distributed(recipe)  # None in a single process
-        self.device = self.parallel.device if self.parallel else resolve_device(t.device)
+        self.dataset = dataset if dataset is not None else build_data(recipe)
+        vocab = self.dataset.vocab_size
+        # of the whole model, from its config: a pipeline stage holds only part of it
+        self.shape = (shape_of(model, vocab) if model is not None else None) or model_shape(
+            recipe.model, vocab, t.seq_len
+        )
+        # None in a single process; validates the layout against the model's shape first
+        self.parallel = runtime.init_distributed(recipe, self.shape)
+        self.device = self.parallel.device if self.parallel else runtime.resolve_device(t.device)
         self.rank0 = self.parallel is None or self.parallel.is_rank0
         self.writer = writer if self.rank0 else None  # metrics from rank 0 only
-        self.dataset = dataset if dataset is not None else build_data(recipe)
+        torch.manual_seed(t.seed)  # the same on every rank: TP / FSDP shard one init
         if model is None:
-            model = build_model(
-                recipe.model.name,
-                recipe.model.flavour,
-                vocab_size=self.dataset.vocab_size,
-                max_seq_len=t.seq_len,
-                tie_embeddings=recipe.model.tie_embeddings,
-            )
-        self.plan = apply_precision(model, recipe.precision, backend=recipe.precision.backend)
+            model = build_model(recipe.model, vocab_size=vocab, max_seq_len=t.seq_len)
+        model = from_module(model, vocab)  # a module handed in gets its Architecture too
+        self.init_source = None
+        if recipe.model.init_from:  # a fine-tuning run: start from these weights
+            self.init_source = weights.resolve(recipe.model.init_from)
+            weights.load_weights(model, self.init_source)
+        self.arch = architecture(model)
+        self.plan = apply_precision(
+            model,
+            recipe.precision,
+            backend=recipe.precision.backend,
+            block_prefix=self.arch.block_prefix,
+            head=self.arch.head,
+            device=self.device,
+            dtype=torch.bfloat16 if t.dtype == "bfloat16" else torch.float32,
+        )
+        # LoRA and a packed base go on after the plan, so their linears keep its roles
+        self.finetune = finetune.prepare(model, recipe.finetune, self.arch)
         self.model = model.to(self.device)
-        # of the whole model: a pipeline stage holds only part of it
-        self._flops_per_token = flops_per_token(self.model, t.seq_len)
+        self._flops_per_token = self.shape.flops_per_token(t.seq_len)
         self.pipeline = None
         if self.parallel is not None:
             p = self.parallel
-            p.dims.validate(recipe, vocab_size=self.dataset.vocab_size)
             if p.dims.pp > 1:
                 self.pipeline = self._build_pipeline()
             else:
@@ -154,12 +197,23 @@ class Trainer:
                 f"train.compile=true with parallel.pp={pp} is not supported yet; set "
                 f"train.compile=false"
             )
-        if isinstance(self.dataset, AdditionDataset) and e.interval:
+        graded = isinstance(self.dataset, AdditionDataset) or hasattr(self.dataset, "exact_match")
+        if graded and e.interval:
             raise NotImplementedError(
-                f"data.name='addition' evaluates exact-match accuracy by generation, which "
-                f"parallel.pp={pp} does not support yet; set eval.interval=0 or parallel.pp=1"
+                f"data.name={self.recipe.data.name!r} evaluates exact-match accuracy by "
+                f"generation, which parallel.pp={pp} does not support yet; set eval.interval=0 "
+                f"or parallel.pp=1"
             )
         return Pipeline(self.model, self.parallel, self.recipe)
+
+    def describe(self) -> str:
+        """The model (its kind and parameter count), where its weights came from, and its
+        precision plan: plan.txt."""
+        text = describe_plan(self.shape, self.plan) + "\n" + self.finetune.describe()
+        if self.init_source is not None:
+            head, _, rest = text.partition("\n")
+            text = f"{head}\n{self.init_source.describe()}\n{rest}"
+        return text
 
     # -- pieces -------------------------------------------------------------------
 
@@ -206,7 +260,7 @@ class Trainer:
                 q.recording = record and micro == 0 and self._records_stats
             x, y = self._batch("train", _batch_generator(t.seed, self.step, micro))
             with self._autocast():
-                _, loss = self.step_fn(x, y)
+                loss = lm_loss(self.arch.logits(self.step_fn, x), y)
             # gradients are SUM-reduced over dp ranks: dividing by dp gives the global mean
             (loss / (t.grad_accum * self.dp)).backward()
             total += float(loss.detach())
@@ -255,27 +309,39 @@ class Trainer:
         self._log_step(lr, grad_norm, recorded)
         return loss_value
 
+    def val_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The eval.batches fixed validation batches that evaluate() reads (this dp rank's
+        rows): the same at every evaluation, so evaluations of the run's checkpoints
+        (nblab.eval) read them too."""
+        generator = torch.Generator().manual_seed(self.recipe.train.seed + 7919)
+        return [self._batch("val", generator) for _ in range(self.recipe.eval.batches)]
+
+    @torch.no_grad()
+    def val_loss(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+        """The model's mean loss over `batches` in this process, in the recipe's dtype
+        (the caller sets eval mode)."""
+        losses = []
+        for x, y in batches:
+            with self._autocast():
+                loss = lm_loss(self.arch.logits(self.model, x), y)
+            losses.append(float(loss))
+        return sum(losses) / len(losses)
+
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Mean val loss over eval.batches fixed batches (+ accuracy for addition)."""
-        e, t = self.recipe.eval, self.recipe.train
         self.model.eval()
-        generator = torch.Generator().manual_seed(t.seed + 7919)
+        batches = self.val_batches()
         if self.pipeline is not None:
-            batches = [self._batch("val", generator) for _ in range(e.batches)]
             with self._autocast():
                 losses = self.pipeline.eval_losses(batches)
             self.model.train()
             return {"val_loss": self._mean(sum(losses) / len(losses))}
-        losses = []
-        for _ in range(e.batches):
-            x, y = self._batch("val", generator)
-            with self._autocast():
-                _, loss = self.model(x, y)
-            losses.append(float(loss))
-        out = {"val_loss": self._mean(sum(losses) / len(losses))}
+        out = {"val_loss": self._mean(self.val_loss(batches))}
         if isinstance(self.dataset, AdditionDataset):
             out["val_accuracy"] = exact_match_accuracy(self.model, self.dataset, 256, self.device)
+        elif hasattr(self.dataset, "exact_match"):  # instruct data: exact answers, graded
+            out["val_accuracy"] = self.dataset.exact_match(self.model, 256, self.device)
         self.model.train()
         return out
 
@@ -402,7 +468,9 @@ class Trainer:
 
     def run(self) -> dict[str, float]:
         t, e, c = self.recipe.train, self.recipe.eval, self.recipe.checkpoint
-        log.info("%s", self.plan)
+        log.info("%s", self.describe())
+        if self.writer is not None:
+            self.writer.store.set_params(self.writer.run_id, self.shape.n_params)
         # NBLAB_STEP_DELAY_S: a pause after every step, so that tests of time limits and
         # preemption can make a run outlast a limit on a machine of any speed
         delay = float(os.environ.get("NBLAB_STEP_DELAY_S", "0") or 0)
@@ -450,27 +518,27 @@ def train(
     resume=True continues it from its latest checkpoint. Exceptions other than
     divergence are recorded as `failed` and raised again.
 
-    parallel.nproc > 1 from a single process: torchrun is started (nblab.parallel.launch)
-    and this call waits for it. Under torchrun every rank calls train() with the same
-    run_id; rank 0 alone writes the run's events and status."""
+    This process trains: under torchrun every rank calls train() with the same run_id
+    (nblab.launch starts them), and rank 0 alone writes the run's events and status. A
+    recipe with parallel.nproc > 1 in a single process is refused: start it with
+    nblab.launch.launch, which runs torchrun (or this function when nproc is 1)."""
     recipe.validate()
     store = store or RunStore()
     if recipe.parallel.nproc > 1 and runtime.world_size() == 1:
-        if model is not None or dataset is not None:
-            raise ValueError("a parallel run (parallel.nproc > 1) builds its own model and data")
-        from nblab.parallel.launch import launch
-
-        return launch(
-            recipe, store=store, run_id=run_id, sweep=sweep, resume=resume, progress=progress
+        raise ValueError(
+            f"parallel.nproc={recipe.parallel.nproc} needs torchrun: start the run with "
+            f"nblab.launch.launch(recipe), not nblab.train.trainer.train"
         )
     if run_id is None and runtime.world_size() > 1:
-        raise ValueError("under torchrun every rank needs the same run_id (nblab.parallel.launch)")
+        raise ValueError("under torchrun every rank needs the same run_id (nblab.launch)")
     if run_id is None:
         run_id = store.create_run(recipe.name, recipe.to_toml(), sweep, steps=recipe.train.steps)
     run_dir = store.run_dir(run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = _file_log(run_dir)
-    writer = store.writer(run_id) if runtime.is_rank0() else None
+    from nblab.export.tensorboard import mirror  # metrics.tensorboard: live event files
+
+    writer = mirror(store.writer(run_id), recipe, run_dir) if runtime.is_rank0() else None
     trainer = None
     try:
         log.info("run %s (pid %d): %s", run_id, os.getpid(), recipe.name)
@@ -478,7 +546,11 @@ def train(
             recipe, model=model, dataset=dataset, run_dir=run_dir, writer=writer, progress=progress
         )
         if trainer.rank0:
-            (run_dir / "plan.txt").write_text(str(trainer.plan) + "\n")
+            (run_dir / "plan.txt").write_text(trainer.describe() + "\n")
+            if hasattr(getattr(trainer.dataset, "tokenizer", None), "save"):
+                save_tokenizer(trainer.dataset, run_dir)  # run_dir/tokenizer: what it read
+            if trainer.init_source is not None:
+                weights.record(run_dir, trainer.init_source)
         if resume:
             trainer.resume()
         metrics = trainer.run()

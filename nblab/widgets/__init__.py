@@ -4,7 +4,7 @@
     builder = RecipeBuilder()              # ipywidgets form; builder.recipe is valid
     RunMonitor("fp4-study")                # panel + bokeh, refreshed from the store
 
-Forms (RecipeBuilder, SweepBuilder) are ipywidgets; plots (RunMonitor,
+Forms (RecipeBuilder, SweepBuilder, MergeBuilder) are ipywidgets; plots (RunMonitor,
 QuantErrorHeatmap, WeightDistribution, FormatExplorer, compare) are panel layouts of
 bokeh / holoviews figures. Every view of runs takes a run id, a list of run ids, a
 SweepHandle (or anything with `.run_ids` / `.run_id`) or a sweep name alike.
@@ -26,6 +26,9 @@ _EXPORTS = {
     "QuantErrorHeatmap": "nblab.widgets.heatmap",
     "WeightDistribution": "nblab.widgets.weights",
     "compare": "nblab.widgets.comparison",
+    "MergeBuilder": "nblab.widgets.merge",
+    "SensitivityMap": "nblab.widgets.sensitivity",  # nblab.eval's views
+    "PrecisionAdvisor": "nblab.widgets.advisor",
 }
 __all__ = list(_EXPORTS)
 

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-RECIPE = 'name = "bench"\n[train]\nsteps = 1\n'
+RECIPE = 'name = "bench"\n[train]\nsteps = 1\n[optimizer]\nlr = {lr}\n'  # one point per run
 
 
 def _write(writer, start: int, stop: int, rng: np.random.Generator) -> None:
@@ -44,7 +44,7 @@ def monitor_refresh_benchmark(
         rng = np.random.default_rng(0)
         writers = []
         for i in range(n_runs):
-            run_id = store.create_run(f"run{i}", RECIPE, sweep="bench")
+            run_id = store.create_run(f"run{i}", RECIPE.format(lr=1e-3 * (i + 1)), sweep="bench")
             writer = store.writer(run_id, flush_every=None)
             _write(writer, 1, points + 1, rng)
             writers.append(writer)

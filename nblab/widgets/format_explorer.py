@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from nblab.widgets.display import PanelView
 from nblab.widgets.runset import holoviews
 from nblab_kernels import QUANT_PRESETS, QuantSpec, fake_quantize, quant_stats
 
@@ -64,7 +65,7 @@ def value_grid(spec: QuantSpec) -> np.ndarray | None:
     return np.concatenate([-v[:0:-1], v])
 
 
-class FormatExplorer:
+class FormatExplorer(PanelView):
     """Compare `specs` (QUANT_PRESETS names) on one sample: SAMPLES name, or a tensor
     (e.g. a weight) passed in `tensors={"name": tensor}` and chosen by name."""
 
@@ -162,7 +163,11 @@ class FormatExplorer:
             for name, err in self.errors.items()
         ]
         return hv.Overlay(curves).opts(
-            title=f"error x - q(x), {self.sample}", height=260, responsive=True, logy=True
+            title=f"error x - q(x), {self.sample}",
+            height=260,
+            responsive=True,
+            logy=True,
+            ylim=(0.5, None),  # empty bins (count 0) have no log: the axis starts below 1
         )
 
     def sqnr_plot(self):
@@ -207,9 +212,3 @@ class FormatExplorer:
             pn.pane.HoloViews(self.error_plot(), sizing_mode="stretch_width"),
             pn.pane.DataFrame(self.results.round(5), index=False),
         ]
-
-    def __panel__(self):
-        return self.panel
-
-    def _repr_mimebundle_(self, include=None, exclude=None):
-        return self.panel._repr_mimebundle_(include, exclude)

@@ -13,28 +13,29 @@ from __future__ import annotations
 from typing import Any
 
 from nblab.runs import RunStore
+from nblab.widgets.display import PanelView
 from nblab.widgets.runset import holoviews, resolve_runs
 
 LAYERS = ("sqnr", "saturation", "underflow")
-# Steps are categories (one column each, evenly spaced whatever the stats interval);
-# past this many, only every k-th step is labelled so the labels do not pile up.
+# Steps are drawn as evenly spaced columns (one per recorded step, whatever the stats
+# interval), on a numeric axis at positions 0..n-1; past this many, only every k-th
+# step is labelled so the labels do not pile up.
 MAX_STEP_LABELS = 20
 
 
-def step_labels_hook(steps: list[str]):
-    """A holoviews hook that blanks all but about MAX_STEP_LABELS of the step labels
-    (first, every k-th, last) on the categorical x axis."""
+def step_ticks(steps: list) -> list[tuple[int, str]]:
+    """(column position, step label) of the labelled steps: all of them up to
+    MAX_STEP_LABELS, else the first, every k-th and the last.
+
+    The axis is numeric on purpose: BokehJS draws every factor of a categorical axis
+    and ignores `major_label_overrides` there, so blanking labels on one does nothing
+    in the browser and hundreds of steps overprint into a black band."""
     k = max(1, -(-len(steps) // MAX_STEP_LABELS))
-    shown = {*steps[::k], *steps[-1:]}
-    hidden = {s: "" for s in steps if s not in shown}
-
-    def hook(plot, element):
-        plot.state.xaxis.major_label_overrides = hidden
-
-    return hook
+    shown = sorted({*range(0, len(steps), k), *([len(steps) - 1] if steps else [])})
+    return [(i, str(steps[i])) for i in shown]
 
 
-class QuantErrorHeatmap:
+class QuantErrorHeatmap(PanelView):
     def __init__(
         self,
         run_or_sweep: Any,
@@ -87,24 +88,34 @@ class QuantErrorHeatmap:
     def plot(self):
         hv = holoviews()
 
+        steps = list(self.data.columns)
+        position = {step: i for i, step in enumerate(steps)}
         long = self.data.stack().rename("value").reset_index()
-        long["step"] = long.step.astype(str)
-        steps = [str(s) for s in self.data.columns]
+        long.insert(0, "column", long.step.map(position))
         cmap = "RdYlGn" if self.layer == "sqnr" else "Reds"
-        heat = hv.HeatMap(long, ["step", "module"], "value").opts(
+        heat = hv.HeatMap(long, ["column", "module"], ["value", "step"]).opts(
             cmap=cmap,
             colorbar=True,
-            tools=["hover", "tap"],
+            tools=["tap"],
+            hover_tooltips=[("module", "@module"), ("step", "@step"), (self.layer, "@value")],
             responsive=True,
             height=max(240, 18 * len(self.data) + 80),
             invert_yaxis=True,
-            xrotation=45,
-            hooks=[step_labels_hook(steps)],
+            xlabel="step",
+            xticks=step_ticks(steps) or None,  # none yet: holoviews takes no empty list
+            xrotation=45 if len(steps) > 8 else 0,
             title=f"{self.names.get(self.run_id, self.run_id)}: {self.layer} of {self.role}",
         )
         tap = hv.streams.Tap(source=heat)
-        tap.add_subscriber(lambda x, y: x is not None and y is not None and self.select(y, int(x)))
+        tap.add_subscriber(lambda x, y: self._tapped(x, y, steps))
         return heat
+
+    def _tapped(self, x, y, steps: list) -> None:
+        """A click at (column position x, module y): that cell's histograms."""
+        if x is None or y is None or not steps:
+            return
+        column = min(max(round(x), 0), len(steps) - 1)
+        self.select(y, int(steps[column]))
 
     def select(self, module: str, step: int):
         """Show `module`'s weight histograms at `step` (what a click on a cell does);
@@ -141,9 +152,3 @@ class QuantErrorHeatmap:
                 pn.Row(run, role, layer), self._plot, self._detail, sizing_mode="stretch_width"
             )
         return self._panel
-
-    def __panel__(self):
-        return self.panel
-
-    def _repr_mimebundle_(self, include=None, exclude=None):
-        return self.panel._repr_mimebundle_(include, exclude)

@@ -10,6 +10,11 @@ form is rebuilt with `Recipe().with_overrides(...)` on each change, so the form 
 exactly what TOML and the CLI check; each RecipeError problem shows beside its field.
 Run launches one batch job (a separate process, the cell returns at once), Sweep opens
 a SweepBuilder on this recipe, Save TOML writes it to the path beside the button.
+
+The model section shows the fields of the chosen kind only (nblab.models.KIND_FIELDS:
+gpt's flavour, an hf checkpoint folder or architecture, a py factory), and the live
+check reads the sources: a missing folder, a factory that does not import, a config
+field transformers rejects are named beside their field as they are typed.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from typing import Any
 import ipywidgets as w
 
 from nblab.batch.launcher import LocalLauncher
-from nblab.precision.presets import PRECISION_PRESETS, ROLES
+from nblab.models import KIND_FIELDS
+from nblab.precision.presets import GEMM_MODES, PRECISION_PRESETS, ROLES
 from nblab.recipe import (
     BACKENDS,
     DECAYS,
@@ -32,6 +38,7 @@ from nblab.recipe import (
     OPTIMIZERS,
     RECIPE_PRESETS,
     SECTIONS,
+    TEXT_DOCUMENTS,
     Recipe,
     RecipeError,
     known_names,
@@ -43,16 +50,23 @@ from nblab.widgets.runset import RunHandle
 CHOICES: dict[str, Any] = {
     "model.name": lambda: known_names("model"),
     "model.flavour": lambda: known_names("flavour"),
+    "model.architecture": lambda: ["", *_hf_architectures()],
     "data.name": lambda: known_names("dataset"),
-    "data.tokenizer": lambda: known_names("tokenizer"),
+    "data.text_documents": TEXT_DOCUMENTS,
     "optimizer.name": OPTIMIZERS,
     "schedule.decay": DECAYS,
     "train.device": DEVICES,
     "train.dtype": DTYPES,
     "precision.preset": tuple(PRECISION_PRESETS),
     "precision.backend": BACKENDS,
+    "precision.gemm": GEMM_MODES,
 }
 HINTS = {
+    "model.config": "a table, e.g. {hidden_size = 256, num_hidden_layers = 4}",
+    "model.path": "a local checkpoint folder (config.json, *.safetensors)",
+    "model.factory": "my_models:build, or path/to/file.py:build",
+    "model.init_from": "a folder of *.safetensors, or RUN_ID[:STEP]",
+    "data.tokenizer": "char, byte, bpe:8192, or a local tokenizer.json / folder",
     "precision.keep_high_precision": "comma-separated globs, e.g. lm_head, layers.11.*",
     "optimizer.betas": "two numbers, e.g. 0.9, 0.95",
     "precision.roles": "empty: the preset's; high; a QuantSpec name (nvfp4); or {rounding = 'sr'}",
@@ -72,6 +86,15 @@ def _text(value: Any) -> str:
     if isinstance(value, dict):  # a role table, as a TOML inline table
         return "{" + ", ".join(f"{k} = {json.dumps(v)}" for k, v in value.items()) + "}"
     return str(value)
+
+
+def _hf_architectures() -> tuple[str, ...]:
+    from nblab.models.hf import ARCHITECTURES  # no transformers import: the names only
+
+    return ARCHITECTURES
+
+
+MODEL_KIND_FIELDS = {f for fields in KIND_FIELDS.values() for f in fields}
 
 
 def _options(path: str) -> list[str] | None:
@@ -96,6 +119,7 @@ class RecipeBuilder:
         self.sweep_builder = None
         self.fields: dict[str, w.ValueWidget] = {}
         self._notes: dict[str, w.HTML] = {}
+        self._rows: dict[str, w.Widget] = {}
         self._loading = False
         self._build()
         self.load(self.recipe)
@@ -115,7 +139,8 @@ class RecipeBuilder:
         self._notes[path] = w.HTML()
         widget.observe(self._changed, names="value")
         label = w.Label(path.rpartition(".")[2], layout=_LABEL, tooltip=path)
-        return w.HBox([label, widget, self._notes[path]])
+        self._rows[path] = w.HBox([label, widget, self._notes[path]])
+        return self._rows[path]
 
     def _build(self) -> None:
         self.preset = w.Dropdown(
@@ -211,6 +236,17 @@ class RecipeBuilder:
             self.preset.value = "(custom)"  # edited: no longer the named preset
             self.validate()
 
+    def _show_model_fields(self) -> None:
+        """Only the [model] fields the chosen kind reads (name and init_from always)."""
+        kind = self.fields["model.name"].value
+        for key in MODEL_KIND_FIELDS:
+            shown = key in KIND_FIELDS.get(kind, ())
+            self._rows[f"model.{key}"].layout.display = None if shown else "none"
+
+    def visible(self, path: str) -> bool:
+        """Whether the field of `path` is shown."""
+        return self._rows[path].layout.display != "none"
+
     def _load_preset(self, change) -> None:
         if change["new"] != "(custom)":
             self.load(Recipe.preset(change["new"]))
@@ -218,6 +254,7 @@ class RecipeBuilder:
     def validate(self) -> bool:
         """Rebuild the recipe from the form; show each problem beside its field. True
         when valid (then `.recipe` is the new recipe)."""
+        self._show_model_fields()
         try:
             recipe = Recipe().with_overrides(self.overrides())
             self.problems = []
@@ -264,7 +301,9 @@ class RecipeBuilder:
         """Launch `.recipe` as one batch job (a separate process); return at once."""
         store = self.store or RunStore()
         recipe = self.recipe
-        run_id = store.create_run(recipe.name, recipe.to_toml(), steps=recipe.train.steps)
+        from nblab.eval.source import run_fields
+
+        run_id = store.create_run(recipe.name, recipe.to_toml(), **run_fields(recipe, store))
         launcher = LocalLauncher(jobs=1, store=store)
         launcher.submit([run_id])
         self.handle = RunHandle(run_id, store, launcher)

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from nblab.runs import RunStore
+from nblab.widgets.display import PanelView
 from nblab.widgets.runset import holoviews, resolve_runs
 
 
@@ -59,7 +60,7 @@ def scaled_grid(spec, amax: float) -> tuple[np.ndarray, float] | None:
     return grid * scale, scale
 
 
-class WeightDistribution:
+class WeightDistribution(PanelView):
     """Histograms of one run (a run id or a one-run handle): `.modules`, `.steps`,
     `.histogram` (edges, counts of the chosen module and step), `.grid`."""
 
@@ -145,9 +146,3 @@ class WeightDistribution:
             self._plot = pn.pane.HoloViews(self.plot(), sizing_mode="stretch_width")
             self._panel = pn.Column(pn.Row(module, step), self._plot, sizing_mode="stretch_width")
         return self._panel
-
-    def __panel__(self):
-        return self.panel
-
-    def _repr_mimebundle_(self, include=None, exclude=None):
-        return self.panel._repr_mimebundle_(include, exclude)

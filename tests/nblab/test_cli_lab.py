@@ -1,4 +1,5 @@
-"""`nblab lab` opens JupyterLab on a copy of the quickstart in the current folder."""
+"""`nblab lab` opens JupyterLab on a copy of the quickstart in the current folder;
+`nblab lab --help` only prints."""
 
 import json
 import os
@@ -22,3 +23,21 @@ def test_lab_copies_the_quickstart_and_starts_jupyterlab(tmp_path, monkeypatch):
     copy.write_text("{}")  # a user's edits survive the next start
     main(["lab"])
     assert copy.read_text() == "{}"
+
+
+def test_lab_help_has_no_side_effects_and_ends_with_jupyterlab_options(tmp_path):
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-m", "nblab", "lab", "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing copied, nothing started
+    ours = done.stdout.index("with what nblab adds")
+    assert "nblab-quickstart.ipynb" in done.stdout[ours:]
+    jupyterlab = done.stdout.index("JupyterLab - An extensible")
+    assert ours < jupyterlab < done.stdout.index("--port")

@@ -10,7 +10,23 @@ const WRITER = path.resolve(__dirname, 'live_writer.py');
 const SHOTS = path.resolve(__dirname, '..', 'screenshots');
 const QUICKSTART = path.resolve(__dirname, '..', '..', 'notebooks', 'quickstart.ipynb');
 
-/** A notebook showing a RecipeBuilder and a RunMonitor over sweep `sweep` of HOME. */
+/** A QuantErrorHeatmap of a run with stats at 300 steps (a store of its own). */
+const HEATMAP_CELL = [
+  'import tempfile',
+  'from nblab.widgets import QuantErrorHeatmap',
+  'heat_store = RunStore(tempfile.mkdtemp())',
+  'heat = heat_store.create_run("heat", \'name = "heat"\\n\')',
+  'w = heat_store.writer(heat, flush_every=None)',
+  'for step in range(1, 301):',
+  '    for layer in range(4):',
+  '        w.log_stats(step, f"layers.{layer}.mlp.down", "fwd_x", 20 - layer - step / 60, 0, 0)',
+  'w.close()',
+  'QuantErrorHeatmap(heat, store=heat_store)'
+].join('\n');
+
+/** A notebook showing a RecipeBuilder, a RunMonitor over sweep `sweep` of HOME and a
+ * QuantErrorHeatmap, with no setup line: no `pn.extension()`, no panel import. The
+ * views load what they need themselves. */
 function notebook(sweep: string): string {
   const cell = (source: string) => ({
     cell_type: 'code',
@@ -21,17 +37,13 @@ function notebook(sweep: string): string {
   });
   return JSON.stringify({
     cells: [
-      cell(
-        'import panel as pn\n' +
-          'from nblab.runs import RunStore\n' +
-          'from nblab.widgets import RecipeBuilder, RunMonitor\n' +
-          'pn.extension(inline=True)  # BokehJS from the kernel: the test browser is offline'
-      ),
+      cell('from nblab.runs import RunStore\nfrom nblab.widgets import RecipeBuilder, RunMonitor'),
       cell('RecipeBuilder()'),
       cell(
         `monitor = RunMonitor(${JSON.stringify(sweep)}, keys=("loss",), ` +
           `store=RunStore(${JSON.stringify(HOME)}), interval_ms=500)\nmonitor`
-      )
+      ),
+      cell(HEATMAP_CELL)
     ],
     metadata: {
       kernelspec: { display_name: 'Python 3', language: 'python', name: 'python3' },
@@ -102,7 +114,27 @@ test.afterEach(() => {
   writer = undefined;
 });
 
-test('RecipeBuilder and a live RunMonitor render in a notebook', async ({ page, tmpPath }) => {
+/** The step axes of the page's bokeh plots that have a fixed ticker: their tick count. */
+async function fixedTickCounts(page: any): Promise<number[]> {
+  return page.evaluate(() => {
+    const Bokeh = (window as any).Bokeh;
+    const counts: number[] = [];
+    for (const doc of Bokeh?.documents ?? []) {
+      const models = doc._all_models?.values?.() ?? doc.all_models ?? [];
+      for (const model of models) {
+        if (model.type === 'FixedTicker') {
+          counts.push(model.ticks.length);
+        }
+      }
+    }
+    return counts;
+  });
+}
+
+test('With no setup line: RecipeBuilder, a live RunMonitor and a QuantErrorHeatmap render', async ({
+  page,
+  tmpPath
+}) => {
   test.setTimeout(180000);
   const sweep = `ui-live-${Date.now()}`;
   // a run writing one loss row every 0.5 s for about 100 s (the monitor's run)
@@ -135,7 +167,17 @@ test('RecipeBuilder and a live RunMonitor render in a notebook', async ({ page, 
   const monitor = monitorCell.locator('.jp-OutputArea-output');
   await monitor.last().scrollIntoViewIfNeeded();
   await expectGrowingCurves(page, monitor, { first: 5, more: 5, timeout: 30000 });
-  await monitor.screenshot({ path: path.join(SHOTS, 'widgets-monitor.png') });
+  // the cell's outputs: panel's JavaScript (the first view loads it), then the view
+  await monitor.last().screenshot({ path: path.join(SHOTS, 'widgets-monitor.png') });
+
+  // the heatmap of 300 steps: drawn, with about 20 step labels (not 300 in a black band)
+  const heatCell = panel.locator('.jp-Cell').nth(3);
+  await heatCell.scrollIntoViewIfNeeded();
+  const heatmap = heatCell.locator('.jp-OutputArea-output');
+  await expect(heatmap.locator('canvas').first()).toBeVisible({ timeout: 60000 });
+  await expect(heatmap.locator('[data-mime-type="application/vnd.jupyter.stderr"]')).toHaveCount(0);
+  await expect.poll(() => fixedTickCounts(page), { timeout: 30000 }).toContainEqual(21);
+  await heatmap.last().screenshot({ path: path.join(SHOTS, 'widgets-heatmap-300-steps.png') });
 });
 
 /** notebooks/quickstart.ipynb as it ships, but for its parameters cell: two presets,

@@ -31,6 +31,13 @@ MAX_INTILE_GROUP = 8192
 # Target elements per program when the groups leave the tile shape free.
 TILE_ELEMS = 4096
 MAX_TILE_K = 128
+# Groups taller than one row keep the tile near TILE_ELEMS by narrowing it, but to no
+# fewer than COL_TILE_K columns (a 128-byte fp32 row segment: coalesced loads). So a
+# column group lies in one tile up to 128 rows; a taller one spans tiles (two passes).
+# The AOT compile (nblab_kernels.aot) found the wider tiles spilling: 2048 x 128 fp32
+# (20 KB a thread, sm_90), and the statistics kernels of 512 x 32 and of 128 x 128
+# for 128-row blocks. Only a 128 x 128 tile group is still 16384 elements a program.
+COL_TILE_K = 32
 
 
 def unsupported_reason(x: torch.Tensor, spec: QuantSpec) -> str | None:
@@ -91,7 +98,8 @@ class TilePlan:
         elif g == "row":
             ext = (1, full_k if full_k <= MAX_INTILE_GROUP else None)
         elif g == "col":
-            ext = (full_m if full_m <= MAX_INTILE_GROUP else None, 1)
+            fits = full_m <= MAX_INTILE_GROUP and full_m * COL_TILE_K <= TILE_ELEMS
+            ext = (full_m if fits else None, 1)
         elif g == "tile":
             ext = (b, b)
         else:
@@ -99,7 +107,8 @@ class TilePlan:
         gm, gk = (e or 1 for e in ext)
         # a Hadamard chunk of n along its dim lies whole inside one tile
         had_m, had_k = (spec.hadamard, 1) if spec.dim == 0 else (1, spec.hadamard or 1)
-        bk = max(gk, had_k, min(full_k, MAX_TILE_K))
+        narrow = max(COL_TILE_K, TILE_ELEMS // max(gm, had_m))
+        bk = max(gk, had_k, min(full_k, MAX_TILE_K, narrow))
         bm = max(gm, had_m, min(full_m, max(1, TILE_ELEMS // bk)))
         return TilePlan(
             bm=bm,

@@ -143,15 +143,30 @@ def _amax_bits(x):
 @triton.jit
 def _group_max(t, BM: tl.constexpr, BK: tl.constexpr, RM: tl.constexpr, RK: tl.constexpr):
     """(BM, BK) -> (RM, RK): max over each (BM/RM) x (BK/RK) group."""
-    t4 = tl.reshape(t, [RM, BM // RM, RK, BK // RK])
-    return tl.max(tl.max(t4, axis=3), axis=1)
+    if (RM == 1 or RM == BM) and (RK == 1 or RK == BK):  # whole rows, columns or tile
+        if RK == 1:
+            t = tl.max(t, axis=1, keep_dims=True)
+        if RM == 1:
+            t = tl.max(t, axis=0, keep_dims=True)
+        return t
+    else:
+        t4 = tl.reshape(t, [RM, BM // RM, RK, BK // RK])
+        return tl.max(tl.max(t4, axis=3), axis=1)
 
 
 @triton.jit
 def _expand(g, BM: tl.constexpr, BK: tl.constexpr, RM: tl.constexpr, RK: tl.constexpr):
-    """(RM, RK) per-group values -> (BM, BK), each broadcast over its group."""
-    g4 = tl.broadcast_to(tl.reshape(g, [RM, 1, RK, 1]), [RM, BM // RM, RK, BK // RK])
-    return tl.reshape(g4, [BM, BK])
+    """(RM, RK) per-group values -> (BM, BK), each broadcast over its group.
+
+    Groups of whole rows, columns or the whole tile broadcast in the tile's own layout:
+    through the 4-D reshape, the compiler shuffled every element of the statistics
+    through shared memory (sm_90: a 7.5 MB PTX for a 64 x 128 tensor group; a row
+    group's kernel spilled)."""
+    if (RM == 1 or RM == BM) and (RK == 1 or RK == BK):
+        return tl.broadcast_to(g, [BM, BK])
+    else:
+        g4 = tl.broadcast_to(tl.reshape(g, [RM, 1, RK, 1]), [RM, BM // RM, RK, BK // RK])
+        return tl.reshape(g4, [BM, BK])
 
 
 @triton.jit
@@ -178,8 +193,10 @@ def _fwht_rows(x, ROWS: tl.constexpr, COLS: tl.constexpr, LOG2N: tl.constexpr):
     x[i + h]) of each 2h-run to (lo + hi, lo - hi). No tl.dot: each output is the
     same chain of fp32 additions as the reference's, so the result is bit for bit."""
     for s in tl.static_range(LOG2N):
-        H: tl.constexpr = 1 << s
-        t = tl.permute(tl.reshape(x, [ROWS, COLS // (2 * H), 2, H]), (0, 1, 3, 2))
+        # h = 1 << s stays inline: a name bound to it would be rebound on each unrolled
+        # stage, which the compiler refuses for `h: tl.constexpr` and turns into a
+        # tensor (no shape) for a plain name; the interpreter accepted both
+        t = tl.permute(tl.reshape(x, [ROWS, COLS // (2 << s), 2, 1 << s]), (0, 1, 3, 2))
         lo, hi = tl.split(t)  # (ROWS, COLS / 2H, H) each
         t = tl.permute(tl.join(lo + hi, lo - hi), (0, 1, 3, 2))
         x = tl.reshape(t, [ROWS, COLS])
@@ -282,7 +299,9 @@ def _scales(abits, tbits, SCALE_KIND: tl.constexpr, RULE: tl.constexpr,
 # ---------------------------------------------------------------------------
 
 
-@triton.jit
+# The scale-grid extents only address scale stores: specializing on their values
+# (== 1, multiple of 16) would only multiply the compiled variants.
+@triton.jit(do_not_specialize=["GK_N"])
 def _amax_kernel(x_ptr, sxm, sxk, M, K, amax_ptr, GK_N, signs_ptr,
                  BM: tl.constexpr, BK: tl.constexpr, RM: tl.constexpr, RK: tl.constexpr,
                  SPAN_M: tl.constexpr, SPAN_K: tl.constexpr, X_BF16: tl.constexpr,
@@ -302,10 +321,13 @@ def _amax_kernel(x_ptr, sxm, sxk, M, K, amax_ptr, GK_N, signs_ptr,
     tl.atomic_max(amax_ptr + gi_m[:, None] * GK_N + gi_k[None, :], g, sem="relaxed")
 
 
-@triton.jit
+# The seed arrives as two int32 halves, never specialized: one compiled kernel for
+# every seed (a whole int64 seed would compile apart for seeds below 2^31, for seeds
+# divisible by 16 and for seed 1).
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "GM_N", "GK_N"])
 def _quantize_kernel(
     x_ptr, sxm, sxk, M, K,
-    rbits_ptr, seed,
+    rbits_ptr, seed_lo, seed_hi,  # SR bits (int64 uint32 values), or the Philox seed
     gamax_ptr, tamax_ptr,  # pass-1 group amax bits (spanning groups), tensor amax bits
     codes_ptr, scale_ptr, ts_ptr, out_ptr, signs_ptr, stats_ptr,
     GM_N, GK_N,  # scales shape (gm, gk)
@@ -369,6 +391,7 @@ def _quantize_kernel(
     offs = rm[:, None] * K + rk[None, :]  # row-major index in (M, K): the SR stream
     if SR:
         if SEEDED:
+            seed = (seed_hi.to(tl.int64) << 32) | (seed_lo.to(tl.int64) & 0xFFFFFFFF)
             rbits = tl.randint(seed, offs).to(tl.int64) & 0xFFFFFFFF
         else:
             rbits = tl.load(rbits_ptr + offs, mask=mask, other=0)
@@ -376,10 +399,23 @@ def _quantize_kernel(
         rbits = 0
     q, e = _round_magnitude(a, rbits, ELEM_EMIN, ELEM_MBITS, IS_INT, SR)
 
+    # Order matters for registers (the AOT compile spilled the statistics kernels of
+    # 128 x 128 tiles): each tile-sized value is used up as early as it can be, the
+    # saturation count with v, the codes with q and e, before the dequantization.
+    row_ptr = stats_ptr + (pid_m * tl.num_programs(1) + pid_k) * 8
+    if STATS:
+        _stats_saturated(v, poisoned, mask, row_ptr, ELEM_MAX, ELEM_EMIN, ELEM_MBITS, IS_INT)
+    if not FAKE:
+        _store_codes(q, e, negative, poisoned, codes_ptr, offs, rm, mask, pid_k, M, K, BM, BK,
+                     ELEM_EMIN, ELEM_MBITS, IS_INT, SIGN_SHIFT, NAN_CODE, PACKED)  # fmt: skip
     if FAKE or STATS:  # dequantize in the same pass, as reference.fake_quantize
         nan = tl.full([BM, BK], _NAN_BITS, tl.int32).to(tl.float32, bitcast=True)
         value = q * _pow2(e - ELEM_MBITS)
-        value = tl.where(negative, -value, value)
+        # times -1.0, not -value: triton < 3.8 compiles -x as 0 - x, so -(+0.0) was +0.0
+        # (a negative value that rounds to zero must be -0.0, as in the reference); the
+        # product keeps the sign exactly, and costs no register that the select did not
+        # (setting the sign bit by hand spilled 4-20 B in 10 specializations on sm_80..100)
+        value = tl.where(negative, value * -1.0, value)
         dq_e = _expand(dq, BM, BK, RM, RK)
         if SCALE_KIND <= 1:
             out = tl.math.div_rn(value, dq_e)
@@ -391,8 +427,7 @@ def _quantize_kernel(
         if HAD_LOG2N > 0:  # back to x's domain (NaN spreads over a poisoned chunk)
             out = _hadamard(out, signs_ptr, BM, BK, HAD_LOG2N, HAD_DIM0, HAD_INV_SQRT, True)
     if STATS:  # reference.quant_stats' sums and counts, one row per program
-        _stats(x_in, out, v, poisoned, mask, stats_ptr + (pid_m * tl.num_programs(1) + pid_k) * 8,
-               ELEM_MAX, ELEM_EMIN, ELEM_MBITS, IS_INT)  # fmt: skip
+        _stats(x_in, out, mask, row_ptr)
     if FAKE:
         optrs = out_ptr + offs
         if OUT_KIND == 2:  # bf16 through its bits, round to nearest even
@@ -404,24 +439,31 @@ def _quantize_kernel(
             tl.store(optrs, out.to(tl.float16), mask=mask)
         else:
             tl.store(optrs, out, mask=mask)
+
+
+@triton.jit
+def _store_codes(q, e, negative, poisoned, codes_ptr, offs, rm, mask, pid_k, M, K,
+                 BM: tl.constexpr, BK: tl.constexpr, ELEM_EMIN: tl.constexpr,
+                 ELEM_MBITS: tl.constexpr, IS_INT: tl.constexpr, SIGN_SHIFT: tl.constexpr,
+                 NAN_CODE: tl.constexpr, PACKED: tl.constexpr):  # fmt: skip
+    """The element codes: int8, one byte, or fp4 packed two a byte."""
+    if IS_INT:
+        qi = q.to(tl.int32)
+        code = tl.where(poisoned, 0, tl.where(negative, -qi, qi))
+        tl.store(codes_ptr + offs, code.to(tl.int8), mask=mask)
     else:
-        if IS_INT:
-            qi = q.to(tl.int32)
-            code = tl.where(poisoned, 0, tl.where(negative, -qi, qi))
-            tl.store(codes_ptr + offs, code.to(tl.int8), mask=mask)
+        code = _grid_code(q, e, ELEM_EMIN, ELEM_MBITS)
+        code = code | (negative.to(tl.int32) << SIGN_SHIFT)
+        code = tl.where(poisoned, NAN_CODE, code)
+        if PACKED:  # two codes per byte along K, element 2i in the low nibble
+            lo, hi = tl.split(tl.reshape(code & 0xF, [BM, BK // 2, 2]))
+            byte = lo | (hi << 4)
+            half = pid_k * (BK // 2) + tl.arange(0, BK // 2)
+            pmask = (rm[:, None] < M) & (half[None, :] < K // 2)
+            tl.store(codes_ptr + rm[:, None] * (K // 2) + half[None, :], byte.to(tl.uint8),
+                     mask=pmask)  # fmt: skip
         else:
-            code = _grid_code(q, e, ELEM_EMIN, ELEM_MBITS)
-            code = code | (negative.to(tl.int32) << SIGN_SHIFT)
-            code = tl.where(poisoned, NAN_CODE, code)
-            if PACKED:  # two codes per byte along K, element 2i in the low nibble
-                lo, hi = tl.split(tl.reshape(code & 0xF, [BM, BK // 2, 2]))
-                byte = lo | (hi << 4)
-                half = pid_k * (BK // 2) + tl.arange(0, BK // 2)
-                pmask = (rm[:, None] < M) & (half[None, :] < K // 2)
-                tl.store(codes_ptr + rm[:, None] * (K // 2) + half[None, :], byte.to(tl.uint8),
-                         mask=pmask)  # fmt: skip
-            else:
-                tl.store(codes_ptr + offs, code.to(tl.uint8), mask=mask)
+            tl.store(codes_ptr + offs, code.to(tl.uint8), mask=mask)
 
 
 # Columns of the per-program statistics rows (fp32): sums over the tile's elements.
@@ -431,24 +473,30 @@ N_STATS = 8
 
 
 @triton.jit
-def _stats(x, dq, v, poisoned, mask, row_ptr, ELEM_MAX: tl.constexpr, ELEM_EMIN: tl.constexpr,
-           ELEM_MBITS: tl.constexpr, IS_INT: tl.constexpr):  # fmt: skip
-    """One program's share of reference.quant_stats, in fp32 (the host sums in fp64).
-
-    x: the input, dq: the dequantized fp32 value (inverse-transformed), v: the scaled
-    value before clipping. saturated: rne of |v| on the grid continued past max lands
-    above max (round_to_grid(saturate=False)); underflow: x != 0 but dq == 0. The
-    maxima are taken on the int32 bits of non-negative floats, so NaN wins as in torch."""
-    err = x - dq
-    nonzero = (x != 0) & mask
+def _stats_saturated(v, poisoned, mask, row_ptr, ELEM_MAX: tl.constexpr,
+                     ELEM_EMIN: tl.constexpr, ELEM_MBITS: tl.constexpr,
+                     IS_INT: tl.constexpr):  # fmt: skip
+    """The statistics row's saturated count: rne of |v| (the scaled value before
+    clipping) on the grid continued past max lands above max, as
+    reference round_to_grid(saturate=False)."""
     q, e = _round_magnitude(tl.where(poisoned, 0.0, tl.abs(v)), 0, ELEM_EMIN, ELEM_MBITS,
                             IS_INT, False)  # fmt: skip
     saturated = (q * _pow2(e - ELEM_MBITS) > ELEM_MAX) & mask
+    tl.store(row_ptr + 2, tl.sum(tl.sum(saturated.to(tl.float32), axis=1), axis=0))
+
+
+@triton.jit
+def _stats(x, dq, mask, row_ptr):
+    """One program's share of reference.quant_stats, in fp32 (the host sums in fp64),
+    but the saturated count (_stats_saturated). x: the input, dq: the dequantized fp32
+    value (inverse-transformed). underflow: x != 0 but dq == 0. The maxima are taken
+    on the int32 bits of non-negative floats, so NaN wins as in torch."""
+    err = x - dq
+    nonzero = (x != 0) & mask
     rel = tl.where(nonzero, tl.math.div_rn(tl.abs(err), tl.abs(tl.where(nonzero, x, 1.0))), 0.0)
     zero = tl.zeros_like(x)
     tl.store(row_ptr + 0, tl.sum(tl.sum(tl.where(mask, x * x, zero), axis=1), axis=0))
     tl.store(row_ptr + 1, tl.sum(tl.sum(tl.where(mask, err * err, zero), axis=1), axis=0))
-    tl.store(row_ptr + 2, tl.sum(tl.sum(saturated.to(tl.float32), axis=1), axis=0))
     tl.store(row_ptr + 3, tl.sum(tl.sum((nonzero & (dq == 0)).to(tl.float32), axis=1), axis=0))
     amax = tl.max(tl.max(tl.where(mask, x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, 0), axis=1),
                   axis=0)  # fmt: skip
@@ -537,6 +585,14 @@ def _sr_bits(x2: torch.Tensor, spec: QuantSpec, rbits, seed):
     return None, seed - 2**64 if seed >= 2**63 else seed
 
 
+def _int32_halves(seed: int) -> tuple[int, int]:
+    """(low, high) 32 bits of a 64-bit seed, each as a signed int32 (the kernel's i32
+    arguments; it puts the int64 back together)."""
+    seed %= 2**64
+    lo, hi = seed & 0xFFFFFFFF, seed >> 32
+    return tuple(h - 2**32 if h >= 2**31 else h for h in (lo, hi))
+
+
 _SIGNS: dict[tuple[int, int, torch.device], torch.Tensor] = {}
 
 
@@ -582,8 +638,10 @@ def _launch(x: torch.Tensor, spec: QuantSpec, rbits, seed, fake: bool, stats: bo
     args = (xk, x2.stride(0), x2.stride(1), m, k)  # read through the strides: no copy
     grid = plan.grid(m, k)
     common = dict(BM=plan.bm, BK=plan.bk, X_BF16=x2.dtype == torch.bfloat16, **had)
-    # launch options; exactness does not rest on fp fusion (every product that could
-    # fuse into an fma is exact), it is off so that no backend default can matter
+    # launch options. fp fusion off: the rounding NUMERICS.md promises is the unfused
+    # one (the interpreter's and the reference's). nblab_kernels.aot checks every
+    # specialization's PTX for fma; a line may keep one only with an `exact-fma:`
+    # comment saying why the result is the same.
     common.update(num_warps=plan.num_warps, enable_fp_fusion=False)
     span = dict(RM=plan.rm, RK=plan.rk, SPAN_M=plan.span_m, SPAN_K=plan.span_k)
 
@@ -619,7 +677,7 @@ def _launch(x: torch.Tensor, spec: QuantSpec, rbits, seed, fake: bool, stats: bo
         _quantize_kernel[grid](
             *args,
             bits if bits is not None else dummy,
-            seed if seed is not None else 0,
+            *_int32_halves(seed if seed is not None else 0),
             gamax,
             tamax,
             codes,

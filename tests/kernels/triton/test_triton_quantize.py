@@ -359,6 +359,18 @@ def test_groups_spanning_tiles_take_two_passes(monkeypatch, name, nonfinite):
     check(x, spec_sr, **kw)
 
 
+def test_tall_column_groups_span_tiles():
+    """A column group fits one tile only up to 128 rows beside 32 columns (taller ones
+    spilled on sm_90); taller ones take the two passes, with the same numbers."""
+    spec = SPAN_SPECS["col"]
+    short, tall = plan.TilePlan.of(spec, 128, 256), plan.TilePlan.of(spec, 256, 256)
+    assert not short.spans and (short.bm, short.bk) == (128, plan.COL_TILE_K)
+    assert tall.span_m and tall.bm * tall.bk <= plan.TILE_ELEMS
+    check(_randn((256, 32), torch.bfloat16), spec)
+    narrow = plan.TilePlan.of(QUANT_PRESETS["fp8_e4m3_b128"].replace(dim=0), 1024, 1024)
+    assert (narrow.bm, narrow.bk) == (128, plan.COL_TILE_K)  # 128-row blocks: 128 x 32
+
+
 # ---------------------------------------------------------------------------
 # stochastic rounding drawn in the kernel
 # ---------------------------------------------------------------------------

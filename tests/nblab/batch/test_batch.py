@@ -11,6 +11,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from waiting import wait_for
 
 from nblab.batch import LocalLauncher, cancel, run_sweep
 from nblab.batch.job import OUTPUT_NOTEBOOK, read_job_info
@@ -30,16 +31,6 @@ def debug_recipe(steps: int = 3, **overrides) -> Recipe:
 
 def queue(store: RunStore, recipe: Recipe, name: str = "job") -> str:
     return store.create_run(name, recipe.to_toml(), steps=recipe.train.steps)
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def group_gone(pgid: int) -> bool:
@@ -102,7 +93,8 @@ def test_one_papermill_job_end_to_end(store):
 
 
 # ---------------------------------------------------------------------------
-# A 3-point sweep, jobs=2, one point fails at run time
+# A 3-point sweep, jobs=2, one point fails at run time: its corpus passes validation
+# (the file exists) but is too short for one sequence, which only the job finds out
 # ---------------------------------------------------------------------------
 
 
@@ -111,9 +103,10 @@ def failing_sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
     home = root / "home"
     store = RunStore(home)
-    paths = [root / "a.txt", root / "b.txt", root / "missing.txt"]
+    paths = [root / "a.txt", root / "b.txt", root / "short.txt"]
     for p in paths[:2]:
         p.write_text("the quick brown fox jumps over the lazy dog. " * 400)
+    paths[2].write_text("tiny.")
     base = debug_recipe(steps=2, **{"data.name": "text", "data.path": str(paths[0])})
     sweep = Sweep(base, name="iso", grid={"data.path": [str(p) for p in paths]})
     started = time.monotonic()
@@ -132,19 +125,19 @@ def test_a_failing_point_fails_alone_with_its_error(failing_sweep):
     frame = handle.status()
     assert len(frame) == 3 and set(frame.sweep) == {"iso"}
     by_name = dict(zip(frame.name, frame.status, strict=True))
-    missing = f"path={failing_sweep['paths'][2]}"
-    assert by_name.pop(missing) == "failed"
+    short = f"path={failing_sweep['paths'][2]}"
+    assert by_name.pop(short) == "failed"
     assert set(by_name.values()) == {"succeeded"}
 
-    bad = frame[frame.name == missing].iloc[0]
-    assert "missing.txt" in bad.error and "no such" in bad.error
+    bad = frame[frame.name == short].iloc[0]
+    assert "needs 33 tokens" in bad.error and "short.txt" in bad.error
     assert bad.error.startswith("cell ")  # where: the cell index of the output notebook
     cells = executed_cells(store.run_dir(bad.run_id) / OUTPUT_NOTEBOOK)
     errors = [c for c in cells if any(o.output_type == "error" for o in c.outputs)]
-    assert len(errors) == 1 and "train(" in errors[0].source
-    assert "missing.txt" in outputs_text(errors[0])
+    assert len(errors) == 1 and "launch(" in errors[0].source
+    assert "needs 33 tokens" in outputs_text(errors[0])
     # the recipe of a point is named after its sweep and point
-    assert Recipe.from_toml(store.run(bad.run_id)["recipe"]).name == f"iso/{missing}"
+    assert Recipe.from_toml(store.run(bad.run_id)["recipe"]).name == f"iso/{short}"
 
 
 def test_two_jobs_run_at_once(failing_sweep):
@@ -160,11 +153,11 @@ def test_resume_reruns_only_the_point_that_did_not_succeed(failing_sweep, monkey
 
     handle = run_sweep(sweep, jobs=2, store=store, resume=True)
 
-    missing = f"path={paths[2]}"
+    short = f"path={paths[2]}"
     assert len(handle.run_ids) == 1
-    assert handle.status().name.tolist() == [missing]
+    assert handle.status().name.tolist() == [short]
     assert handle.status().status.tolist() == ["succeeded"]
-    assert sorted(handle.skipped) == sorted(set(before.name) - {missing})
+    assert sorted(handle.skipped) == sorted(set(before.name) - {short})
     after = store.runs(sweep="iso")
     assert len(after) == 4
     old = after[after.run_id.isin(before.run_id)]  # untouched

@@ -5,7 +5,8 @@
 
 Each layout of PARITY_LAYOUTS whose world size is this job's trains parity_recipe() for
 20 steps in bf16 and in mxfp4; rank 0 saves OUT/{layout}_{preset}.pt with the losses of
-every step and the val loss after the last.
+every step and the val loss after the last. The Hugging Face Llama of LLAMA (random init)
+trains the same way under LLAMA_LAYOUTS in bf16: OUT/llama_{layout}_bf16.pt.
 """
 
 import math
@@ -32,6 +33,21 @@ PARITY_LAYOUTS = {
 }
 
 
+# a tiny Llama (transformers, random init): GQA with 2 kv heads, so tp 2 splits every head
+LLAMA = {
+    "model.name": "hf",
+    "model.architecture": "llama",
+    "model.config": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+    },
+}
+LLAMA_LAYOUTS = ("fsdp2", "tp2")
+
+
 def nproc(layout: str) -> int:
     return math.prod(PARITY_LAYOUTS[layout].get(d, 1) for d in PARALLEL_DEGREES)
 
@@ -41,7 +57,9 @@ def micro_batches(layout: str | None) -> int:
     return 1 if layout is None else PARITY_LAYOUTS[layout].get("pp", 1)
 
 
-def parity_recipe(layout: str | None, preset: str, grad_accum: int | None = None) -> Recipe:
+def parity_recipe(
+    layout: str | None, preset: str, grad_accum: int | None = None, model: dict | None = None
+) -> Recipe:
     """gpt-tiny with a global batch of 4 x 64 tokens in micro_batches(layout) micro-batches;
     `layout` None is the single process (with `grad_accum`). At a stable learning rate:
     at gpt-tiny's 3e-3, mxfp4 spikes near step 20, which magnifies any difference. mxfp4's
@@ -63,6 +81,8 @@ def parity_recipe(layout: str | None, preset: str, grad_accum: int | None = None
             f"precision.preset={preset}",
         ]
     )
+    if model is not None:
+        base = base.with_overrides(model)
     if layout is None:
         return base
     sets = [f"parallel.{k}={v}" for k, v in PARITY_LAYOUTS[layout].items()]
@@ -86,6 +106,10 @@ def main(out: Path) -> None:
             result = train(parity_recipe(layout, preset), dataset)
             if dist.get_rank() == 0:
                 torch.save(result, out / f"{layout}_{preset}.pt")
+        if layout in LLAMA_LAYOUTS:
+            result = train(parity_recipe(layout, "bf16", model=LLAMA), dataset)
+            if dist.get_rank() == 0:
+                torch.save(result, out / f"llama_{layout}_bf16.pt")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,10 @@ a shard that would split a block. So:
   FLIPS = 5e-3. Measured: TP 2 bit-exact, PP 2 and PP 2 x TP 2 within 2e-6; the layouts
   that split rows (DDP, FSDP, FSDP x TP) flip a code from step 6 and stay within 2.4e-3
   (val 1.8e-4), while the bf16 and mxfp4 curves are up to 1.9e-2 apart.
+
+A Hugging Face Llama (transformers' LlamaForCausalLM, random init, GQA) trains the same
+way under FSDP 2 and TP 2 (its config's own tensor-parallel plan) in bf16, within EXACT
+of one process.
 """
 
 import subprocess
@@ -35,6 +39,8 @@ from nblab.train.trainer import build_data
 
 sys.path.insert(0, str(Path(__file__).parent))
 from parity_worker import (  # noqa: E402
+    LLAMA,
+    LLAMA_LAYOUTS,
     PARITY_LAYOUTS,
     PRESETS,
     micro_batches,
@@ -83,11 +89,14 @@ def layouts(tmp_path_factory):
         output, _ = job.communicate(timeout=400)
         assert job.returncode == 0, f"{n} ranks:\n{output[-6000:]}"
     print(f"parity jobs: {time.perf_counter() - start:.1f} s")
-    return {
+    found = {
         (layout, preset): torch.load(out / f"{layout}_{preset}.pt")
         for layout in PARITY_LAYOUTS
         for preset in PRESETS
     }
+    for layout in LLAMA_LAYOUTS:
+        found["llama_" + layout, "bf16"] = torch.load(out / f"llama_{layout}_bf16.pt")
+    return found
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -110,3 +119,18 @@ def test_mxfp4_is_quantized_in_the_parity_runs(reference):
         bf16, mxfp4 = reference["bf16", m]["losses"], reference["mxfp4", m]["losses"]
         assert abs(bf16[0] - mxfp4[0]) > 100 * EXACT
         assert max(abs(a - b) for a, b in zip(bf16, mxfp4, strict=True)) > 2 * FLIPS
+
+
+@pytest.fixture(scope="module")
+def llama_reference():
+    dataset = build_data(parity_recipe(None, "bf16"))
+    return train(parity_recipe(None, "bf16", model=LLAMA), dataset)
+
+
+@pytest.mark.parametrize("layout", LLAMA_LAYOUTS)
+def test_hf_llama_layout_loss_equals_one_process_for_20_steps(layouts, llama_reference, layout):
+    ref, got = llama_reference, layouts["llama_" + layout, "bf16"]
+    assert len(got["losses"]) == len(ref["losses"]) == 20
+    assert got["losses"] == pytest.approx(ref["losses"], abs=EXACT, rel=0)
+    assert got["val_loss"] == pytest.approx(ref["val_loss"], abs=EXACT, rel=0)
+    assert ref["losses"][0] - ref["losses"][-1] > 0.5  # it learned

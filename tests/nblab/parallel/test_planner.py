@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from nblab.models import build_model
 from nblab.parallel import ParallelDims, estimate_layout, format_plan, layouts, plan
 from nblab.parallel.planner import parse_bytes, plan_command, quant_bytes_per_element
 from nblab.precision.presets import PRECISION_PRESETS
 from nblab.recipe import Recipe
-from nblab.train.model import build_model
 
 GB80 = 80e9
 N_1B = 1_109_626_880  # gpt 1b, vocab 50257, tied head (checked against the model below)
@@ -31,7 +31,7 @@ def states(e) -> float:
 
 def test_param_count_matches_the_model():
     with torch.device("meta"):
-        model = build_model("gpt", "1b", vocab_size=50257, max_seq_len=4096)
+        model = build_model({"flavour": "1b"}, vocab_size=50257, max_seq_len=4096)
     assert model.num_params() == N_1B
 
 
@@ -217,3 +217,47 @@ def test_plan_command_exits_1_when_nothing_fits(capsys):
     assert plan_command([*CMD[:3], "--gpu-mem", "1GB", *CMD[5:]]) == 1
     out = capsys.readouterr().out
     assert "no layout fits" in out and "does not fit" in out
+
+
+LLAMA_8B = """
+name = "llama-8b"
+[model]
+name = "hf"
+architecture = "llama"
+[model.config]
+hidden_size = 4096
+intermediate_size = 14336
+num_hidden_layers = 32
+num_attention_heads = 32
+num_key_value_heads = 8
+rope_parameters = {rope_type = "default", rope_theta = 500000.0}
+[train]
+batch_size = 64
+seq_len = 8192
+dtype = "bfloat16"
+grad_accum = 8
+[precision]
+preset = "mxfp8"
+"""
+
+
+def test_planner_ranks_layouts_of_an_hf_llama_8b_written_inline(tmp_path, capsys):
+    recipe = Recipe.from_toml(LLAMA_8B)
+    estimates = plan(recipe, 8, GB80, vocab_size=128256)
+    best = estimates[0]
+    assert best.rank == 1 and best.fits
+    # 8.03B params x 16 bytes (fp32 params, grads, AdamW) does not fit unsharded in 80 GB
+    ddp = next(e for e in estimates if e.dims.dp_replicate == 8)
+    assert states(ddp) == 16 * 8_030_261_248 and not ddp.fits
+    assert best.dims.dp_shard > 1 or best.dims.tp > 1 or best.dims.pp > 1
+    # the model's own TP plan splits q/k/v/o and the MLP: tp 8 keeps whole kv heads (8)
+    assert any(e.dims.tp == 8 and e.valid for e in estimates)
+    # a pipeline of a Hugging Face model is refused, saying why
+    pp2 = next(e for e in estimates if e.dims.pp == 2)
+    assert not pp2.valid and "cannot be split into pipeline stages" in pp2.reasons[0]
+    path = tmp_path / "llama8b.toml"
+    path.write_text(LLAMA_8B)
+    assert plan_command([str(path), "--gpus", "8", "--gpu-mem", "80GB", "--vocab", "128256"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("llama-8b (hf llama, mxfp8, batch 64 x seq 8192")
+    assert " 1  " in out

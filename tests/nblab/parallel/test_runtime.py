@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from nblab.launch import check_layout, launch
 from nblab.parallel import LayoutError
-from nblab.parallel.launch import check_layout, launch
 from nblab.recipe import Recipe
 from nblab.runs import RunStore
 from nblab.runs.liveness import pid_alive

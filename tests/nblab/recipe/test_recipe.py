@@ -136,7 +136,7 @@ def valid_recipes(draw):
     dp_r, dp_s, tp, pp = (draw(st.integers(1, 4)) for _ in range(4))
     accum = draw(st.integers(1, 4))
     steps = draw(st.integers(1, 10**6))
-    data_name = draw(st.sampled_from(["pydoc", "addition", "text", "hf"]))
+    data_name = draw(st.sampled_from(["pydoc", "addition", "text"]))
     preset = draw(st.sampled_from(list(PRECISION_PRESETS)))
     roles = draw(
         st.dictionaries(
@@ -165,10 +165,11 @@ def valid_recipes(draw):
             },
             "data": {
                 "name": data_name,
-                "path": draw(st.text(min_size=1, max_size=30))
-                if data_name in ("text", "hf")
-                else "",
-                "tokenizer": draw(st.sampled_from(["char", "byte"])),
+                "path": __file__ if data_name == "text" else "",  # must exist
+                # addition has its own char vocabulary
+                "tokenizer": draw(st.sampled_from(["char", "byte"]))
+                if data_name != "addition"
+                else "char",
                 "val_fraction": draw(st.floats(1e-6, 0.999, **_finite)),
                 "digits": draw(st.integers(1, 18)),
             },
@@ -259,9 +260,8 @@ OVERRIDES = [
         ["lm_head", "last:2"],
     ),
     ("precision.keep_high_precision=", "precision.keep_high_precision", []),
-    ("data.name=text:/path/file.txt", "data.name", "text"),
-    ("data.name=text:/path/file.txt", "data.path", "/path/file.txt"),
-    ("data.name=hf:roneneldan/TinyStories", "data.path", "roneneldan/TinyStories"),
+    (f"data.name=text:{__file__}", "data.name", "text"),
+    (f"data.name=text:{__file__}", "data.path", __file__),
     ("data.name=addition", "data.name", "addition"),
     ("precision.roles.dgrad_dy=high", "precision.roles", {"dgrad_dy": "high"}),
     ("precision.roles.fwd_x=mxfp8", "precision.roles", {"fwd_x": "mxfp8"}),
@@ -355,7 +355,15 @@ INVALID = [
     ({"model": "gpt"}, "model: 'gpt' -> a table of model settings"),
     ({"data": {"name": "wiki"}}, "data.name: 'wiki' -> one of"),
     ({"data": {"name": "text"}}, "data.path: '' -> a text file for data.name='text'"),
-    ({"data": {"name": "hf"}}, "a dataset id for data.name='hf'"),
+    ({"data": {"name": "hf"}}, "a folder saved by datasets' save_to_disk for data.name='hf'"),
+    ({"data": {"name": "files"}}, "data.path: '' -> a file, folder or glob of corpus files"),
+    ({"data": {"name": "hf", "path": "roneneldan/TinyStories"}}, "never downloads"),
+    ({"data": {"name": "text", "path": "/no/such.txt"}}, "data.path: '/no/such.txt' -> an exist"),
+    ({"data": {"path": "/tmp"}}, "data.path: '/tmp' -> empty: dataset 'pydoc' takes no path"),
+    ({"data": {"tokenizer": "bpe:512"}}, "char or byte for data.name='pydoc'; bpe:N and"),
+    ({"data": {"text_column": ""}}, "data.text_column: '' -> a column name (not empty)"),
+    ({"data": {"text_documents": "page"}}, "data.text_documents: 'page' -> one of line,"),
+    ({"data": {"split_seed": -1}}, "data.split_seed: -1 -> an integer >= 0"),
     ({"data": {"tokenizer": "bpe"}}, "data.tokenizer: 'bpe' -> one of"),
     ({"data": {"val_fraction": 0.0}}, "data.val_fraction: 0.0 -> a number in (0, 1)"),
     ({"data": {"val_fraction": 1.5}}, "data.val_fraction: 1.5 -> a number in (0, 1)"),
@@ -483,11 +491,14 @@ def test_unknown_keys_in_overrides_and_toml_agree():
 
 
 def _fake_registry_modules(monkeypatch, models, flavours, datasets):
-    model = types.ModuleType("nblab.train.model")
-    model.MODELS, model.FLAVOURS = models, flavours
+    kinds = types.ModuleType("nblab.models")
+    kinds.MODEL_KINDS = models
+    gpt = types.ModuleType("nblab.models.gpt")
+    gpt.FLAVOURS = flavours
     data = types.ModuleType("nblab.train.data")
     data.DATASETS = datasets
-    monkeypatch.setitem(sys.modules, "nblab.train.model", model)
+    monkeypatch.setitem(sys.modules, "nblab.models", kinds)
+    monkeypatch.setitem(sys.modules, "nblab.models.gpt", gpt)
     monkeypatch.setitem(sys.modules, "nblab.train.data", data)
 
 
@@ -505,8 +516,11 @@ def test_names_are_checked_against_the_registries(monkeypatch):
 
 
 def test_missing_registry_module_skips_the_check(monkeypatch):
-    monkeypatch.setitem(sys.modules, "nblab.train.model", None)
+    # the models package and the modules built on it (data, weights) are absent
+    for name in ("nblab.models", "nblab.models.gpt", "nblab.train.data", "nblab.train.weights"):
+        monkeypatch.setitem(sys.modules, name, None)
     assert known_names("model") is None
+    assert known_names("dataset") is None
     assert Recipe.from_dict({"model": {"name": "anything", "flavour": "any"}}).model.name == (
         "anything"
     )

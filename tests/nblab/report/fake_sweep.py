@@ -47,6 +47,7 @@ def write_run(store: RunStore, point: str, spec, *, sweep: str = SWEEP, offset: 
     preset, lr, status, error, curve = spec
     run_id = store.create_run(f"{sweep}/{point}", recipe(preset, lr), sweep=sweep, steps=4)
     writer = store.writer(run_id, flush_every=None)
+    store.set_params(run_id, 88_832)  # as the trainer records its model's count
     for step, loss, val_loss in curve:
         values = {"loss": loss + offset, "tokens_per_s": 1000.0 * step, "peak_memory_bytes": 0}
         if val_loss is not None:
@@ -61,3 +62,34 @@ def write_run(store: RunStore, point: str, spec, *, sweep: str = SWEEP, offset: 
         writer.log_metrics(3, {"loss": math.nan})
     writer.close(status, error=error)
     return run_id
+
+
+# A sweep with a seed axis: preset -> {seed: final val loss}; None: that seed diverged
+SEEDED = "seeds"
+SEEDED_VAL = {
+    "bf16": {0: 2.50, 1: 2.52, 2: 2.48},
+    "mxfp8": {0: 2.51, 1: 2.54, 2: 2.48},  # gaps by seed 0.01, 0.02, 0.00: within noise
+    "mxfp4": {0: 2.60, 1: 2.63, 2: 2.58},  # gaps 0.10, 0.11, 0.10: beyond noise
+    "nvfp4": {0: 2.55, 1: None},
+}
+
+
+def write_seeded(store: RunStore) -> dict[tuple[str, int], str]:
+    """Sweep `seeds` (preset x train.seed) into `store`; returns {(preset, seed): run_id}."""
+    ids = {}
+    for preset, by_seed in SEEDED_VAL.items():
+        for seed, val in by_seed.items():
+            point = f"preset={preset},seed={seed}"
+            text = recipe(preset, 3e-3).replace(f"{SWEEP}/preset={preset},lr=0.003", point)
+            text = text.replace("[train]\n", f"[train]\nseed = {seed}\n")
+            run_id = store.create_run(f"{SEEDED}/{point}", text, sweep=SEEDED, steps=4)
+            writer = store.writer(run_id, flush_every=None)
+            for step in (2, 4):
+                loss = (val if val is not None else math.nan) + (4 - step) * 0.1
+                writer.log_metrics(step, {"loss": loss, "val_loss": loss, "tokens_per_s": 1e3})
+            if val is None:
+                writer.close("diverged", error="diverged at step 4: loss is nan")
+            else:
+                writer.close("succeeded")
+            ids[(preset, seed)] = run_id
+    return ids

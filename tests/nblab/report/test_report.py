@@ -125,6 +125,7 @@ def test_base_recipe_drops_the_swept_fields_and_lists_them(fake_home):
     assert list(data.axes) == ["optimizer.lr", "precision.preset"]
     text = data.base_recipe()
     assert "#   precision.preset = bf16 | mxfp4 | mxfp8 | nvfp4" in text
+    assert "# model parameters: 88,832" in text
     body = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
     assert "preset" not in body and "lr" not in body and "[precision]" not in body
     assert 'flavour = "debug"' in body and "weight_decay = 0.1" in body
@@ -183,6 +184,7 @@ def test_html_has_the_sweep_points_failures_recipes_and_versions(built):
     assert '\npreset = "nvfp4"\n' in text  # an exact recipe, in its <details>
     assert importlib.metadata.version("torch") in text
     assert re.search(r"<td>0\.125</td>", text)  # mxfp8's gap in the table
+    assert "The ranking is from single runs" in text  # no seed axis: said in one line
 
 
 def test_html_is_self_contained(built):
@@ -241,3 +243,24 @@ def test_report_of_a_real_two_point_sweep(tmp_path, monkeypatch):
         "nblab"
     )
     assert not pd.isna(table.final_loss).any()
+
+
+def test_weight_histograms_show_at_most_24_panels_and_one_line_without_any(tmp_path):
+    """A 200-point sweep drew 200 empty panels when nothing recorded histograms (18 s of
+    layout in its report); now one line says so, and at most MAX_WEIGHT_PANELS runs are
+    drawn, the title saying how many of how many."""
+    store = RunStore(tmp_path)
+    spec = POINTS["preset=bf16,lr=0.003"]
+    ids = [write_run(store, f"p{i:02d}", spec, sweep="many") for i in range(30)]
+    none = report.SweepData("many", store).plot_weights()
+    assert len(none.axes) == 1
+    assert [t.get_text() for t in none.axes[0].texts] == ["no weight histograms recorded"]
+    for run_id in ids[:26]:  # 26 of the 30 runs recorded histograms
+        writer = store.writer(run_id, flush_every=None)
+        writer.log_histogram(1, "layers.0.mlp.down", [0.0, 1.0, 2.0], [3, 4])
+        writer.close("succeeded")
+    fig = report.SweepData("many", store).plot_weights()
+    drawn = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(drawn) == report.MAX_WEIGHT_PANELS == 24
+    assert all(len(ax.lines) == 1 for ax in drawn)  # each a run that has its histogram
+    assert fig.get_suptitle() == "weights of layers.0.mlp.down (the first 24 of 26 runs)"

@@ -1,5 +1,6 @@
 """RunStore and RunWriter in one process: round trips, filters, validation, liveness."""
 
+import json
 import math
 import os
 import pickle
@@ -8,6 +9,7 @@ import sqlite3
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -152,6 +154,12 @@ def test_histograms_round_trip_as_lists_and_filters(rs):
     assert df.counts.tolist() == [[3, 4], [1, 2, 3, 4], [7.5]]
     assert rs.histograms(run_id, module="wq", step=np.int64(5)).counts.tolist() == [[1, 2, 3, 4]]
     assert rs.histograms(run_id, step=[0, 5], module=["wk"]).step.tolist() == [5]
+    other = rs.create_run("b", RECIPE)
+    with rs.writer(other) as w:
+        w.log_histogram(1, "head", [0.0, 1.0], [2])
+    assert rs.histogram_modules(run_id) == ["wk", "wq"]  # without reading the histograms
+    assert rs.histogram_modules([run_id, other]) == ["head", "wk", "wq"]
+    assert rs.histogram_modules(rs.create_run("c", RECIPE)) == []
 
 
 def test_metric_filters_by_run_key_and_since_step(rs):
@@ -312,3 +320,21 @@ def test_a_store_pickles_as_its_arguments(tmp_path):
     copy = pickle.loads(pickle.dumps(rs))
     assert (copy.home, copy.stale_after) == (tmp_path, 7.0)
     assert copy.run(run_id)["name"] == "a"
+
+
+def test_eval_and_merge_runs_record_their_kind_and_sources(tmp_path):
+    store = RunStore(tmp_path)
+    a = store.create_run("a", RECIPE)
+    b = store.create_run("b", RECIPE)
+    merged = store.create_run(
+        "soup", RECIPE, kind="merge", sources=[{"run_id": a, "step": 10}, {"run_id": b}]
+    )
+    frame = store.runs().set_index("run_id")
+    assert frame.loc[a, "kind"] == "train" and pd.isna(frame.loc[a, "sources"])
+    assert frame.loc[merged, "kind"] == "merge"
+    assert json.loads(store.run(merged)["sources"]) == [{"run_id": a, "step": 10}, {"run_id": b}]
+    with pytest.raises(ValueError, match="kind 'test' is not one of train, eval, merge"):
+        store.create_run("x", RECIPE, kind="test")
+    with pytest.raises(KeyError, match="unknown run_id 'nope'"):
+        store.create_run("x", RECIPE, kind="eval", sources=[{"run_id": "nope"}])
+    assert len(store.runs()) == 3  # the refused ones wrote nothing

@@ -100,6 +100,29 @@ async def test_metrics_are_downsampled_keeping_both_ends(jp_fetch, make_run):
     assert len(few["keys"]["loss"]["steps"]) == 10
 
 
+async def test_metrics_of_many_runs_come_in_one_request(jp_fetch, make_run):
+    a = make_run("a", "s", "succeeded", losses=[3.0, 2.0, 1.0])
+    b = make_run("b", "s", "running", losses=[float(i) for i in range(500)])
+    make_run("c", "s", "queued")  # no values yet: left out
+    data = (await get(jp_fetch, "series", keys="loss", max_points="50"))["runs"]
+    assert sorted(data) == sorted([a, b])
+    assert data[a]["keys"] == {"loss": {"steps": [1, 2, 3], "values": [3.0, 2.0, 1.0], "total": 3}}
+    assert data[a]["last_step"] == 3
+    loss_b = data[b]["keys"]["loss"]
+    assert loss_b["total"] == 500 and len(loss_b["steps"]) == 50
+    assert loss_b["steps"][0] == 1 and loss_b["steps"][-1] == 500
+    only = (await get(jp_fetch, "series", run_id=a))["runs"]
+    assert list(only) == [a] and sorted(only[a]["keys"]) == ["loss", "lr"]
+    response = await jp_fetch(
+        "nblab", "api", "series", params={"run_id": "nope"}, raise_error=False
+    )
+    assert response.code == 404 and b"nope" in response.body
+    response = await jp_fetch(
+        "nblab", "api", "series", params={"max_points": "1"}, raise_error=False
+    )
+    assert response.code == 400 and b"max_points" in response.body
+
+
 async def test_sweeps_summarise_the_latest_run_of_each_point(jp_fetch, make_run):
     make_run("p1", "s1", "failed")
     make_run("p1", "s1", "succeeded")  # a rerun: the latest run of p1
@@ -162,6 +185,19 @@ async def test_rerun_makes_a_new_run_of_a_failed_one(jp_fetch, make_run, launche
     assert launched == [{"run_ids": [new], "jobs": 1}]
     reply = await post(jp_fetch, "runs", done, "rerun", expect=409)
     assert "succeeded" in reply["message"]
+
+
+async def test_a_failed_evaluation_is_rerun_as_an_evaluation(jp_fetch, make_run, store, launched):
+    source = make_run("trained", "s1", "succeeded", steps=12)
+    sources = [{"run_id": source, "step": 12}]
+    evaluation = store.create_run(
+        "nvfp4", 'name = "e"\n', "s1", steps=12, kind="eval", sources=sources
+    )
+    store.set_status(evaluation, "failed", error="boom")
+    (new,) = (await post(jp_fetch, "runs", evaluation, "rerun", expect=201))["run_ids"]
+    run = await get(jp_fetch, "runs", new)
+    assert (run["kind"], json.loads(run["sources"]), run["status"]) == ("eval", sources, "queued")
+    assert launched == [{"run_ids": [new], "jobs": 1}]
 
 
 async def test_sweep_rerun_reruns_only_failed_points(jp_fetch, make_run, launched):

@@ -51,7 +51,8 @@ def methods(handler) -> list[str]:
 def test_the_route_walk_finds_every_route(jp_web_app, jp_base_url):
     paths = {sample_path(p, jp_base_url) for p, _ in nblab_routes(jp_web_app)}
     assert {"nblab/api/runs", "nblab/api/sweeps/s1/report", "nblab/api/events"} <= paths
-    assert len(paths) == 12
+    assert "nblab/api/merges" in paths
+    assert len(paths) == 14
 
 
 async def test_every_route_rejects_unauthenticated_requests(jp_fetch, jp_web_app, jp_base_url):
@@ -65,7 +66,7 @@ async def test_every_route_rejects_unauthenticated_requests(jp_fetch, jp_web_app
             )
             assert response.code == 403, f"{method} {path}: {response.code}"
             checked.append(f"{method} {path}")
-    assert len(checked) == 13  # 8 GETs (events included) and 5 POSTs
+    assert len(checked) == 15  # 9 GETs (events included) and 6 POSTs (merges included)
 
 
 async def test_the_events_socket_rejects_unauthenticated_clients(jp_ws_fetch):

@@ -9,10 +9,10 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from waiting import wait_for
 
 from nblab.batch.slurm import (
     Resources,
@@ -38,16 +38,6 @@ def tiny(steps: int, *overrides: str) -> Recipe:
 
 def queue(store: RunStore, recipe: Recipe, name: str = "job") -> str:
     return store.create_run(name, recipe.to_toml(), "slurm-tests", steps=recipe.train.steps)
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 # ---------------------------------------------------------------------------
@@ -247,7 +237,7 @@ def test_slurm_multinode_command_uses_c10d_rendezvous_on_the_head_node():
     assert "--nnodes=2" in cmd and "--nproc-per-node=8" in cmd
     assert "--rdzv-backend=c10d" in cmd and "--rdzv-endpoint=node01:29417" in cmd
     assert "--standalone" not in cmd
-    tail = ["nblab.parallel.launch", "--run-id", "r1", "--home", "/shared/nblab", "--resume"]
+    tail = ["nblab.launch", "--run-id", "r1", "--home", "/shared/nblab", "--resume"]
     assert cmd[-6:] == tail
 
 

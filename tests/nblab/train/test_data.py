@@ -7,6 +7,7 @@ import torch.nn as nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nblab.models import build_model as build_from_section
 from nblab.train.data import (
     DATASETS,
     AdditionDataset,
@@ -15,7 +16,6 @@ from nblab.train.data import (
     exact_match_accuracy,
     pydoc_text,
 )
-from nblab.train.model import build_model
 
 
 def gen(seed: int) -> torch.Generator:
@@ -239,21 +239,25 @@ def test_addition_with_digits_one_packs_and_parses():
 
 
 class Oracle(nn.Module):
-    """Answers every prompt right, except where `wrong(a, b)`; `end` off drops the END."""
+    """Answers every prompt right, except where `wrong(a, b)`; `end` off drops the END.
+    Its forward puts all the probability of the last position on the answer's next token."""
 
     def __init__(self, ds: AdditionDataset, wrong=lambda a, b: False, end: bool = True):
         super().__init__()
         self.ds, self.wrong, self.end = ds, wrong, end
 
-    def generate(self, idx, max_new_tokens, greedy=True):
-        rows = []
-        for prompt in idx.tolist():
-            a, b = map(int, self.ds.decode(prompt)[:-1].split("+"))
+    def forward(self, idx):
+        B, T = idx.shape
+        logits = torch.zeros(B, T, self.ds.vocab_size)
+        for row, ids in enumerate(idx.tolist()):
+            prompt = self.ds.decode(ids[: self.ds.prompt_len])
+            a, b = map(int, prompt[:-1].split("+"))
             answer = self.ds.answer(a, b + self.wrong(a, b))
             answer = answer if self.end else answer[:-1]
-            new = (answer + "." * max_new_tokens)[:max_new_tokens]
-            rows.append(prompt + self.ds.encode(new))
-        return torch.tensor(rows)
+            done = T - self.ds.prompt_len
+            nxt = answer[done] if done < len(answer) else "."
+            logits[row, -1, self.ds.encode(nxt)[0]] = 1.0
+        return logits
 
 
 def test_exact_match_grades_whole_answers(addition):
@@ -267,7 +271,8 @@ def test_exact_match_grades_whole_answers(addition):
 
 def test_exact_match_runs_a_real_model_and_restores_its_mode(addition):
     torch.manual_seed(0)
-    model = build_model("gpt", "debug", vocab_size=addition.vocab_size, max_seq_len=64)
+    section = {"name": "gpt", "flavour": "debug"}
+    model = build_from_section(section, vocab_size=addition.vocab_size, max_seq_len=64)
     model.train()
     acc = exact_match_accuracy(model, addition, 20, "cpu")
     assert acc == 0.0  # an untrained model does not add
@@ -318,8 +323,8 @@ def test_hf_loads_a_dataset_saved_to_disk(tmp_path):
 # --- the registry refuses bad input by name -------------------------------------------------
 
 
-def test_registry_holds_the_four_datasets():
-    assert sorted(DATASETS) == ["addition", "hf", "pydoc", "text"]
+def test_registry_holds_the_six_datasets():
+    assert sorted(DATASETS) == ["addition", "files", "hf", "instruct", "pydoc", "text"]
 
 
 def test_an_empty_path_counts_as_none():
@@ -331,7 +336,11 @@ def test_an_empty_path_counts_as_none():
 @pytest.mark.parametrize(
     ("name", "kwargs", "pattern"),
     [
-        ("wikitext", {}, r"name='wikitext' is not registered; accepted: \['addition', 'hf'"),
+        (
+            "wikitext",
+            {},
+            r"name='wikitext' is not registered; accepted: \['addition', 'files', 'hf'",
+        ),
         ("pydoc", {"tokenizer": "bpe"}, r"tokenizer='bpe' .* accepted: \['byte', 'char'\]"),
         ("pydoc", {"val_fraction": 0}, r"val_fraction=0 must be strictly between 0 and 1"),
         ("pydoc", {"val_fraction": 1.5}, r"val_fraction=1.5 must be strictly between 0 and 1"),

@@ -97,13 +97,10 @@ def test_non_finite_gradient_stops_the_run_as_diverged(store):
         calls["n"] += 1
         return grad * math.nan if calls["n"] == 5 else grad
 
-    from nblab.train.model import build_model
+    from nblab.models import build_model
 
     model = build_model(
-        "gpt",
-        "debug",
-        vocab_size=build_dataset("pydoc").vocab_size,
-        max_seq_len=DEBUG.train.seq_len,
+        DEBUG.model, vocab_size=build_dataset("pydoc").vocab_size, max_seq_len=DEBUG.train.seq_len
     )
     model.layers[0].mlp.down.weight.register_hook(poison)
     result = train(recipe, store=store, model=model)
@@ -118,12 +115,16 @@ def test_non_finite_gradient_stops_the_run_as_diverged(store):
 def test_an_exception_fails_the_run_and_keeps_its_log(store):
     other = train(DEBUG.with_overrides(["train.steps=2"]), store=store)
 
-    class Broken(torch.nn.Module):
+    vocab = build_dataset("pydoc").vocab_size
+
+    class Broken(torch.nn.Module):  # a model nblab can read, whose forward fails
         def __init__(self):
             super().__init__()
-            self.layer = torch.nn.Linear(4, 4)
+            self.emb = torch.nn.Embedding(vocab, 4)
+            self.blocks = torch.nn.ModuleList([torch.nn.Linear(4, 4)])
+            self.head = torch.nn.Linear(4, vocab)
 
-        def forward(self, x, y):
+        def forward(self, x):
             raise RuntimeError("shape trouble in block 3")
 
     with pytest.raises(RuntimeError, match="shape trouble"):
@@ -181,3 +182,11 @@ def test_checkpoint_from_before_optimizer_keys_by_name_resumes_in_its_own_layout
     other = Trainer(recipe)
     with pytest.raises(NotImplementedError, match="saved with parallel.pp=1 by an older"):
         checkpoint.load(old, other.model, other.optimizer, other.scheduler, pp=2)
+
+
+def test_a_run_records_its_model_size_and_plan(store):
+    result = train(DEBUG.with_overrides(["train.steps=1"]), store=store)
+    run = store.run(result.run_id)
+    assert run["params"] == 88_832 and run["kind"] == "train"  # gpt-debug, char vocab 103
+    plan = (store.run_dir(result.run_id) / "plan.txt").read_text()
+    assert plan.startswith("model gpt: 88,832 parameters (88,832 in matmuls)\nprecision bf16")

@@ -33,6 +33,35 @@ def test_bad_field_gets_a_message_and_recipe_stays_last_valid(store, path, bad, 
     assert "7" in builder.preview.value  # the preview shows the last valid recipe
 
 
+def test_the_model_kinds_show_their_own_fields_and_check_sources_live(store, tmp_path):
+    builder = RecipeBuilder(Recipe.preset("gpt-debug"))
+    assert builder.visible("model.flavour") and not builder.visible("model.path")
+    builder.set("model.name", "hf")
+    assert builder.visible("model.path") and builder.visible("model.architecture")
+    assert not builder.visible("model.flavour") and not builder.visible("model.factory")
+    builder.set("model.path", str(tmp_path / "nowhere"))
+    assert "no such folder" in builder.messages["model.path"]
+    builder.set("model.path", "")
+    builder.set("model.architecture", "llama")
+    builder.set("model.config", "{hidden_size = 64, num_hidden_layers = 2, hidden_sise = 3}")
+    assert "did you mean 'hidden_size'" in builder.messages["model.config"]
+    builder.set(
+        "model.config", "{hidden_size = 64, intermediate_size = 128, num_hidden_layers = 2}"
+    )
+    builder.set("data.tokenizer", "byte")
+    assert builder.messages == {}
+    assert builder.recipe.model.config == {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+    }
+    builder.set("model.name", "py")
+    assert builder.visible("model.factory") and not builder.visible("model.architecture")
+    builder.set("model.architecture", "")
+    builder.set("model.factory", "no_such_module_xyz:build")
+    assert "does not import" in builder.messages["model.factory"]
+
+
 def test_fixing_the_field_clears_its_message(store):
     builder = RecipeBuilder("gpt-debug")
     builder.set("train.steps", "abc")

@@ -48,8 +48,14 @@ def test_smooth_is_debiased_ema():
 # -- RunMonitor against a temporary store ------------------------------------------
 
 
-def _run(store, name, sweep="s"):
-    run_id = store.create_run(name, RECIPE, sweep=sweep, steps=100)
+def _run(store, name, sweep="s", seed=None):
+    """A running run; its own data path, so two runs are seeds of one configuration only
+    when they share `name`'s part before the comma and pass a seed."""
+    config = name.split(",")[0]
+    recipe = RECIPE + f'[data]\npath = "{config}"\n'
+    if seed is not None:
+        recipe = recipe.replace("[train]\n", f"[train]\nseed = {seed}\n")
+    run_id = store.create_run(name, recipe, sweep=sweep, steps=100)
     return run_id, store.writer(run_id, flush_every=None)
 
 
@@ -90,6 +96,29 @@ def test_monitor_picks_up_new_rows_on_refresh(store):
     items = monitor._figure_parts["items"]
     assert items[a].label == value("✓ a (succeeded)")
     assert items[b].label == value("▶ b (running)")
+
+
+def test_merge_and_eval_runs_are_drawn_as_points_and_named_by_kind(store):
+    a, wa = _run(store, "a")
+    for step in range(1, 6):
+        wa.log_metrics(step, {"loss": 2.0 - step / 10})
+    wa.log_metrics(5, {"val_loss": 1.6})
+    wa.close()
+    sources = [{"run_id": a, "step": 5}]
+    for kind in ("merge", "eval"):
+        run_id = store.create_run(f"{kind}-x", RECIPE, sweep="s", kind=kind, sources=sources)
+        w = store.writer(run_id, flush_every=None)
+        w.log_metrics(0, {"val_loss": 1.55})
+        w.close()
+    monitor = RunMonitor("s", keys=("loss", "val_loss"), autostart=False)
+    glyphs = {}
+    for r in monitor._figure_parts["figure"].renderers:
+        glyphs[r.name] = type(r.glyph).__name__
+    by_name = {monitor.names[rid]: rid for rid in monitor.names}
+    assert monitor.legend[by_name["merge-x"]] == "✓ merge merge-x (succeeded)"
+    assert monitor.legend[by_name["eval-x"]] == "✓ eval eval-x (succeeded)"
+    assert glyphs["merge-x val_loss"] == glyphs["eval-x val_loss"] == "Scatter"
+    assert glyphs["a loss"] == "Line"
 
 
 def test_monitor_downsamples_and_switches_axes(store):
@@ -140,3 +169,39 @@ def test_periodic_callback_refreshes_on_the_event_loop_and_stops(store):
         return seen, monitor.running, monitor.status[a]
 
     assert asyncio.run(main()) == (3, False, "succeeded")
+
+
+def test_monitor_draws_seeds_of_a_configuration_as_a_mean_and_band(store):
+    runs = {}
+    for config, offset in (("bf16", 0.0), ("fp4", 1.0)):
+        for seed in (0, 1, 2):
+            run_id, writer = _run(store, f"{config},seed={seed}", seed=seed)
+            for step in (1, 2, 3):
+                writer.log_metrics(step, {"loss": offset + step + seed / 10})
+            writer.close()
+            runs[(config, seed)] = run_id
+    monitor = RunMonitor("s", keys=("loss",), autostart=False)
+    assert monitor.grouped
+    assert set(monitor.groups.values()) == {"bf16", "fp4"}
+    frame = monitor.group_data["fp4"]
+    assert frame.step.tolist() == [1, 2, 3] and frame.n.tolist() == [3, 3, 3]
+    assert frame["mean"].tolist() == pytest.approx([2.1, 3.1, 4.1])
+    assert frame.sd.tolist() == pytest.approx([0.1] * 3)
+    # one legend entry per configuration; its band and line in one colour
+    from bokeh.models import Line, VArea
+
+    items = monitor._figure_parts["items"]
+    assert set(items) == {"group:bf16", "group:fp4"}
+    assert monitor.legend["group:fp4"] == "✓ fp4 (3 runs: 3 succeeded)"
+    band, line = items["group:fp4"].renderers
+    assert isinstance(band.glyph, VArea) and isinstance(line.glyph, Line)
+    assert band.glyph.fill_color == line.glyph.line_color
+    assert band.data_source.data["upper"].tolist() == pytest.approx([2.2, 3.2, 4.2])
+    # the report's palette: configurations in order of their first run
+    from nblab.groups import TAB10
+
+    colors = [items[f"group:{c}"].renderers[1].glyph.line_color for c in ("bf16", "fp4")]
+    assert colors == list(TAB10[:2])
+    # group=False: every run on its own
+    apart = RunMonitor("s", keys=("loss",), autostart=False, group=False)
+    assert set(apart._figure_parts["items"]) == set(runs.values())

@@ -83,3 +83,25 @@ def test_fp4_recipes_notebook_runs_headless(tmp_path, home):
     assert any(
         "QuantErrorHeatmap" in o["data"].get("text/plain", "") for o in outputs if "data" in o
     )
+
+
+def test_ptq_and_advisor_notebook_runs_headless(tmp_path, home, monkeypatch):
+    """Train gpt-tiny in bf16, evaluate every preset, scan nvfp4, advise under a budget,
+    verify the advice when measured, apply it and build the report (the notebook asserts
+    each)."""
+    # the kernels on one thread: on a busy 2-core machine two wait on each other
+    # (benchmarks/results/sensitivity-scan-gpt-tiny-cpu.txt: a scan 7x slower on two)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    _execute(
+        "ptq_and_advisor.ipynb",
+        tmp_path / "ptq_and_advisor.ipynb",
+        {"steps": 60, "eval_batches": 2, "sweep_name": "ptq", "budget": 0.02},
+    )
+    from nblab.precision.presets import PRECISION_PRESETS
+
+    store = RunStore(home)
+    runs = store.runs()
+    assert set(runs.status) == {"succeeded"}
+    # every preset weights only and with activations, the scan, the measured advice
+    assert (runs.kind == "eval").sum() == 2 * len(PRECISION_PRESETS) + 2
+    assert (home / "sweeps" / "ptq" / "report.html").exists()

@@ -90,18 +90,39 @@ def _one_module_run(store, steps: int) -> str:
     return run_id
 
 
-def test_heatmap_labels_about_twenty_of_many_steps(store):
+def test_heatmap_labels_about_twenty_of_many_steps_on_a_numeric_axis(store):
+    import holoviews as hv
+    from bokeh.models import FixedTicker, LinearAxis
+
+    def x_axis(steps: int):
+        plot = QuantErrorHeatmap(_one_module_run(store, steps)).plot()
+        return hv.render(plot, backend="bokeh").xaxis[0]
+
+    # BokehJS ignores label overrides on a categorical axis (every step would be drawn):
+    # the columns sit at positions 0..n-1 of a numeric axis with a fixed ticker
+    axis = x_axis(300)
+    assert isinstance(axis, LinearAxis) and isinstance(axis.ticker, FixedTicker)
+    ticks = list(axis.ticker.ticks)
+    labels = [axis.major_label_overrides[t] for t in ticks]
+    assert labels[0] == "1" and labels[-1] == "300" and 15 <= len(ticks) <= 21
+    assert all(labels[i] == str(t + 1) for i, t in enumerate(ticks))  # position t = step t+1
+    axis = x_axis(10)
+    assert list(axis.ticker.ticks) == list(range(10))  # few steps: every one labelled
+
+
+def test_heatmap_of_a_run_without_stats_yet_draws(store):
     import holoviews as hv
 
-    def x_label_overrides(steps: int) -> dict:
-        plot = QuantErrorHeatmap(_one_module_run(store, steps)).plot()
-        return hv.render(plot, backend="bokeh").xaxis[0].major_label_overrides
+    run_id = store.create_run("w", RECIPE)  # a job that has not logged stats yet
+    view = QuantErrorHeatmap(run_id)
+    assert view.data.empty
+    hv.render(view.plot(), backend="bokeh")  # an empty plot, no error
 
-    hidden = x_label_overrides(300)
-    shown = [str(s) for s in range(1, 301) if str(s) not in hidden]
-    assert set(hidden.values()) == {""}
-    assert shown[0] == "1" and shown[-1] == "300" and 15 <= len(shown) <= 21
-    assert x_label_overrides(10) == {}  # few steps: every one labelled
+
+def test_heatmap_click_shows_the_cell_histograms(stats_run):
+    view = QuantErrorHeatmap(stats_run)
+    view._tapped(1.2, "layers.1.mlp.down", [5, 10, 15])  # column 1: step 10
+    assert (view.detail.module, view.detail.step) == ("layers.1.mlp.down", 10)
 
 
 def test_heatmap_of_a_sweep_switches_runs(store):
@@ -133,5 +154,15 @@ def test_compare_shows_the_report_table(store):
     for point, spec in fake_sweep.POINTS.items():
         fake_sweep.write_run(store, point, spec)
     view = compare(fake_sweep.SWEEP)
-    table = view[1].object
+    table = view.panel[2].object
     assert len(table) == len(fake_sweep.POINTS) and "gap_to_bf16" in table.columns
+    assert "single runs" in view.panel[1].object
+
+
+def test_compare_groups_seeds_as_the_report_does(store):
+    fake_sweep.write_seeded(store)
+    view = compare(fake_sweep.SEEDED)
+    table = view.panel[2].object
+    assert list(table.index) == list(view.data.grouped_table().point)  # a row per point
+    assert table.loc["preset=bf16", "final_val_loss (± sd)"] == "2.5000 ± 0.0200"
+    assert "over its seeds" in view.panel[1].object

@@ -5,15 +5,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nblab.train.model import (
+from nblab.models import MODEL_KINDS
+from nblab.models import build_model as build_from_section
+from nblab.models.gpt import (
     FLAVOURS,
     GPT,
-    MODELS,
     GPTConfig,
     apply_rope,
-    build_model,
     rope_tables,
 )
+
+
+def build_model(name, flavour, vocab_size, max_seq_len, **overrides):
+    """A model of the registry from a [model] section of name, flavour and config."""
+    section = {"name": name, "flavour": flavour, "config": overrides}
+    return build_from_section(section, vocab_size=vocab_size, max_seq_len=max_seq_len)
 
 
 def small_config(**overrides) -> GPTConfig:
@@ -282,7 +288,7 @@ def test_invalid_config_names_the_field_value_and_rule(overrides, pattern):
 
 
 def test_registry_builds_gpt_and_applies_overrides():
-    assert MODELS["gpt"] is not None
+    assert set(MODEL_KINDS) == {"gpt", "hf", "py"}
     model = build_model("gpt", "debug", vocab_size=11, max_seq_len=20, n_layers=3)
     assert isinstance(model, GPT)
     assert len(model.layers) == 3
@@ -293,7 +299,7 @@ def test_registry_builds_gpt_and_applies_overrides():
 @pytest.mark.parametrize(
     ("args", "overrides", "pattern"),
     [
-        (("llama", "tiny"), {}, r"name='llama' .* accepted: \['gpt'\]"),
+        (("llama", "tiny"), {}, r"name='llama' .* accepted: \['gpt', 'hf', 'py'\]"),
         (("gpt", "huge"), {}, r"flavour='huge' .* accepted: \['125m', '1b', 'debug', 'small'"),
         (
             ("gpt", "tiny"),

@@ -13,6 +13,9 @@ it for a quantized linear by module name. The names are part of the API:
 Shapes: B batch, T sequence, d d_model, nh query heads, nkv key/value heads, hd head_dim,
 V vocab, F ffn_hidden. A model built under ``with torch.device("meta"):`` allocates nothing;
 after ``model.to_empty(device=...)`` call ``model.init_weights()`` to fill it.
+
+It answers nblab's model protocol (nblab.models.protocol) with GPT_ARCHITECTURE: blocks
+`layers`, the TP plan of TP_PLAN, pipeline stages by `stage_forward`.
 """
 
 from __future__ import annotations
@@ -24,7 +27,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100  # targets equal to this are left out of the loss
+from nblab.models.protocol import (
+    COLWISE,
+    ROWWISE,
+    Architecture,
+    ModelShape,
+    attach,
+    count_params,
+    linear_shapes,
+    lm_loss,
+)
 
 
 @dataclass
@@ -176,6 +188,44 @@ class Block(nn.Module):
         return x
 
 
+def stage_forward(self: GPT, x: torch.Tensor) -> torch.Tensor:
+    """GPT.forward of one pipeline stage (nblab.parallel.pipeline): token ids (stage 0) or
+    hidden states (B, T, d) in; hidden states or, on the last stage, logits (B, T, V) out.
+    The stage runs the blocks listed in self.pp_blocks; parts it does not own are None."""
+    if self.tok_emb is not None:
+        x = self.tok_emb(x)  # (B, T, d)
+    T = x.size(1)
+    cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+    for i in self.pp_blocks:
+        x = self.layers[i](x, cos, sin)
+    if self.lm_head is not None:
+        x = self.lm_head(self.norm(x))  # (B, T, V)
+    return x
+
+
+# Block-relative module -> tensor-parallel style: each TP rank holds whole heads of wq/wk/wv
+# and a slice of gate/up (column-parallel), and the matching input slice of wo/down.
+TP_PLAN = {
+    "attn.wq": COLWISE,
+    "attn.wk": COLWISE,
+    "attn.wv": COLWISE,
+    "attn.wo": ROWWISE,
+    "mlp.gate": COLWISE,
+    "mlp.up": COLWISE,
+    "mlp.down": ROWWISE,
+}
+
+GPT_ARCHITECTURE = Architecture(
+    blocks="layers",
+    embedding="tok_emb",
+    final_norm="norm",
+    head="lm_head",
+    tp_plan=TP_PLAN,
+    tp_divided=("attn.n_heads", "attn.n_kv_heads"),  # Attention views by its head counts
+    stage_forward=stage_forward,
+)
+
+
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -190,6 +240,7 @@ class GPT(nn.Module):
         self.register_buffer("rope_cos", torch.empty(0), persistent=False)
         self.register_buffer("rope_sin", torch.empty(0), persistent=False)
         self.init_weights()
+        attach(self, GPT_ARCHITECTURE)
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -227,11 +278,7 @@ class GPT(nn.Module):
             x = layer(x, cos, sin)  # (B, T, d)
         x = self.norm(x)  # (B, T, d)
         logits = self.lm_head(x)  # (B, T, V)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(
-                logits.float().view(B * T, -1), targets.reshape(B * T), ignore_index=IGNORE_INDEX
-            )
+        loss = None if targets is None else lm_loss(logits, targets)
         return logits, loss
 
     def num_params(self, exclude_embedding: bool = False) -> int:
@@ -281,8 +328,10 @@ class GPT(nn.Module):
         return idx
 
 
-def build_gpt(flavour: str, vocab_size: int, max_seq_len: int, **overrides) -> GPT:
-    """A GPT of the named flavour; overrides replace any GPTConfig field (e.g. n_layers=3)."""
+def gpt_config(
+    flavour: str, vocab_size: int, max_seq_len: int, tie_embeddings: bool = True, **overrides
+) -> GPTConfig:
+    """The GPTConfig of a flavour; overrides replace any GPTConfig field (e.g. n_layers=3)."""
     if flavour not in FLAVOURS:
         raise ValueError(f"flavour={flavour!r} is not a gpt flavour; accepted: {sorted(FLAVOURS)}")
     accepted = {f.name for f in fields(GPTConfig)} - {"vocab_size", "max_seq_len"}
@@ -291,19 +340,103 @@ def build_gpt(flavour: str, vocab_size: int, max_seq_len: int, **overrides) -> G
         raise ValueError(
             f"override {unknown[0]!r} is not a GPTConfig field; accepted: {sorted(accepted)}"
         )
-    kwargs = {**FLAVOURS[flavour], **overrides}
-    return GPT(GPTConfig(vocab_size=vocab_size, max_seq_len=max_seq_len, **kwargs))
+    kwargs = {**FLAVOURS[flavour], "tie_embeddings": tie_embeddings, **overrides}
+    return GPTConfig(vocab_size=vocab_size, max_seq_len=max_seq_len, **kwargs)
 
 
-# name -> builder(flavour, vocab_size, max_seq_len, **overrides); one entry per architecture.
-MODELS = {"gpt": build_gpt}
+def gpt_shape(cfg: GPTConfig) -> ModelShape:
+    """The ModelShape of a GPTConfig, from a model built on the meta device."""
+    with torch.device("meta"):
+        model = GPT(cfg)
+    n_params, n_lookup = count_params(model, GPT_ARCHITECTURE)
+    return ModelShape(
+        kind="gpt",
+        d_model=cfg.d_model,
+        n_layers=cfg.n_layers,
+        n_heads=cfg.n_heads,
+        n_kv_heads=cfg.n_kv_heads,
+        head_dim=cfg.head_dim,
+        ffn_hidden=cfg.ffn_hidden,
+        vocab_size=cfg.vocab_size,
+        tie_embeddings=cfg.tie_embeddings,
+        linears=linear_shapes(model, GPT_ARCHITECTURE),
+        n_params=n_params,
+        n_lookup_params=n_lookup,
+        block_prefix=GPT_ARCHITECTURE.block_prefix,
+        max_seq_len=cfg.max_seq_len,
+    )
 
 
-def build_model(
-    name: str, flavour: str, vocab_size: int, max_seq_len: int, **overrides
-) -> nn.Module:
-    """build_model("gpt", "tiny", vocab_size=ds.vocab_size, max_seq_len=256). Build under
-    ``with torch.device("meta"):`` to count parameters or plan sharding without memory."""
-    if name not in MODELS:
-        raise ValueError(f"model name={name!r} is not registered; accepted: {sorted(MODELS)}")
-    return MODELS[name](flavour, vocab_size, max_seq_len, **overrides)
+def build_gpt(flavour: str, vocab_size: int, max_seq_len: int, **overrides) -> GPT:
+    """A GPT of the named flavour; overrides replace any GPTConfig field (e.g. n_layers=3)."""
+    return GPT(gpt_config(flavour, vocab_size, max_seq_len, **overrides))
+
+
+# ---------------------------------------------------------------------------
+# The same weights as a transformers LlamaForCausalLM (nblab's GPT is llama-style)
+# ---------------------------------------------------------------------------
+
+_LLAMA_BLOCK_NAMES = {
+    "attn_norm": "input_layernorm",
+    "attn.wq": "self_attn.q_proj",
+    "attn.wk": "self_attn.k_proj",
+    "attn.wv": "self_attn.v_proj",
+    "attn.wo": "self_attn.o_proj",
+    "mlp_norm": "post_attention_layernorm",
+    "mlp.gate": "mlp.gate_proj",
+    "mlp.up": "mlp.up_proj",
+    "mlp.down": "mlp.down_proj",
+}
+
+
+def llama_name(name: str) -> str:
+    """A GPT parameter name as LlamaForCausalLM's: layers.0.attn.wq.weight ->
+    model.layers.0.self_attn.q_proj.weight. (RoPE is the same "half split" as HF Llama's.)"""
+    if name.startswith("tok_emb."):
+        return "model.embed_tokens." + name[len("tok_emb.") :]
+    if name.startswith("norm."):
+        return "model." + name
+    if name.startswith("layers."):
+        _, index, rest = name.split(".", 2)
+        module, _, leaf = rest.rpartition(".")
+        return f"model.layers.{index}.{_LLAMA_BLOCK_NAMES[module]}.{leaf}"
+    return name  # lm_head.weight
+
+
+def gpt_name(name: str) -> str:
+    """llama_name's inverse."""
+    back = {v: k for k, v in _LLAMA_BLOCK_NAMES.items()}
+    if name.startswith("model.embed_tokens."):
+        return "tok_emb." + name[len("model.embed_tokens.") :]
+    if name.startswith("model.norm."):
+        return name[len("model.") :]
+    if name.startswith("model.layers."):
+        _, _, index, rest = name.split(".", 3)
+        module, _, leaf = rest.rpartition(".")
+        return f"layers.{index}.{back[module]}.{leaf}"
+    return name
+
+
+def llama_config(cfg: GPTConfig):
+    """The transformers LlamaConfig of the same model."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.d_model,
+        intermediate_size=cfg.ffn_hidden,
+        num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.n_kv_heads,
+        head_dim=cfg.head_dim,
+        max_position_embeddings=cfg.max_seq_len,
+        rms_norm_eps=cfg.norm_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": float(cfg.rope_theta)},
+        tie_word_embeddings=cfg.tie_embeddings,
+        hidden_act="silu",
+        attention_bias=False,
+        mlp_bias=False,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )

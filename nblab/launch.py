@@ -1,13 +1,15 @@
-"""Launch a parallel run with torchrun, and the entry point each rank runs.
+"""Start a run: in this process, or on N processes with torchrun; and the entry point
+each rank runs. It sits above the trainer (the trainer never starts processes).
 
-    result = launch(recipe, nproc=2)          # the parent: returns a TrainResult
+    result = launch(recipe)                   # parallel.nproc 1: nblab.train.train here
+    result = launch(recipe, nproc=2)          # torchrun; returns a TrainResult
     nblab run gpt-debug --nproc 2             # the same from the command line
 
-The parent validates the layout (before any process starts), creates the run in the
-store (queued) and runs
+For nproc > 1 the parent validates the layout (before any process starts), creates the
+run in the store (queued) and runs
 
     python -m torch.distributed.run --standalone --nproc-per-node N \\
-        -m nblab.parallel.launch --run-id RUN --home NBLAB_HOME [--resume]
+        -m nblab.launch --run-id RUN --home NBLAB_HOME [--resume]
 
 in a session of its own, with its output in the run folder's torchrun.log. Every rank
 (`main()` below) reads the recipe from the store and calls nblab.train.train with that
@@ -17,12 +19,17 @@ under errors/rank<R>.txt (its traceback also goes to train.log).
 
 A failed rank fails the run: torchrun stops the other ranks, and the parent records the
 run as `failed` with the error of the rank that failed first (the others' errors, e.g. a
-closed connection, follow from it), appends it to train.log, and kills any worker still
-alive by the pids it recorded, so no process outlives the run. SIGTERM / Ctrl-C in the
-parent stops torchrun and its workers and records `cancelled`.
+closed connection, follow from it; a rank ended by a signal, such as kill -9, is named
+from torchrun's report, "rank 1: killed by signal 9 (SIGKILL)"), appends it to
+train.log, and kills any worker still alive by the pids it recorded, so no process
+outlives the run. SIGTERM / Ctrl-C in the parent stops torchrun and its workers and
+records `cancelled`.
 
 Fault injection for tests: NBLAB_FAULT="RANK:STEP" makes that rank raise before
 optimizer step STEP.
+
+This module imports torch and the trainer only where a function needs them, so that the
+sweep and Slurm launchers can name its entry point cheaply.
 """
 
 from __future__ import annotations
@@ -30,14 +37,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-from nblab.parallel.runtime import dims_for
 
 TORCHRUN_LOG = "torchrun.log"
 FAULT_ENV = "NBLAB_FAULT"
@@ -72,6 +78,36 @@ def _root_cause(run_dir: Path) -> tuple[int, str, str] | None:
     return rank, line, tb
 
 
+# how ranks are stopped (nblab cancel, Ctrl-C, torchrun stopping the others of a run)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _killed_rank(log: Path, offset: int) -> tuple[int, str, str] | None:
+    """(rank, "killed by signal N (NAME)", "") when torchrun's report of this attempt (its
+    log from `offset` on) names as the first failure a rank that a signal ended: kill -9,
+    the OOM killer. Such a rank records no error of its own, and the errors the other
+    ranks then record (a connection reset by peer) follow from it."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    _, found, block = text.rpartition("Root Cause (first observed failure):")
+    rank = re.search(r"^\s*rank\s*:\s*(\d+)", block, re.MULTILINE)
+    code = re.search(r"^\s*exitcode\s*:\s*-(\d+)", block, re.MULTILINE)
+    if not (found and rank and code):
+        return None
+    signum = int(code.group(1))
+    if signum in STOP_SIGNALS:  # a rank stopped (a cancel), not one that failed
+        return None
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = "unknown signal"
+    return int(rank.group(1)), f"killed by signal {signum} ({name})", ""
+
+
 def _stop(proc: subprocess.Popen, run_dir: Path, grace: float = 10.0) -> None:
     """Stop torchrun (it forwards the signal to its workers), then any worker left."""
     if proc.poll() is None:
@@ -99,17 +135,35 @@ def _reap_workers(run_dir: Path, grace: float = 5.0) -> None:
 
 
 def check_layout(recipe, nproc: int | None = None):
-    """The ParallelDims of `recipe` on `nproc` processes (default parallel.nproc), validated:
-    LayoutError lists every problem."""
+    """The ParallelDims of `recipe` on `nproc` processes (default parallel.nproc), validated
+    against the recipe's model (its shape from the config alone): LayoutError lists every
+    problem."""
+    from nblab.models import model_shape
+    from nblab.parallel.runtime import dims_for
+
     recipe.validate()
     dims = dims_for(recipe, nproc or recipe.parallel.nproc)
-    dims.validate(recipe)
+    shape = model_shape(recipe.model, _vocab_size(recipe), recipe.train.seq_len)
+    dims.validate(recipe, model=shape)
     return dims
+
+
+def _vocab_size(recipe) -> int:
+    """The tokenizer's vocabulary when it is known without reading the corpus (GPT-2's
+    otherwise: it only sizes the head, which stays in high precision by default)."""
+    from nblab.parallel.dims import DEFAULT_VOCAB_SIZE
+    from nblab.train import data
+
+    known = getattr(data, "tokenizer_vocab_size", None)
+    return (known(recipe.data) if known else None) or DEFAULT_VOCAB_SIZE
+
+
+ENTRY_MODULE = "nblab.launch"  # what each rank runs (main below)
 
 
 def torchrun_command(run_id: str, home: Path, nproc: int, resume: bool = False) -> list[str]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    cmd += ["--nproc-per-node", str(nproc), "-m", "nblab.parallel.launch"]
+    cmd += ["--nproc-per-node", str(nproc), "-m", ENTRY_MODULE]
     cmd += ["--run-id", run_id, "--home", str(home)]
     return cmd + (["--resume"] if resume else [])
 
@@ -126,14 +180,27 @@ def launch(
     env: dict[str, str] | None = None,
     poll_s: float = 0.5,
 ):
-    """Run `recipe` on `nproc` processes (default parallel.nproc) with torchrun and wait.
+    """Train `recipe` and wait: on `nproc` processes (default parallel.nproc) with torchrun,
+    or in this process when that is 1 (nblab.train.trainer.train).
 
     Returns nblab.train.trainer.TrainResult (status from the store). Raises LayoutError /
-    NotImplementedError before starting anything when the layout is invalid."""
+    NotImplementedError before starting anything when the layout is invalid. A recipe
+    whose eval.source is set evaluates that run's checkpoint instead (nblab.eval.run; its
+    EvalResult has the same fields)."""
     from nblab.runs import TERMINAL_STATUSES, RunStore
-    from nblab.train.trainer import TrainResult
+    from nblab.train.trainer import TrainResult, train
 
+    if recipe.eval.source:  # an evaluation of a run's checkpoint (nblab.eval), not training
+        from nblab.eval.run import run
+
+        return run(recipe, store=store, run_id=run_id, sweep=sweep, progress=progress)
     nproc = nproc or recipe.parallel.nproc
+    if nproc == 1:
+        if env:
+            raise ValueError("env applies to torchrun's processes; this run is in this process")
+        return train(
+            recipe, store=store, run_id=run_id, sweep=sweep, resume=resume, progress=progress
+        )
     check_layout(recipe, nproc)
     store = store or RunStore()
     if run_id is None:
@@ -146,6 +213,7 @@ def launch(
     full_env = {**os.environ, **(env or {}), "NBLAB_HOME": str(store.home)}
     full_env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     with open(run_dir / TORCHRUN_LOG, "ab") as out:
+        log_start = out.tell()  # this attempt's part of the log (a resume appends)
         proc = subprocess.Popen(
             torchrun_command(run_id, store.home, nproc, resume),
             stdout=out,
@@ -170,8 +238,12 @@ def launch(
     _reap_workers(run_dir)
     run = store.run(run_id)
     status, error = run["status"], run.get("error")
-    cause = _root_cause(run_dir) if proc.returncode != 0 else None
+    raised = _root_cause(run_dir) if proc.returncode != 0 else None
+    killed = _killed_rank(run_dir / TORCHRUN_LOG, log_start) if proc.returncode != 0 else None
+    cause = killed or raised
     if proc.returncode != 0 and status not in ("succeeded", "diverged"):
+        # `cancelled` with a rank killed first: torchrun stopped rank 0 after that rank
+        # died (rank 0 records the stop as a cancel), so the run failed
         if status == "cancelled" and cause is None:
             return TrainResult(run_id, status, int(run.get("step") or 0), {}, error)
         if cause is not None:
@@ -228,7 +300,7 @@ def _record_error(run_dir: Path, rank: int, err: BaseException) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """The entry point of one rank under torchrun."""
-    parser = argparse.ArgumentParser(prog="python -m nblab.parallel.launch")
+    parser = argparse.ArgumentParser(prog=f"python -m {ENTRY_MODULE}")
     parser.add_argument("--run-id", required=True)
     parser.add_argument("--home", required=True, help="the run store's NBLAB_HOME")
     parser.add_argument("--resume", action="store_true")

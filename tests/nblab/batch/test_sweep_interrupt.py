@@ -1,0 +1,96 @@
+"""`nblab sweep` interrupted with Ctrl-C mid-way, then resumed (issue 17 section 6).
+
+A 3-point sweep of 3-step gpt-debug jobs, one job at a time. Ctrl-C (SIGINT to the
+command's process group, as a terminal sends it) lands while the second point trains:
+the first point has succeeded, the second is stopped, the third never started. `nblab
+sweep --resume` then runs the second and third points only. No point runs twice (the
+finished one is left alone, the stopped job is gone before its point runs again) and
+none is lost: each point ends with exactly one succeeded run. About 40 s on 2 cores
+(four papermill jobs).
+"""
+
+import os
+import signal
+import subprocess
+import sys
+
+from waiting import wait_for
+
+from nblab.runs import RunStore
+from nblab.runs.liveness import pid_alive
+
+SWEEP = """\
+name = "ctrl-c"
+base = "gpt-debug"
+
+[set]
+"train.steps" = 3
+"eval.interval" = 3
+"eval.batches" = 1
+
+[grid]
+"train.seed" = [0, 1, 2]
+"""
+WAIT_S = 240  # generous: the CI box is 2 shared cores
+
+
+def sweep(path, home, *extra) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "nblab.cli", "sweep", str(path), "--jobs", "1", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "NBLAB_HOME": str(home)},
+        start_new_session=True,  # its own process group, as in a terminal
+        preexec_fn=default_sigint,
+    )
+
+
+def default_sigint() -> None:
+    """A shell starts background commands with SIGINT ignored, and an ignored SIGINT is
+    inherited (Python then never raises KeyboardInterrupt): the sweep gets the
+    terminal's default, whatever started this test."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def test_ctrl_c_mid_sweep_then_resume_runs_no_point_twice_and_loses_none(tmp_path):
+    home, path = tmp_path / "home", tmp_path / "ctrl-c.toml"
+    path.write_text(SWEEP)
+    store = RunStore(home)
+    first = sweep(path, home)
+
+    def statuses():
+        return store.runs(sweep="ctrl-c").set_index("name").status.to_dict()
+
+    def second_training():
+        s = statuses()
+        return list(s.values())[:2] == ["succeeded", "running"] and s
+
+    seen = wait_for(second_training, WAIT_S, "point 1 to succeed and point 2 to train")
+    names = list(seen)
+    assert len(names) == 3
+    running = store.runs(sweep="ctrl-c").set_index("name").loc[names[1]]
+    os.killpg(first.pid, signal.SIGINT)  # Ctrl-C
+    output = first.communicate(timeout=120)[0]
+    assert "cancelling sweep ctrl-c" in output, output[-3000:]
+    assert first.returncode != 0
+    after = statuses()
+    assert after == {names[0]: "succeeded", names[1]: "cancelled", names[2]: "cancelled"}
+    # the stopped job is gone: its point cannot run twice at once
+    assert running.pid and not pid_alive(int(running.pid))
+
+    resumed = sweep(path, home, "--resume")
+    output = resumed.communicate(timeout=WAIT_S)[0]
+    assert resumed.returncode == 0, output[-3000:]
+    assert f"left alone (succeeded or running): {names[0]}" in output
+
+    runs = store.runs(sweep="ctrl-c")
+    assert len(runs) == 5  # 3 first, and one new run for each of the 2 unfinished points
+    for name in names:
+        mine = runs[runs.name == name]
+        assert (mine.status == "succeeded").sum() == 1, mine  # none lost, none twice
+        ok = mine[mine.status == "succeeded"].iloc[0]
+        loss = store.metrics(ok.run_id, keys=["loss"])
+        assert sorted(loss.step) == [1, 2, 3]
+    assert (runs.name == names[0]).sum() == 1  # the finished point was not run again
+    assert sorted(runs.status) == ["cancelled", "cancelled"] + ["succeeded"] * 3
