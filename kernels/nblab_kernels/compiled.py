@@ -474,29 +474,44 @@ def _stats_sums(x2, dq, scaled, s: Structure, ni, nf) -> torch.Tensor:
     )
 
 
-_graphs: dict[Structure, object] = {}
+_graphs: dict[tuple, object] = {}
 _lock = threading.Lock()
 
 
-def _graph(s: Structure):
-    """The compiled pipeline for one structure, made on first use."""
-    if s in _graphs:
-        return _graphs[s]
+def _static_sizes(s: Structure, m: int, k: int) -> tuple[int | None, int | None]:
+    """The sizes a graph specialises on (None: dynamic). The sizes the groups or the
+    Hadamard chunks run along are static: a symbolic size there leaves inductor index
+    arithmetic it cannot simplify (k / (k / 16) for a block of 16), and its loops
+    scalar. A model has a handful of such sizes (d_model, the MLP width, ...); the
+    number of rows (tokens) stays dynamic."""
+    along_k = s.granularity == "tile" or (s.granularity == "block" and s.dim == -1)
+    along_m = s.granularity == "tile" or (s.granularity == "block" and s.dim == 0)
+    if s.hadamard:
+        along_k, along_m = along_k or s.dim == -1, along_m or s.dim == 0
+    return (m if along_m else None, k if along_k else None)
+
+
+def _graph(s: Structure, static: tuple[int | None, int | None]):
+    """The compiled pipeline for one structure and its static sizes, made on first use."""
+    key = (s, static)
+    if key in _graphs:
+        return _graphs[key]
     with _lock:
-        if s not in _graphs:
+        if key not in _graphs:
 
             def run(x2, ni, nf, signs, rbits, seed):
                 return _pipeline(s, x2, ni, nf, signs, rbits, seed)
 
             # a code object of its own: dynamo keeps compiled graphs (and counts
             # recompiles) per code object, so structures never evict each other
-            code = run.__code__.replace(co_name=s.name)
-            fn = types.FunctionType(code, run.__globals__, s.name, None, run.__closure__)
+            name = s.name + "".join(f"_{d}{n}" for d, n in zip("mk", static) if n)
+            code = run.__code__.replace(co_name=name)
+            fn = types.FunctionType(code, run.__globals__, name, None, run.__closure__)
             # static but for the dims _run marks dynamic: with dynamic=True dynamo would
             # also make the structure's ints (the block size) symbolic, and inductor
             # leaves loops over a symbolic block scalar
-            _graphs[s] = torch.compile(fn, dynamic=False, fullgraph=True)
-        return _graphs[s]
+            _graphs[key] = torch.compile(fn, dynamic=False, fullgraph=True)
+        return _graphs[key]
 
 
 # ---------------------------------------------------------------------------
@@ -525,12 +540,14 @@ def _run(x: torch.Tensor, spec: QuantSpec, rbits, seed, op: str):
             rounding, seed_t = "sr_seed", torch.tensor(seed - 2**64 if seed >= 2**63 else seed)
     s, ni, nf, signs = _prepared(spec, op, rounding)
     x2 = x2.detach().to(torch.float32).contiguous()
-    for t in (x2, bits) if bits is not None else (x2,):  # any shape, one graph
-        torch._dynamo.maybe_mark_dynamic(t, 0)
-        torch._dynamo.maybe_mark_dynamic(t, 1)
+    static = _static_sizes(s, m, k)
+    for t in (x2, bits) if bits is not None else (x2,):  # other sizes: the same graph
+        for dim, size in enumerate(static):
+            if size is None:
+                torch._dynamo.maybe_mark_dynamic(t, dim)
     try:
         with torch.no_grad():
-            out = _graph(s)(x2, ni, nf, signs, bits, seed_t)
+            out = _graph(s, static)(x2, ni, nf, signs, bits, seed_t)
     except Exception as err:  # every input was validated above: this is the compiler
         raise CompileError(f"{type(err).__name__} compiling {s.name}") from err
     return out, x2

@@ -12,6 +12,8 @@
   than compiling a graph for it. Where calls repeat, `layer_backend` picks:
   QuantLinear runs a layer whose activations have at least AUTO_COMPILED_MIN_NUMEL
   elements on the compiled kernels (all six operands), as it quantizes them every step.
+  NBLAB_AUTO_COMPILED=0 in the environment keeps "auto" on the reference there too
+  (the test suite sets it, so that only the compiled backend's own tests compile).
 
 Stochastic rounding without rbits or seed draws one Philox seed from torch's
 generator in the Triton and compiled kernels, a whole tensor of bits in the
@@ -44,6 +46,7 @@ BACKENDS = ("auto", "reference", "triton", "compiled")
 # model's (gpt-debug: 128 x 64) stay on the reference, so short runs and tests pay no
 # compile time.
 AUTO_COMPILED_MIN_NUMEL = 2**18
+AUTO_COMPILED_ENV = "NBLAB_AUTO_COMPILED"
 
 
 def layer_backend(backend: str, activations: torch.Tensor) -> str:
@@ -51,6 +54,8 @@ def layer_backend(backend: str, activations: torch.Tensor) -> str:
     (tokens x in_features) are `activations`: "auto" becomes "compiled" for a large
     CPU layer, anything else stays as it is."""
     if backend != "auto" or activations.device.type != "cpu":
+        return backend
+    if os.environ.get(AUTO_COMPILED_ENV, "1").strip().lower() in ("0", "false", "off", "no"):
         return backend
     return "compiled" if activations.numel() >= AUTO_COMPILED_MIN_NUMEL else backend
 

@@ -200,7 +200,7 @@ CASES = _cases()
 @pytest.fixture
 def eager_graphs(monkeypatch):
     """The compiled backend's pipeline, run without torch.compile."""
-    monkeypatch.setattr(compiled, "_graph", lambda s: lambda *a: compiled._pipeline(s, *a))
+    monkeypatch.setattr(compiled, "_graph", lambda s, static: lambda *a: compiled._pipeline(s, *a))
 
 
 def test_formulation_matches_the_reference_on_every_triton_case(eager_graphs):
@@ -316,7 +316,11 @@ def test_auto_runs_the_reference_on_cpu_and_compiles_large_layers(monkeypatch, c
     nk.fake_quantize(torch.randn(512, 512), "mxfp8")  # one call: not worth a compile
     assert compiled_calls == []
     monkeypatch.setattr(ops, "AUTO_COMPILED_MIN_NUMEL", X.numel())
+    monkeypatch.setenv("NBLAB_AUTO_COMPILED", "1")
     assert nk.layer_backend("auto", X) == "compiled"
+    monkeypatch.setenv("NBLAB_AUTO_COMPILED", "0")  # the switch the test suite sets
+    assert nk.layer_backend("auto", X) == "auto"
+    monkeypatch.setenv("NBLAB_AUTO_COMPILED", "1")
     assert nk.layer_backend("auto", X[:8]) == "auto"
     assert nk.layer_backend("reference", X) == "reference"
     assert nk.layer_backend("triton", X) == "triton"
@@ -339,7 +343,7 @@ def test_compiled_falls_back_with_a_warning(fresh_warnings, compiled_calls, x, s
 
 
 def test_a_failed_compile_falls_back_to_the_reference_once(fresh_warnings, monkeypatch):
-    def no_compiler(structure):
+    def no_compiler(structure, static):
         def fail(*args):
             raise RuntimeError("no C++ compiler")
 
