@@ -86,11 +86,11 @@ class Structure:
 
     op: str  # "fake" | "quantize" | "stats"
     int_elem: bool
-    elem_code: str  # quantize only: "fp8" (torch float8 layout, NaN code), "float", "int"
+    elem_code: str  # quantize only: a torch float8 dtype's name ("float8_e4m3fn"), "float", "int"
     packed: bool
     scale: str  # fp32 | pow2 | e8m0 | float (two-level)
     rule: str
-    grid_code: str  # two-level scale grid: "fp8" (ue4m3) or "ieee"/"finite" generic codes
+    grid_code: str  # two-level scale grid: a torch float8 dtype's name (ue4m3) or "ieee"/"finite"
     granularity: str
     block: int | None
     dim: int
@@ -120,11 +120,11 @@ class Structure:
         return Structure(
             op=op,
             int_elem=fmt.kind == "int",
-            elem_code="int" if fmt.kind == "int" else "fp8" if fmt.torch_dtype else "float",
+            elem_code="int" if fmt.kind == "int" else _dtype_name(fmt.torch_dtype) or "float",
             packed=fmt.packed,
             scale=sfmt.kind,
             rule=spec.rule,
-            grid_code="" if grid is None else "fp8" if grid.torch_dtype else grid.specials,
+            grid_code="" if grid is None else _dtype_name(grid.torch_dtype) or grid.specials,
             granularity=spec.granularity,
             block=spec.block,
             # dim places blocks; a tile or whole-dim group is the same along either dim
@@ -133,6 +133,10 @@ class Structure:
             rounding=rounding,
             hadamard=spec.hadamard,
         )
+
+
+def _dtype_name(dtype: torch.dtype | None) -> str:
+    return "" if dtype is None else str(dtype).removeprefix("torch.")
 
 
 # positions in the int32 / fp32 number vectors a graph reads
@@ -283,16 +287,15 @@ def _float_codes(q: torch.Tensor, emin, mbits, bias, nan_code) -> torch.Tensor:
 
 
 def _element_codes(q: torch.Tensor, s: Structure, ni) -> torch.Tensor:
-    """reference.encode(q, element): int8 for ints, else uint8 bytes (float8 codes as
-    torch's conversion writes them: NaN -> 0x7F with q's sign)."""
+    """reference.encode(q, element): int8 for ints, else uint8 bytes."""
     if s.int_elem:
         return torch.where(torch.isfinite(q), q, 0.0).to(torch.int8)
-    if s.elem_code == "fp8":  # torch's float8 conversion: NaN -> 0x7F, with q's sign
-        sign_of, nan_code = q, 0x7F
-    else:  # reference.encode: a non-finite value is stored as +0
-        sign_of, nan_code = torch.where(torch.isfinite(q), q, 0.0), 0
+    if s.elem_code != "float":  # a torch float8 dtype: the reference's own cast (exact)
+        return q.to(getattr(torch, s.elem_code)).view(torch.uint8)
+    # reference.encode: a non-finite value is stored as +0
+    sign_of = torch.where(torch.isfinite(q), q, 0.0)
     sign = torch.signbit(sign_of).to(torch.int32) * _pow2(ni[_I["sign_shift"]]).to(torch.int32)
-    code = _float_codes(q, ni[_I["emin"]], ni[_I["mbits"]], ni[_I["bias"]], nan_code)
+    code = _float_codes(q, ni[_I["emin"]], ni[_I["mbits"]], ni[_I["bias"]], 0)
     return (code + sign).to(torch.uint8)
 
 
@@ -400,9 +403,8 @@ def _scales(amax, poisoned, s: Structure, ni, nf):
     clamped = torch.where(torch.isnan(ratio), ratio, torch.clamp(ratio, g_min, g_max))
     s_b = _rne_binade(clamped, g_max, ni[_I["g_emin"]], ni[_I["g_mbits"]])
     mult = (1.0 / s_t) / s_b
-    if s.grid_code == "fp8":  # ue4m3 stored as float8_e4m3fn: torch's conversion bytes
-        code = _float_codes(s_b, ni[_I["g_emin"]], ni[_I["g_mbits"]], ni[_I["g_bias"]], 0x7F)
-        stored = (code + torch.signbit(s_b).to(torch.int32) * 128).to(torch.uint8)
+    if s.grid_code.startswith("float8"):  # ue4m3 stored as float8_e4m3fn: a cast, exact
+        stored = s_b.to(getattr(torch, s.grid_code)).view(torch.uint8)
     else:
         nan_code = ni[_I["g_nan_code"]] if s.grid_code == "ieee" else 0
         code = _float_codes(s_b, ni[_I["g_emin"]], ni[_I["g_mbits"]], ni[_I["g_bias"]], nan_code)
