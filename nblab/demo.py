@@ -34,14 +34,9 @@ def format_rows() -> list[dict]:
     return rows
 
 
-# One call per preset and op: the reference costs less than compiling a graph for it
-# (backend "auto" would compile, the tensor being large).
-TABLE_BACKEND = "reference"
-
-
 def bits_per_element(x: torch.Tensor, spec: QuantSpec) -> float:
     """Storage cost: element bits plus the scales' bits spread over the elements."""
-    q = quantize(x, spec, backend=TABLE_BACKEND)
+    q = quantize(x, spec)
     scale_bits = 0 if q.scale is None else q.scale.numel() * q.scale.element_size() * 8
     if q.tensor_scale is not None:
         scale_bits += 32
@@ -51,7 +46,7 @@ def bits_per_element(x: torch.Tensor, spec: QuantSpec) -> float:
 def preset_rows(x: torch.Tensor) -> list[dict]:
     rows = []
     for name, spec in QUANT_PRESETS.items():
-        stats = quant_stats(x, spec, backend=TABLE_BACKEND)
+        stats = quant_stats(x, spec)
         rows.append(
             {
                 "preset": name,
