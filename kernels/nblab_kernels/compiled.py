@@ -567,8 +567,8 @@ def _run(x: torch.Tensor, spec: QuantSpec, rbits, seed, op: str):
     except Exception as err:  # every input was validated above: this is the compiler
         raise CompileError(f"{type(err).__name__} compiling {s.name}") from err
     if transposed:  # back to x's layout
-        if op == "fake":
-            return out.t().contiguous(), x2
+        if op == "fake":  # a view: a copy back costs as much as the graph's own pass
+            return out.t(), x2
         sums, stored, s_t = out
         return (sums, stored.t() if stored.dim() == 2 else stored, s_t), x2
     return out, x2
