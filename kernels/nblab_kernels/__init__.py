@@ -12,7 +12,14 @@ from .formats import (
     scale_format,
 )
 from .matmul import scaled_matmul
-from .ops import BACKENDS, TritonFallbackWarning, fake_quantize, quant_stats, quantize
+from .ops import (
+    BACKENDS,
+    TritonFallbackWarning,
+    fake_quantize,
+    layer_backend,
+    quant_stats,
+    quantize,
+)
 from .reference import (
     QTensor,
     QuantStats,
@@ -38,6 +45,7 @@ __all__ = [
     "hadamard_matrix",
     "hadamard_transform",
     "inverse_hadamard_transform",
+    "layer_backend",
     "merge_quant_stats",
     "quant_stats",
     "quantize",

@@ -77,9 +77,12 @@ def linear_shape(module: nn.Module) -> tuple[int, int, bool] | None:
 class _QuantLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x2, weight, bias, module):
-        specs, backend = module.stored_specs, module.backend
-        module._tap("fwd_x", x2)
-        module._tap("fwd_w", weight)
+        specs = module.stored_specs
+        # one backend for all six operands of this call: "auto" compiles a large CPU
+        # layer, whose weights alone would look small (nk.layer_backend)
+        backend = nk.layer_backend(module.backend, x2)
+        module._tap("fwd_x", x2, backend)
+        module._tap("fwd_w", weight, backend)
         if "forward" in module.native_gemms:
             qx, qw = _q(x2, specs["fwd_x"], backend), _q(weight, specs["fwd_w"], backend)
             y = native_mm(qx, qw, x2.dtype)
@@ -97,19 +100,19 @@ class _QuantLinearFn(torch.autograd.Function):
             xq if _shared(specs, "fwd_x", "wgrad_x") else None,
             wq if _shared(specs, "fwd_w", "dgrad_w") else None,
         )
-        ctx.module, ctx.has_bias = module, bias is not None
+        ctx.module, ctx.backend, ctx.has_bias = module, backend, bias is not None
         return y  # (T, out)
 
     @staticmethod
     def backward(ctx, dy):
         x2, weight, xq, wq = ctx.saved_tensors
-        module = ctx.module
-        specs, backend = module.stored_specs, module.backend
+        module, backend = ctx.module, ctx.backend
+        specs = module.stored_specs
         # a frozen weight (a fine-tuned base) needs no wgrad GEMM: its roles do not run
         need_dw = ctx.needs_input_grad[1]
         for role, t in (("dgrad_dy", dy), ("dgrad_w", weight), ("wgrad_dy", dy), ("wgrad_x", x2)):
             if need_dw or not role.startswith("wgrad"):
-                module._tap(role, t)
+                module._tap(role, t, backend)
         native = module.native_gemms
         # quantized in the emulated order, so that stochastic rounding draws the same bits
         if "dgrad" in native:
@@ -202,10 +205,10 @@ class QuantLinear(nn.Linear):
         q.bias = linear.bias
         return q
 
-    def _tap(self, role: str, t: torch.Tensor) -> None:
+    def _tap(self, role: str, t: torch.Tensor, backend: str) -> None:
         spec = self.stored_specs[role]
         if self.recording and spec is not None and all(r != role for r, _ in self.recorded):
-            self.recorded.append((role, nk.quant_stats(t.detach(), spec, backend=self.backend)))
+            self.recorded.append((role, nk.quant_stats(t.detach(), spec, backend=backend)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self.weight, self.bias

@@ -36,8 +36,8 @@ def triton_calls(monkeypatch):
 
 
 def test_backends_are_listed():
-    assert nk.BACKENDS == ("auto", "reference", "triton")
-    with pytest.raises(ValueError, match=r"backend='cuda'.*auto, reference, triton"):
+    assert nk.BACKENDS == ("auto", "reference", "triton", "compiled")
+    with pytest.raises(ValueError, match=r"backend='cuda'.*auto, reference, triton, compiled"):
         nk.quantize(X, "mxfp8", backend="cuda")
 
 
