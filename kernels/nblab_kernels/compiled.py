@@ -97,9 +97,9 @@ class Structure:
     pad: bool  # padding="pad": groups may overhang the tensor (else the sizes divide)
     rounding: str  # "rne" | "sr_bits" | "sr_seed"
     hadamard: int
-    # x arrives transposed (see _transposable): sr_seed counts the elements in the
-    # caller's order, so that they draw the same bits
-    transposed: bool = False
+    # "" or how x^T is made (see _transposable): "graph" (the pipeline transposes) or
+    # "eager" (x arrives transposed); sr_seed counts elements in the caller's order
+    transposed: str = ""
 
     @property
     def name(self) -> str:
@@ -115,11 +115,11 @@ class Structure:
         if self.pad:
             parts.append("pad")
         if self.transposed:
-            parts.append("t")
+            parts.append(f"t{self.transposed}")
         return "nblab_" + "_".join(parts)
 
     @staticmethod
-    def of(spec: QuantSpec, op: str, rounding: str, transposed: bool = False) -> Structure:
+    def of(spec: QuantSpec, op: str, rounding: str, transposed: str = "") -> Structure:
         fmt, sfmt = spec.element_format, spec.scale_format
         grid = sfmt.grid
         return Structure(
@@ -420,6 +420,9 @@ def _scales(amax, poisoned, s: Structure, ni, nf):
 
 def _pipeline(s: Structure, x2, ni, nf, signs, rbits, seed):
     """The reference's quantize / fake_quantize / quant_stats of x2 (fp32, (M, K))."""
+    if s.transposed == "graph":  # inductor transposes in tiles: twice an eager copy's speed
+        x2 = x2.t().contiguous()
+        rbits = None if rbits is None else rbits.t().contiguous()
     m, k = x2.shape
     xt = x2
     if s.hadamard:
@@ -551,16 +554,19 @@ def _run(x: torch.Tensor, spec: QuantSpec, rbits, seed, op: str):
             rounding, seed_t = "sr_seed", torch.tensor(seed - 2**64 if seed >= 2**63 else seed)
     transposed = _transposable(spec, op)
     if transposed:
-        spec, x2 = spec.replace(dim=-1), x2.t()
-        bits = None if bits is None else bits.t().contiguous()
+        spec = spec.replace(dim=-1)
+    if transposed == "eager":
+        x2, bits = x2.t(), None if bits is None else bits.t().contiguous()
         m, k = k, m
     s, ni, nf, signs = _prepared(spec, op, rounding, transposed)
     x2 = x2.detach().to(torch.float32).contiguous()
-    static = _static_sizes(s, m, k)
+    # the sizes of the (M, K) the pipeline quantizes; "graph" inputs keep x's layout
+    swap = transposed == "graph"
+    static = _static_sizes(s, k, m) if swap else _static_sizes(s, m, k)
     for t in (x2, bits) if bits is not None else (x2,):  # other sizes: the same graph
         for dim, size in enumerate(static):
             if size is None:
-                torch._dynamo.maybe_mark_dynamic(t, dim)
+                torch._dynamo.maybe_mark_dynamic(t, 1 - dim if swap else dim)
     try:
         with torch.no_grad():
             out = _graph(s, static)(x2, ni, nf, signs, bits, seed_t)
@@ -574,25 +580,24 @@ def _run(x: torch.Tensor, spec: QuantSpec, rbits, seed, op: str):
     return out, x2
 
 
-def _transposable(spec: QuantSpec, op: str) -> bool:
-    """Whether to run a spec whose groups or Hadamard chunks run along dim 0 on x^T
-    along dim -1: the same groups, elements and bits, but contiguous in memory, where
-    inductor vectorises (along dim 0 the wgrad roles ran at 10-22 ns an element, 3x
-    to 6x their dim -1 twins). Row and column groups would swap, and quantize's codes
-    keep x's layout (packed pairs along its last dim): those stay as they are."""
-    return (
-        op != "quantize"
-        and spec.dim == 0
-        and spec.padding != "pad"
-        and (
-            spec.granularity == "block"
-            or (spec.hadamard and spec.granularity != "row" and spec.granularity != "col")
-        )
-    )
+def _transposable(spec: QuantSpec, op: str) -> str:
+    """How to run a spec whose groups or Hadamard chunks run along dim 0 on x^T along
+    dim -1 ("": not at all): the same groups, elements and bits, but contiguous in
+    memory, where inductor vectorises (along dim 0 the wgrad roles ran at 2.5-22 ns an
+    element, several times their dim -1 twins). Inside the graph ("graph"), except
+    under a Hadamard transform, which inductor then fuses with the transposed reads
+    and runs 1.6x slower than on x^T transposed before ("eager"). Row and column groups
+    would swap, and quantize's codes keep x's layout (pairs packed along its last
+    dim): those stay as they are."""
+    if op == "quantize" or spec.dim != 0 or spec.padding == "pad":
+        return ""
+    if spec.granularity == "block" or (spec.hadamard and spec.granularity in ("tensor", "tile")):
+        return "eager" if spec.hadamard else "graph"
+    return ""
 
 
 @functools.lru_cache(maxsize=512)
-def _prepared(spec: QuantSpec, op: str, rounding: str, transposed: bool = False):
+def _prepared(spec: QuantSpec, op: str, rounding: str, transposed: str = ""):
     """(structure, int numbers, float numbers, Hadamard signs) of one spec and op, made
     once: a training step makes a hundred calls or more."""
     signs = reference.hadamard_signs(spec.hadamard, spec.hadamard_seed) if spec.hadamard else None
