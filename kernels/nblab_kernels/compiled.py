@@ -612,18 +612,7 @@ def quantize(
     if fmt.packed and (x.dim() == 0 or x.shape[-1] % 2):
         return reference.quantize(x, spec, rbits=rbits, seed=seed)  # raises its error
     (codes, stored, s_t), _ = _run(x, spec, rbits, seed, "quantize")
-    return _qtensor(x, spec, codes, stored, s_t)
-
-
-def _qtensor(x: torch.Tensor, spec: QuantSpec, codes, stored, s_t) -> QTensor:
-    fmt, sfmt = spec.element_format, spec.scale_format
-    if fmt.torch_dtype is not None:
-        codes = codes.view(fmt.torch_dtype)
-    shape = tuple(x.shape)
-    codes = codes.reshape(shape[:-1] + (codes.shape[-1],)) if shape else codes.reshape(())
-    if stored.dtype != sfmt.storage_dtype:  # ue4m3 scales were built as their bytes
-        stored = stored.view(sfmt.storage_dtype)
-    return QTensor(codes, stored, s_t, spec, shape, x.dtype)
+    return QTensor.of_kernel(x, spec, codes, stored, s_t)
 
 
 def fake_quantize(

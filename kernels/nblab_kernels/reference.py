@@ -466,6 +466,19 @@ class QTensor:
         k = self.shape[-1] if self.shape else 1
         return GroupLayout.of(self.shape, math.prod(self.shape) // k, k, self.spec)
 
+    @staticmethod
+    def of_kernel(x: torch.Tensor, spec: QuantSpec, codes, scale, tensor_scale) -> QTensor:
+        """The QTensor of x from a kernel's outputs (the Triton and compiled backends'):
+        codes as (rows, last dim) and float8 codes or ue4m3 scales as their bytes."""
+        fmt, sfmt = spec.element_format, spec.scale_format
+        if fmt.torch_dtype is not None:
+            codes = codes.view(fmt.torch_dtype)
+        shape = tuple(x.shape)
+        codes = codes.reshape(shape[:-1] + (codes.shape[-1],)) if shape else codes.reshape(())
+        if scale.dtype != sfmt.storage_dtype:
+            scale = scale.view(sfmt.storage_dtype)
+        return QTensor(codes, scale, tensor_scale, spec, shape, x.dtype)
+
     def element_values(self) -> torch.Tensor:
         """fp32 grid values of the codes (no scale), shaped (M, K)."""
         fmt = self.spec.element_format

@@ -18,6 +18,7 @@ import warnings
 
 import pytest
 import torch
+from spying import spy_on
 
 import nblab_kernels as nk
 from nblab_kernels import QUANT_PRESETS, QuantSpec, compiled, ops, reference
@@ -294,16 +295,7 @@ def fresh_warnings(monkeypatch):
 
 @pytest.fixture
 def compiled_calls(monkeypatch):
-    calls = []
-    for name in ("quantize", "fake_quantize", "quant_stats"):
-        original = getattr(compiled, name)
-
-        def spy(*args, _original=original, _name=name, **kwargs):
-            calls.append(_name)
-            return _original(*args, **kwargs)
-
-        monkeypatch.setattr(compiled, name, spy)
-    return calls
+    return spy_on(monkeypatch, compiled, ("quantize", "fake_quantize", "quant_stats"))
 
 
 def test_compiled_is_a_backend():

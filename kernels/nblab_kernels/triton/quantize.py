@@ -706,18 +706,7 @@ def quantize(
     x: torch.Tensor, spec: QuantSpec, *, rbits: torch.Tensor | None = None, seed: int | None = None
 ) -> QTensor:
     """Triton reference.quantize: the same QTensor, bit for bit."""
-    return _qtensor(x, spec, *_launch(x, spec, rbits, seed, fake=False)[:3])
-
-
-def _qtensor(x, spec: QuantSpec, codes, scale, tensor_scale) -> QTensor:
-    fmt, sfmt = spec.element_format, spec.scale_format
-    if fmt.torch_dtype is not None:  # e4m3 / e5m2 codes were written as their bytes
-        codes = codes.view(fmt.torch_dtype)
-    shape = tuple(x.shape)
-    codes = codes.reshape(shape[:-1] + (codes.shape[-1],)) if shape else codes.reshape(())
-    if scale.dtype != sfmt.storage_dtype:  # ue4m3 scales were written as their bytes
-        scale = scale.view(sfmt.storage_dtype)
-    return QTensor(codes, scale, tensor_scale, spec, shape, x.dtype)
+    return QTensor.of_kernel(x, spec, *_launch(x, spec, rbits, seed, fake=False)[:3])
 
 
 def fake_quantize(
@@ -735,7 +724,7 @@ def quant_stats(
     Counts (saturation, underflow) are exact; SQNR and relative errors agree with the
     reference to float tolerance (fp32 products, another summation order)."""
     codes, scale, tensor_scale, rows = _launch(x, spec, rbits, seed, fake=False, stats=True)
-    qt = _qtensor(x, spec, codes, scale, tensor_scale)
+    qt = QTensor.of_kernel(x, spec, codes, scale, tensor_scale)
     return stats_from_rows(rows, x.numel(), reference._scale_exponents(qt))
 
 

@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 import torch
+from spying import spy_on
 
 import nblab_kernels as nk
 from nblab_kernels import QUANT_PRESETS, QuantSpec, ops, reference
@@ -23,16 +24,7 @@ def fresh_warnings(monkeypatch):
 @pytest.fixture
 def triton_calls(monkeypatch):
     """Records every call into the Triton wrappers (and still runs them)."""
-    calls = []
-    for name in ("quantize", "fake_quantize"):
-        original = getattr(tq, name)
-
-        def spy(*args, _original=original, _name=name, **kwargs):
-            calls.append(_name)
-            return _original(*args, **kwargs)
-
-        monkeypatch.setattr(tq, name, spy)
-    return calls
+    return spy_on(monkeypatch, tq, ("quantize", "fake_quantize"))
 
 
 def test_backends_are_listed():
