@@ -17,6 +17,7 @@ from .ops import (
     TritonFallbackWarning,
     fake_quantize,
     layer_backend,
+    layer_backend_for,
     quant_stats,
     quantize,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "hadamard_transform",
     "inverse_hadamard_transform",
     "layer_backend",
+    "layer_backend_for",
     "merge_quant_stats",
     "quant_stats",
     "quantize",

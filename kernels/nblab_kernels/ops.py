@@ -53,11 +53,17 @@ def layer_backend(backend: str, activations: torch.Tensor) -> str:
     """The backend for every operand of a layer called every step, whose activations
     (tokens x in_features) are `activations`: "auto" becomes "compiled" for a large
     CPU layer, anything else stays as it is."""
-    if backend != "auto" or activations.device.type != "cpu":
+    return layer_backend_for(backend, activations.device.type, activations.numel())
+
+
+def layer_backend_for(backend: str, device_type: str, numel: int) -> str:
+    """layer_backend for activations of `numel` elements on a `device_type` device (a
+    plan says so before anything runs)."""
+    if backend != "auto" or device_type != "cpu":
         return backend
     if os.environ.get(AUTO_COMPILED_ENV, "1").strip().lower() in ("0", "false", "off", "no"):
         return backend
-    return "compiled" if activations.numel() >= AUTO_COMPILED_MIN_NUMEL else backend
+    return "compiled" if numel >= AUTO_COMPILED_MIN_NUMEL else backend
 
 
 class TritonFallbackWarning(UserWarning):

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+import nblab_kernels as nk
 from nblab.precision.gemm import choose_gemms
 from nblab.precision.linear import QuantLinear, linear_shape, on_stored_layout
 from nblab.precision.presets import (
@@ -34,8 +35,10 @@ from nblab.precision.presets import (
     parse_keep_token,
     resolve_precision,
 )
+from nblab_kernels.ops import AUTO_COMPILED_MIN_NUMEL
 
 HEAD_TOKEN = "lm_head"  # a keep_high_precision glob that also means the model's head
+_AUTO_ON = {"cuda": "triton"}  # what "auto" runs on a device when no layer rule applies
 
 
 @dataclass
@@ -47,6 +50,7 @@ class ModulePlan:
     specs: dict[str, str] = field(default_factory=dict)  # role -> describe() or "high"
     reason: str = ""
     gemms: dict[str, str] = field(default_factory=dict)  # GEMM -> native or emulated, why
+    quantizer: str = ""  # the backend its quantizers run on, where the plan knows the tokens
 
 
 @dataclass
@@ -55,6 +59,7 @@ class PlanReport:
     modules: list[ModulePlan]
     gemm: str = "emulated"  # precision.gemm, and where it was decided
     gemm_on: str = "cpu, float32"
+    backend: str = "auto"  # precision.backend
 
     @property
     def quantized(self) -> list[str]:
@@ -85,6 +90,17 @@ class PlanReport:
             f"{len(self.modules)} Linear modules quantized; precision.gemm={self.gemm} on "
             f"{self.gemm_on}: {native} of {sum(len(m.gemms) for m in self.modules)} GEMMs native"
         ]
+        quantizers = [m.quantizer for m in self.modules if m.quantizer]
+        if quantizers:
+            counts = ", ".join(f"{b} for {quantizers.count(b)}" for b in dict.fromkeys(quantizers))
+            big = f"2^{AUTO_COMPILED_MIN_NUMEL.bit_length() - 1}"
+            why = (
+                f"; compiled (torch.compile) for layers whose activations have >= {big} "
+                "elements: the first steps compile them"
+                if "compiled" in quantizers and self.backend == "auto"
+                else ""
+            )
+            lines.append(f"quantizers (precision.backend={self.backend}): {counts}{why}")
         for m in self.modules:
             if m.quantized:
                 specs = ", ".join(f"{r}={s}" for r, s in m.specs.items())
@@ -191,14 +207,16 @@ def apply_precision(
     gemm: str | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
+    tokens: int | None = None,
 ) -> PlanReport:
     """Swap every linear module of `model` (nn.Linear or Conv1D, in place) for a
     QuantLinear as `precision` says: a preset name, a PrecisionPreset, or a [precision]
     section / mapping. Modules kept in high precision stay as they are. block_prefix and
     head: where the model keeps its blocks and its output head (see the module doc).
     `gemm` (default: the section's precision.gemm, else "emulated") chooses native or
-    emulated GEMMs for training on `device` (default cpu) in `dtype`. Returns the plan
-    report."""
+    emulated GEMMs for training on `device` (default cpu) in `dtype`. `tokens`, the rows
+    of a layer's input in one call, lets the report say which backend each layer's
+    quantizers run on (nblab_kernels.layer_backend). Returns the plan report."""
     if linear_shape(model) is not None:
         raise ValueError("apply_precision swaps submodules: wrap a bare nn.Linear in a module")
     if gemm is None:
@@ -228,13 +246,18 @@ def apply_precision(
             choices = choose_gemms(stored, gemm, device, dtype)
             plan.gemms = {g: c.why for g, c in choices.items()}
             swaps.append((name, module, [g for g, c in choices.items() if c.native]))
+            if tokens is not None:
+                chosen = nk.layer_backend_for(backend, device.type, tokens * in_f)
+                # "auto" on a single call: Triton on CUDA, the reference elsewhere
+                auto = _AUTO_ON.get(device.type, "reference")
+                plan.quantizer = chosen if chosen != "auto" else auto
         plans.append(plan)
     for name, module, native in swaps:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, QuantLinear.from_linear(module, preset.roles, backend, native))
     on = f"{device.type}, {str(dtype).removeprefix('torch.')}"
-    return PlanReport(preset, plans, gemm=gemm, gemm_on=on)
+    return PlanReport(preset, plans, gemm=gemm, gemm_on=on, backend=backend)
 
 
 def _section_gemm(precision: Any) -> str:

@@ -109,6 +109,7 @@ def dry_run(recipe: Recipe) -> str:
         backend=recipe.precision.backend,
         block_prefix=arch.block_prefix,
         head=arch.head,
+        tokens=t.batch_size // t.grad_accum * t.seq_len,
     )
     # LoRA and a packed base from the shape alone (nothing is quantized on the meta device)
     ft = finetune.finetune_memory(recipe, shape, lambda s: quant_bytes_per_element(s, 4))
@@ -164,6 +165,7 @@ class Trainer:
             head=self.arch.head,
             device=self.device,
             dtype=torch.bfloat16 if t.dtype == "bfloat16" else torch.float32,
+            tokens=self.micro_batch * t.seq_len,
         )
         # LoRA and a packed base go on after the plan, so their linears keep its roles
         self.finetune = finetune.prepare(model, recipe.finetune, self.arch)
