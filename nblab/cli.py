@@ -10,7 +10,8 @@
   nblab show RUN                             a run's recipe and last metrics
   nblab sweep FILE.toml [--jobs N] [--timeout S] [--resume] [--grid k=v1,v2 ...] [--no-wait]
                                              run a sweep as batch jobs (FILE may be a preset
-                                             with --grid and --name)
+                                             with --grid and --name); --spare keeps a warm
+                                             job ready for the next run
   nblab sweep FILE.toml --launcher slurm [--partition P] [--time-min N]
                                              ... as Slurm jobs (one per point)
   nblab sweeps                               one line per sweep: counts per status
@@ -315,6 +316,7 @@ def cmd_sweep(args) -> int:
             resume=args.resume,
             wait=False,
             detach=args.no_wait and launcher is None,
+            spare=args.spare,
         )
     except SlurmError as err:  # sbatch refused the jobs (their runs are marked failed)
         print(f"nblab sweep: {err}", file=sys.stderr)
@@ -351,6 +353,8 @@ def _sweep_launcher(args):
         return None
     if args.timeout is not None:
         return "--timeout limits local jobs; with --launcher slurm give --time-min"
+    if args.spare:
+        return "--spare keeps a local job warm; Slurm starts its own jobs"
     from nblab.batch.slurm import SlurmError, SlurmLauncher
 
     options = dict(options)
@@ -542,6 +546,12 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--jobs", type=int, default=1, help="jobs at once (default 1)")
     sweep.add_argument("--timeout", type=float, help="seconds per job")
     sweep.add_argument("--resume", action="store_true", help="rerun only unsucceeded points")
+    sweep.add_argument(
+        "--spare",
+        action="store_true",
+        help="local jobs: keep a warm job ready for the next run (~0.8 s of overhead a "
+        "job instead of ~3.4 s, for ~2.5 s of CPU to warm each spare)",
+    )
     sweep.add_argument(
         "--grid",
         action="append",

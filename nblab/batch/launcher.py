@@ -395,6 +395,7 @@ def launch_detached(
     timeout: float | None = None,
     resume: bool = False,
     store: RunStore | None = None,
+    spare: bool = False,
 ) -> int:
     """Run a LocalLauncher over `run_ids` in a detached process (its own session, so it
     outlives the caller, e.g. `nblab sweep --no-wait`); return its pid."""
@@ -404,6 +405,8 @@ def launch_detached(
         cmd += ["--timeout", f"{timeout:g}"]
     if resume:
         cmd.append("--resume")
+    if spare:
+        cmd.append("--spare")
     env = dict(os.environ, NBLAB_HOME=str(store.home))
     log = store.home / "launcher.log"
     with open(log, "ab") as out:
@@ -426,8 +429,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--timeout", type=float)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--spare", action="store_true", help="keep a warm job for the next run")
     args = parser.parse_args(argv)
-    launcher = LocalLauncher(jobs=args.jobs, timeout=args.timeout, resume=args.resume)
+    launcher = LocalLauncher(
+        jobs=args.jobs, timeout=args.timeout, resume=args.resume, spare=args.spare
+    )
     launcher.submit(args.run_ids)
     launcher.wait()
     return 0

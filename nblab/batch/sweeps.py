@@ -95,6 +95,7 @@ def run_sweep(
     wait: bool = True,
     detach: bool = False,
     store: RunStore | None = None,
+    spare: bool = False,
 ) -> SweepHandle:
     """Create one queued run per point of `sweep` (an nblab.sweep.Sweep) and launch them.
 
@@ -105,9 +106,12 @@ def run_sweep(
     wait=False returns at once (the jobs are separate processes). detach=True runs the
     scheduler itself in a detached process (`launch_detached`), so runs not yet started
     also outlive the caller (a CLI that exits, a kernel that restarts); the handle then
-    reads and cancels through the store alone.
+    reads and cancels through the store alone. spare=True: the default launcher keeps a
+    warm job ready for the next run (LocalLauncher(spare=True)).
     Raises SweepError (from expand) before creating anything if any point is bad.
     """
+    if spare and launcher is not None:
+        raise ValueError("spare=True configures the default LocalLauncher; pass no launcher")
     points = sweep.expand()
     store = store or (launcher.store if launcher is not None else None) or RunStore()
     skipped: list[str] = []
@@ -135,11 +139,11 @@ def run_sweep(
         if launcher is not None:
             raise ValueError("detach=True runs its own LocalLauncher; pass no launcher")
         if run_ids:
-            launch_detached(run_ids, jobs=jobs, timeout=timeout, store=store)
+            launch_detached(run_ids, jobs=jobs, timeout=timeout, store=store, spare=spare)
         handle = SweepHandle(sweep.name, run_ids, store, None, skipped)
     else:
         if launcher is None:
-            launcher = LocalLauncher(jobs=jobs, timeout=timeout, store=store)
+            launcher = LocalLauncher(jobs=jobs, timeout=timeout, store=store, spare=spare)
         handle = SweepHandle(sweep.name, run_ids, store, launcher, skipped)
         if run_ids:
             launcher.submit(run_ids)

@@ -145,3 +145,23 @@ def test_the_spares_log_becomes_the_runs_job_log(tmp_path):
     log.write_text("warm\n")
     adopt_log(log, run_dir)
     assert (run_dir / JOB_LOG).read_text() == "warm\n" and not log.exists()
+
+
+def test_cli_sweep_spare_starts_the_next_point_in_a_warm_job(store, capsys):
+    from nblab.batch.spare import READY
+    from nblab.cli import main as cli
+
+    args = ["sweep", "gpt-debug", "--name", "cli-spare", "--jobs", "1", "--spare"]
+    assert cli([*args, "--grid", "train.steps=2,3", "--grid", "eval.batches=1"]) == 0
+    frame = store.runs(sweep="cli-spare").sort_values("name")
+    assert frame.status.tolist() == ["succeeded", "succeeded"]
+    logs = [(store.run_dir(r) / JOB_LOG).read_text() for r in frame.run_id]
+    assert sum(READY in log for log in logs) == 1  # the second point ran in the spare
+
+
+def test_cli_sweep_spare_is_for_local_jobs(store, capsys):
+    from nblab.cli import main as cli
+
+    assert cli(["sweep", "gpt-debug", "--launcher", "slurm", "--spare"]) == 2
+    assert "--spare keeps a local job warm" in capsys.readouterr().err
+    assert store.runs().empty  # refused before any run was made
