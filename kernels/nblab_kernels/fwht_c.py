@@ -1,0 +1,101 @@
+"""reference._hadamard_2d along dim -1, from fwht.c: the compiled backend's Hadamard
+transforms. Built with the system C compiler on first use (about a second), cached by
+source, flags, compiler and CPU under ~/.cache/nblab/cpu-kernels (NBLAB_CPU_KERNELS), and
+called through ctypes, which lets go of the GIL: large tensors are split over torch's
+threads. `hadamard` returns None where no C compiler builds it; the caller then keeps
+its torch.compile path (the same bits, slower)."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("fwht.c")
+# -march=native: the cache key holds the CPU's flags, so a shared home never hands one
+# CPU another's build; no fast-math and no contraction: every operation rounds as torch's
+FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-fast-math", "-shared", "-fPIC")
+SIZES = (16, 32, 64, 128)
+SPLIT_MIN_NUMEL = 2**16  # below this one thread: a thread hand-off costs more
+
+
+def cache_dir() -> Path:
+    default = Path.home() / ".cache" / "nblab" / "cpu-kernels"
+    return Path(os.environ.get("NBLAB_CPU_KERNELS", default))
+
+
+def _cpu() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            flags = next((line for line in info if line.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    return platform.machine() + " " + flags
+
+
+@functools.lru_cache(maxsize=1)
+def _library() -> ctypes.CDLL | None:
+    cc = shutil.which(os.environ.get("CC", "cc"))
+    if cc is None:
+        return None
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+    key = hashlib.sha256(
+        "\n".join([SOURCE.read_text(), " ".join(FLAGS), version, _cpu()]).encode()
+    ).hexdigest()[:20]
+    path = cache_dir() / f"fwht-{key}.so"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".so")
+        os.close(fd)
+        built = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True)
+        if built.returncode != 0:
+            os.unlink(tmp)
+            return None
+        os.replace(tmp, path)  # atomic: processes building at once write the same file
+    lib = ctypes.CDLL(str(path))
+    for n in SIZES:
+        fn = getattr(lib, f"nblab_fwht{n}")
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
+        fn.argtypes += [ctypes.c_float, ctypes.c_int]
+        fn.restype = None
+    return lib
+
+
+@functools.lru_cache(maxsize=1)
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1))
+
+
+def hadamard(
+    x2: torch.Tensor, n: int, signs: torch.Tensor, inv_sqrt: float, inverse: bool
+) -> torch.Tensor | None:
+    """reference._hadamard_2d(x2, n, seed, -1, inverse) for a contiguous fp32 CPU x2
+    whose last dim n divides, given hadamard_signs(n, seed) and the fp32 1/sqrt(n).
+    None if the C code cannot be built here."""
+    lib = _library()
+    if lib is None:
+        return None
+    fn = getattr(lib, f"nblab_fwht{n}")
+    out = torch.empty_like(x2)
+    chunks = x2.numel() // n
+    parts = min(torch.get_num_threads(), chunks) if x2.numel() >= SPLIT_MIN_NUMEL else 1
+    bounds = [chunks * i // parts for i in range(parts + 1)]
+    x_ptr, out_ptr, s_ptr, size = x2.data_ptr(), out.data_ptr(), signs.data_ptr(), 4 * n
+
+    def run(lo: int, hi: int) -> None:
+        fn(x_ptr + lo * size, out_ptr + lo * size, hi - lo, s_ptr, inv_sqrt, int(inverse))
+
+    if parts == 1:
+        run(0, chunks)
+    else:
+        list(_pool().map(run, bounds[:-1], bounds[1:]))
+    return out

@@ -1,0 +1,68 @@
+"""fwht_c: the compiled backend's Hadamard transforms in C equal the reference's bit for
+bit, and without a C compiler the compiled backend keeps its one-graph path."""
+
+import math
+
+import pytest
+import torch
+
+from nblab_kernels import QUANT_PRESETS, compiled, fwht_c, reference
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view(torch.int32)
+
+
+@pytest.mark.parametrize("n", [16, 32, 64, 128])
+@pytest.mark.parametrize("inverse", [False, True])
+def test_equals_the_reference_bit_for_bit(n, inverse):
+    # 37 chunks a row: blocks of 16 chunks and a partial one; large values, subnormals
+    # and zeros, so that every rounding shows
+    x = torch.randn(5, 37 * n, generator=torch.Generator().manual_seed(n)) * 1e3
+    x[0, :n] = 1e-40
+    x[1, :n] = 0.0
+    signs = reference.hadamard_signs(n, seed=n + 1)
+    inv = float(torch.tensor(1 / math.sqrt(n), dtype=torch.float32))
+    got = fwht_c.hadamard(x, n, signs, inv, inverse)
+    assert got is not None, "no C compiler here: the CI machine has one"
+    assert torch.equal(_bits(got), _bits(reference._hadamard_2d(x, n, n + 1, -1, inverse)))
+
+
+def test_split_over_threads_equals_one_thread(monkeypatch):
+    x = torch.randn(512, 256)
+    signs, inv = reference.hadamard_signs(16), 0.25
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    one = fwht_c.hadamard(x, 16, signs, inv, False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # uneven parts
+    assert torch.equal(_bits(fwht_c.hadamard(x, 16, signs, inv, False)), _bits(one))
+
+
+def test_without_a_c_compiler_the_compiled_backend_keeps_one_graph(monkeypatch, tmp_path):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("NBLAB_CPU_KERNELS", str(tmp_path / "cache"))
+    fwht_c._library.cache_clear()
+    try:
+        assert (
+            fwht_c.hadamard(torch.randn(4, 16), 16, reference.hadamard_signs(16), 0.25, False)
+            is None
+        )
+        spec = QUANT_PRESETS["nvfp4"].replace(hadamard=16)
+        x = torch.randn(64, 64)
+        got = compiled.fake_quantize(x, spec)
+        assert torch.equal(_bits(got), _bits(reference.fake_quantize(x, spec)))
+    finally:
+        fwht_c._library.cache_clear()  # the next test builds (or finds) the real one
+
+
+def test_the_build_is_cached_by_source_and_cpu(monkeypatch, tmp_path):
+    monkeypatch.setenv("NBLAB_CPU_KERNELS", str(tmp_path))
+    fwht_c._library.cache_clear()
+    try:
+        assert fwht_c._library() is not None
+        built = list(tmp_path.glob("fwht-*.so"))
+        assert len(built) == 1
+        fwht_c._library.cache_clear()
+        mtime = built[0].stat().st_mtime_ns
+        assert fwht_c._library() is not None and built[0].stat().st_mtime_ns == mtime
+    finally:
+        fwht_c._library.cache_clear()
