@@ -15,10 +15,13 @@ the same order, written so that they compile to one graph and round the same way
   reference's "poisoned" group (a NaN or Inf in it).
 
 A graph specialises on a `Structure` (the op, the scale rule, the rounding, the group
-shape, the transform), never on the element format's numbers or the tensor's shape
-(dynamic shapes), so MXFP8 and MXFP4 share one graph, and a graph compiles once per
-process (inductor's on-disk cache makes later processes cheaper). Each structure gets
-its own code object, hence its own dynamo cache and recompile limit.
+shape, the transform) and on the sizes its groups run along (`_static_sizes`), never
+on the element format's numbers or the number of rows, so MXFP8 and MXFP4 share one
+graph, and a graph compiles once per process (inductor's on-disk cache makes later
+processes cheaper). Each gets its own code object, hence its own dynamo cache and
+recompile limit. Groups along dim 0 run on x^T (`_transposable`), and fake_quantize's
+Hadamard transforms run in C around the graph (`_fake_apart`, fwht_c): the same
+operations in the same order, where inductor's code for them was slow.
 
 Stochastic rounding: with `rbits` or `seed` the bits are the reference's. With
 neither, one Philox seed is drawn from torch's global generator and the kernel draws

@@ -38,7 +38,7 @@ def launched(monkeypatch):
     """Records launch_detached calls instead of starting jobs."""
     calls = []
 
-    def record(run_ids, *, jobs=1, timeout=None, resume=False, store=None):
+    def record(run_ids, *, jobs=1, timeout=None, resume=False, store=None, spare=False):
         calls.append({"run_ids": list(run_ids), "jobs": jobs})
         return 12345
 
