@@ -15,6 +15,7 @@ from .matmul import scaled_matmul
 from .ops import (
     BACKENDS,
     TritonFallbackWarning,
+    auto_backend,
     fake_quantize,
     layer_backend,
     layer_backend_for,
@@ -46,6 +47,7 @@ __all__ = [
     "hadamard_matrix",
     "hadamard_transform",
     "inverse_hadamard_transform",
+    "auto_backend",
     "layer_backend",
     "layer_backend_for",
     "merge_quant_stats",

@@ -56,6 +56,12 @@ def layer_backend(backend: str, activations: torch.Tensor) -> str:
     return layer_backend_for(backend, activations.device.type, activations.numel())
 
 
+def auto_backend(device_type: str) -> str:
+    """What "auto" runs for one call on a device_type tensor: Triton on CUDA, the
+    reference elsewhere."""
+    return "triton" if device_type == "cuda" else "reference"
+
+
 def layer_backend_for(backend: str, device_type: str, numel: int) -> str:
     """layer_backend for activations of `numel` elements on a `device_type` device (a
     plan says so before anything runs)."""
@@ -150,7 +156,7 @@ def _impl(x: torch.Tensor, spec: QuantSpec, backend: str, op: str):
         return reference
     if backend == "compiled":
         return _compiled(x, spec)
-    if backend == "auto" and x.device.type != "cuda":
+    if backend == "auto" and auto_backend(x.device.type) == "reference":
         return reference
     if x.device.type == "cpu" and not _interpreter_enabled():
         raise ValueError(

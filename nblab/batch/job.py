@@ -243,7 +243,7 @@ class Job:
             dict(recipe_toml=recipe_toml, run_id=self.run_id, resume=self.resume),
             cwd=str(self.run_dir),
             log_output=True,
-            km=self.kernel,  # papermill leaves it running: execute() stops it at once
+            km=self.kernel,  # papermill leaves it running: Job.execute stops it after the last cell
         )
 
     def _finish(self, error: str | None) -> int:
@@ -342,12 +342,13 @@ def main(argv: list[str] | None = None) -> int:
             notebook=args.notebook,
             kernel=kernel,
         )
+        kernel = None  # the job's now: execute() stops it
         return job.execute()
     except (KeyError, ValueError) as err:
         print(f"[nblab job] {err}", file=sys.stderr)
         return EXIT_USAGE
     finally:
-        if kernel is not None:  # a spare's, if the job never got to run it
+        if kernel is not None:  # a spare's, if no job took it
             stop_kernel(kernel)
 
 

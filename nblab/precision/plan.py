@@ -38,7 +38,6 @@ from nblab.precision.presets import (
 from nblab_kernels.ops import AUTO_COMPILED_MIN_NUMEL
 
 HEAD_TOKEN = "lm_head"  # a keep_high_precision glob that also means the model's head
-_AUTO_ON = {"cuda": "triton"}  # what "auto" runs on a device when no layer rule applies
 
 
 @dataclass
@@ -248,9 +247,7 @@ def apply_precision(
             swaps.append((name, module, [g for g, c in choices.items() if c.native]))
             if tokens is not None:
                 chosen = nk.layer_backend_for(backend, device.type, tokens * in_f)
-                # "auto" on a single call: Triton on CUDA, the reference elsewhere
-                auto = _AUTO_ON.get(device.type, "reference")
-                plan.quantizer = chosen if chosen != "auto" else auto
+                plan.quantizer = chosen if chosen != "auto" else nk.auto_backend(device.type)
         plans.append(plan)
     for name, module, native in swaps:
         parent_name, _, child = name.rpartition(".")
