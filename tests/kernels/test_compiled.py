@@ -22,6 +22,7 @@ from spying import spy_on
 
 import nblab_kernels as nk
 from nblab_kernels import QUANT_PRESETS, QuantSpec, compiled, ops, reference
+from nblab_kernels.formats import ELEMENT_FORMATS, element_format
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -214,6 +215,23 @@ def test_formulation_matches_the_reference_on_every_triton_case(eager_graphs):
     assert not failures, "\n".join(failures[:20])
 
 
+def test_sub_byte_float_codes_come_from_the_bits_exactly_for_every_code_of_every_format():
+    """_small_float_codes (a shift of q's fp32 bits) against reference.encode, on every
+    value each shipped and generic float format of at most 8 bits can hold, signed
+    zeros and non-finite values."""
+    names = [n for n, f in ELEMENT_FORMATS.items() if f.kind == "float"]
+    names += [f"e{e}m{m}" for e in range(1, 8) for m in range(0, 8 - e)]
+    formats = {element_format(n) for n in names}
+    formats = [f for f in formats if f.torch_dtype is None and f.bits <= 8]
+    assert len(formats) >= 25
+    specials = torch.tensor([math.nan, math.inf, -math.inf, -0.0, 0.0])
+    for fmt in formats:
+        every_code = torch.arange(2**fmt.bits).to(torch.uint8)
+        q = torch.cat([reference.decode(every_code, fmt), specials])
+        got = compiled._small_float_codes(q, fmt.ebits, fmt.mbits, fmt.signed)
+        assert torch.equal(got.to(torch.uint8), reference.encode(q, fmt)), fmt.name
+
+
 # Through torch.compile: one case per graph structure (a graph compiles in seconds).
 # fake_quantize for every role of the shipped presets as QuantLinear stores them and
 # every scale rule, rounding, element kind and transform; quant_stats for the roles the
@@ -256,6 +274,7 @@ COMPILED_CASES = {
         "mxfp4-float32-rne",
         "nvfp4-float32-rne",
         "misc0-e2m1 block16 ue5m3/nvfp4 rne",
+        "e3m2-e8m0-ceil",
         "int4_b32-float32-sr_seed",
         "fp8_e4m3_row-bfloat16-rne",
     ],
