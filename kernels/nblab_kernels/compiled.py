@@ -566,7 +566,7 @@ def _fake_apart(s: Structure, static, x2, ni, nf, signs, rbits, seed) -> torch.T
     n, inv_sqrt = s.hadamard, float(nf[_F["inv_sqrt"]])
     xt = fwht_c.hadamard(x2, n, signs, inv_sqrt, inverse=False)
     if xt is None:
-        return _graph(s, static)(x2, ni, nf, signs, rbits, seed)
+        return _graph(s, static)(x2.contiguous(), ni, nf, signs, rbits, seed)
     if static[0] is None:
         torch._dynamo.maybe_mark_dynamic(xt, 0)
     q = _graph(dataclasses.replace(s, hadamard=0), static)(xt, ni, nf, None, rbits, seed)
@@ -604,17 +604,20 @@ def _run(x: torch.Tensor, spec: QuantSpec, rbits, seed, op: str):
         x2, bits = x2.t(), None if bits is None else bits.t().contiguous()
         m, k = k, m
     s, ni, nf, signs = _prepared(spec, op, rounding, transposed)
-    x2 = x2.detach().to(torch.float32).contiguous()
     # the sizes of the (M, K) the pipeline quantizes; "graph" inputs keep x's layout
     swap = transposed == "graph"
     static = _static_sizes(s, k, m) if swap else _static_sizes(s, m, k)
+    apart = s.hadamard and s.op == "fake" and s.dim == -1 and static[1] is not None
+    x2 = x2.detach().to(torch.float32)
+    if not (apart and transposed == "eager" and x2.t().is_contiguous()):
+        x2 = x2.contiguous()  # (else the C transform reads x^T in place)
     for t in (x2, bits) if bits is not None else (x2,):  # other sizes: the same graph
         for dim, size in enumerate(static):
             if size is None:
                 torch._dynamo.maybe_mark_dynamic(t, 1 - dim if swap else dim)
     try:
         with torch.no_grad():
-            if s.hadamard and s.op == "fake" and s.dim == -1 and static[1] is not None:
+            if apart:
                 out = _fake_apart(s, static, x2, ni, nf, signs, bits, seed_t)
             else:
                 out = _graph(s, static)(x2, ni, nf, signs, bits, seed_t)

@@ -42,7 +42,40 @@
         }                                                                                 \
     }
 
+/* The forward transform of x^T, read from x itself: x is (rows, cols) contiguous, and the
+ * chunks run down its columns (n rows each); out is x^T transformed, (cols, rows)
+ * contiguous. LANES adjacent columns go at once, so every read is contiguous; this is
+ * the transpose a dim-0 role needed as a copy of its own before the transform. Columns
+ * [col0, col1) only: threads split the columns. */
+#define FWHT_T(N)                                                                        \
+    void nblab_fwht##N##_t(const float *x, float *out, int64_t rows, int64_t cols,       \
+                           int64_t col0, int64_t col1, const float *s, float inv) {      \
+        float v[N][LANES] = {{0}};                                                        \
+        for (int64_t r = 0; r < rows; r += N)                                             \
+            for (int64_t c0 = col0; c0 < col1; c0 += LANES) {                             \
+                int64_t lanes = col1 - c0 < LANES ? col1 - c0 : LANES;                    \
+                for (int j = 0; j < N; j++)                                               \
+                    for (int64_t c = 0; c < lanes; c++)                                   \
+                        v[j][c] = x[(r + j) * cols + c0 + c] * s[j];                      \
+                for (int h = 1; h < N; h *= 2)                                            \
+                    for (int i = 0; i < N; i += 2 * h)                                    \
+                        for (int j = i; j < i + h; j++)                                   \
+                            for (int c = 0; c < LANES; c++) {                             \
+                                float lo = v[j][c], hi = v[j + h][c];                     \
+                                v[j][c] = lo + hi;                                        \
+                                v[j + h][c] = lo - hi;                                    \
+                            }                                                             \
+                for (int64_t c = 0; c < lanes; c++)                                       \
+                    for (int j = 0; j < N; j++)                                           \
+                        out[(c0 + c) * rows + r + j] = v[j][c] * inv;                     \
+            }                                                                             \
+    }
+
 FWHT(16)
 FWHT(32)
 FWHT(64)
 FWHT(128)
+FWHT_T(16)
+FWHT_T(32)
+FWHT_T(64)
+FWHT_T(128)

@@ -62,10 +62,13 @@ def _library() -> ctypes.CDLL | None:
             return None
         os.replace(tmp, path)  # atomic: processes building at once write the same file
     lib = ctypes.CDLL(str(path))
+    pointer, size = ctypes.c_void_p, ctypes.c_int64
     for n in SIZES:
         fn = getattr(lib, f"nblab_fwht{n}")
-        fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
-        fn.argtypes += [ctypes.c_float, ctypes.c_int]
+        fn.argtypes = [pointer, pointer, size, pointer, ctypes.c_float, ctypes.c_int]
+        fn.restype = None
+        fn = getattr(lib, f"nblab_fwht{n}_t")
+        fn.argtypes = [pointer, pointer, size, size, size, size, pointer, ctypes.c_float]
         fn.restype = None
     return lib
 
@@ -78,24 +81,38 @@ def _pool() -> ThreadPoolExecutor:
 def hadamard(
     x2: torch.Tensor, n: int, signs: torch.Tensor, inv_sqrt: float, inverse: bool
 ) -> torch.Tensor | None:
-    """reference._hadamard_2d(x2, n, seed, -1, inverse) for a contiguous fp32 CPU x2
-    whose last dim n divides, given hadamard_signs(n, seed) and the fp32 1/sqrt(n).
-    None if the C code cannot be built here."""
+    """reference._hadamard_2d(x2, n, seed, -1, inverse) for an fp32 CPU x2 whose last dim
+    n divides, given hadamard_signs(n, seed) and the fp32 1/sqrt(n). x2 is contiguous,
+    or, forward only, the transpose of a contiguous tensor (a dim-0 role's x^T), which is
+    read in place; the result is contiguous. None if the C code cannot be built here."""
     lib = _library()
     if lib is None:
         return None
-    fn = getattr(lib, f"nblab_fwht{n}")
-    out = torch.empty_like(x2)
-    chunks = x2.numel() // n
-    parts = min(torch.get_num_threads(), chunks) if x2.numel() >= SPLIT_MIN_NUMEL else 1
-    bounds = [chunks * i // parts for i in range(parts + 1)]
-    x_ptr, out_ptr, s_ptr, size = x2.data_ptr(), out.data_ptr(), signs.data_ptr(), 4 * n
+    out = torch.empty(x2.shape, dtype=x2.dtype)
+    x_ptr, out_ptr, s_ptr = x2.data_ptr(), out.data_ptr(), signs.data_ptr()
+    if x2.is_contiguous():
+        fn, size = getattr(lib, f"nblab_fwht{n}"), 4 * n
 
-    def run(lo: int, hi: int) -> None:
-        fn(x_ptr + lo * size, out_ptr + lo * size, hi - lo, s_ptr, inv_sqrt, int(inverse))
+        def run(lo: int, hi: int) -> None:  # chunks [lo, hi)
+            fn(x_ptr + lo * size, out_ptr + lo * size, hi - lo, s_ptr, inv_sqrt, int(inverse))
 
-    if parts == 1:
-        run(0, chunks)
+        _split(run, x2.numel() // n, x2.numel())
     else:
-        list(_pool().map(run, bounds[:-1], bounds[1:]))
+        assert x2.t().is_contiguous() and not inverse, "x2 or x2^T contiguous; forward only"
+        fn, (cols, rows) = getattr(lib, f"nblab_fwht{n}_t"), x2.shape
+
+        def run(lo: int, hi: int) -> None:  # x's columns [lo, hi): out's rows
+            fn(x_ptr, out_ptr, rows, cols, lo, hi, s_ptr, inv_sqrt)
+
+        _split(run, cols, x2.numel())
     return out
+
+
+def _split(run, parts_of: int, numel: int) -> None:
+    """run(lo, hi) over [0, parts_of), split over torch's threads for large tensors."""
+    parts = min(torch.get_num_threads(), parts_of) if numel >= SPLIT_MIN_NUMEL else 1
+    if parts == 1:
+        run(0, parts_of)
+        return
+    bounds = [parts_of * i // parts for i in range(parts + 1)]
+    list(_pool().map(run, bounds[:-1], bounds[1:]))

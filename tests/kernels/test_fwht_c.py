@@ -28,6 +28,23 @@ def test_equals_the_reference_bit_for_bit(n, inverse):
     assert torch.equal(_bits(got), _bits(reference._hadamard_2d(x, n, n + 1, -1, inverse)))
 
 
+@pytest.mark.parametrize("n", [16, 128])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_the_transpose_of_a_contiguous_tensor_is_read_in_place(monkeypatch, n, threads):
+    # a dim-0 role's x^T: 37 columns (two blocks of 16 lanes and a partial one), split
+    # unevenly over threads; the result is the transform of the copied x^T, contiguous
+    x = torch.randn(3 * n, 37, generator=torch.Generator().manual_seed(n)) * 1e3
+    x[:n, 0] = 1e-40
+    signs = reference.hadamard_signs(n, seed=5)
+    inv = float(torch.tensor(1 / math.sqrt(n), dtype=torch.float32))
+    monkeypatch.setattr(fwht_c, "SPLIT_MIN_NUMEL", 1)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    got = fwht_c.hadamard(x.t(), n, signs, inv, inverse=False)
+    assert got.is_contiguous() and got.shape == (37, 3 * n)
+    want = reference._hadamard_2d(x.t().contiguous(), n, 5, -1, False)
+    assert torch.equal(_bits(got), _bits(want))
+
+
 def test_split_over_threads_equals_one_thread(monkeypatch):
     x = torch.randn(512, 256)
     signs, inv = reference.hadamard_signs(16), 0.25
