@@ -15,6 +15,17 @@
 
 #define LANES 16
 
+/* fwht's butterflies on v[N][LANES], every lane at once */
+#define BUTTERFLIES(N, v)                                                                \
+    for (int h = 1; h < N; h *= 2)                                                       \
+        for (int i = 0; i < N; i += 2 * h)                                               \
+            for (int j = i; j < i + h; j++)                                              \
+                for (int c = 0; c < LANES; c++) {                                        \
+                    float lo = v[j][c], hi = v[j + h][c];                                \
+                    v[j][c] = lo + hi;                                                   \
+                    v[j + h][c] = lo - hi;                                               \
+                }
+
 #define FWHT(N)                                                                          \
     static void fwht##N##_block(const float *x, float *out, int64_t lanes,               \
                                 const float *s, float inv, int inverse) {                 \
@@ -22,14 +33,7 @@
         for (int64_t c = 0; c < lanes; c++)                                               \
             for (int j = 0; j < N; j++)                                                   \
                 v[j][c] = inverse ? x[c * N + j] : x[c * N + j] * s[j];                   \
-        for (int h = 1; h < N; h *= 2)                                                    \
-            for (int i = 0; i < N; i += 2 * h)                                            \
-                for (int j = i; j < i + h; j++)                                           \
-                    for (int c = 0; c < LANES; c++) {                                     \
-                        float lo = v[j][c], hi = v[j + h][c];                             \
-                        v[j][c] = lo + hi;                                                \
-                        v[j + h][c] = lo - hi;                                            \
-                    }                                                                     \
+        BUTTERFLIES(N, v);                                                                \
         for (int64_t c = 0; c < lanes; c++)                                               \
             for (int j = 0; j < N; j++)                                                   \
                 out[c * N + j] = inverse ? (v[j][c] * inv) * s[j] : v[j][c] * inv;        \
@@ -57,14 +61,7 @@
                 for (int j = 0; j < N; j++)                                               \
                     for (int64_t c = 0; c < lanes; c++)                                   \
                         v[j][c] = x[(r + j) * cols + c0 + c] * s[j];                      \
-                for (int h = 1; h < N; h *= 2)                                            \
-                    for (int i = 0; i < N; i += 2 * h)                                    \
-                        for (int j = i; j < i + h; j++)                                   \
-                            for (int c = 0; c < LANES; c++) {                             \
-                                float lo = v[j][c], hi = v[j + h][c];                     \
-                                v[j][c] = lo + hi;                                        \
-                                v[j + h][c] = lo - hi;                                    \
-                            }                                                             \
+                BUTTERFLIES(N, v);                                                        \
                 for (int64_t c = 0; c < lanes; c++)                                       \
                     for (int j = 0; j < N; j++)                                           \
                         out[(c0 + c) * rows + r + j] = v[j][c] * inv;                     \
