@@ -31,9 +31,9 @@ from nblab.runs import RunStore
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def tiny(steps: int, *overrides: str) -> Recipe:
+def tiny(steps: int, *overrides: str, preset: str = "gpt-tiny") -> Recipe:
     base = ["train.device=cpu", "eval.interval=0", "metrics.log_interval=1"]
-    return Recipe.preset("gpt-tiny").with_overrides([f"train.steps={steps}", *base, *overrides])
+    return Recipe.preset(preset).with_overrides([f"train.steps={steps}", *base, *overrides])
 
 
 def queue(store: RunStore, recipe: Recipe, name: str = "job") -> str:
@@ -117,12 +117,15 @@ def test_slurm_time_limit_requeues_and_resumes_from_checkpoint(
     # ~30 s). At least 0.5 s a step on any machine (sbatch exports this env): 100 steps
     # (50 s, after at least 5 s of start-up) cannot finish inside one attempt, and each
     # attempt still makes progress; up to 6 requeues leave room for early signals and a
-    # slow machine.
+    # slow machine. gpt-debug, whose step is ~0.02 s of the 0.5: gpt-tiny's ~0.2 s only
+    # lengthened the run (70 s of work, 3 requeues, 86-107 s; now 52 s, 1-2 requeues, 72 s).
     monkeypatch.setenv("NBLAB_STEP_DELAY_S", "0.5")
     steps = 100
     store = RunStore(tmp_path)
-    run_id = queue(store, tiny(steps, "checkpoint.interval=5", "checkpoint.keep=2"))
+    recipe = tiny(steps, "checkpoint.interval=5", "checkpoint.keep=2", preset="gpt-debug")
+    run_id = queue(store, recipe)
     launcher = SlurmLauncher(store=store, time_min=1, release_requeued=True, max_requeues=6)
+    launcher.POLL_S = 0.5  # sees a requeued job PENDING (and releases it) sooner
     launcher.submit([run_id])
     assert launcher.wait(timeout=480), (launcher.states(), store.run(run_id))
     run = store.run(run_id)
