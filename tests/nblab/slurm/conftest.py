@@ -74,9 +74,10 @@ class TimeLimitJob:
 
 
 def pytest_collection_finish(session):
-    """The time-limit test's job waits more than it computes (~75 s of Slurm time
-    limits, about 15 s of CPU): when that test is selected, bring the cluster up and
-    submit it now, so the suite runs meanwhile; the test waits for it."""
+    """The time-limit test's job waits more than it computes (~75 s, mostly the 0.5 s
+    step delay and Slurm's 30-s checks; its CPU is each attempt's few seconds of
+    start-up): when that test is selected, bring the cluster up and submit it now, so
+    the suite runs meanwhile; the test waits for it."""
     global _time_limit
     if session.config.option.collectonly or _time_limit is not None:
         return
