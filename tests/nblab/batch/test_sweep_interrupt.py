@@ -3,10 +3,10 @@
 A 3-point sweep of 3-step gpt-debug jobs, one job at a time. Ctrl-C (SIGINT to the
 command's process group, as a terminal sends it) lands while the second point trains:
 the first point has succeeded, the second is stopped, the third never started. `nblab
-sweep --resume` then runs the second and third points only. No point runs twice (the
-finished one is left alone, the stopped job is gone before its point runs again) and
-none is lost: each point ends with exactly one succeeded run. About 40 s on 2 cores
-(four papermill jobs).
+sweep --resume` (two jobs at a time) then runs the second and third points only. No
+point runs twice (the finished one is left alone, the stopped job is gone before its
+point runs again) and none is lost: each point ends with exactly one succeeded run.
+About 20 s on 2 cores (four papermill jobs).
 """
 
 import os
@@ -79,7 +79,8 @@ def test_ctrl_c_mid_sweep_then_resume_runs_no_point_twice_and_loses_none(tmp_pat
     # the stopped job is gone: its point cannot run twice at once
     assert running.pid and not pid_alive(int(running.pid))
 
-    resumed = sweep(path, home, "--resume")
+    # the two points left run side by side (the Ctrl-C above needed one job at a time)
+    resumed = sweep(path, home, "--resume", "--jobs", "2")
     output = resumed.communicate(timeout=WAIT_S)[0]
     assert resumed.returncode == 0, output[-3000:]
     assert f"left alone (succeeded or running): {names[0]}" in output

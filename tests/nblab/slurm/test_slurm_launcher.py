@@ -28,6 +28,9 @@ from nblab.batch.slurm import (
 from nblab.recipe import Recipe
 from nblab.runs import RunStore
 
+sys.path.insert(0, str(Path(__file__).parent))
+from time_limit_job import STEPS  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[3]
 
 
@@ -107,24 +110,15 @@ def test_slurm_cancel_running_job(slurm_cluster, tmp_path):
     assert launcher.wait(timeout=5)
 
 
-def test_slurm_time_limit_requeues_and_resumes_from_checkpoint(
-    slurm_cluster, tmp_path, monkeypatch
-):
+def test_slurm_time_limit_requeues_and_resumes_from_checkpoint(time_limit_job):
     """A 1-minute limit on a run that needs longer: Slurm signals the job, it stops at a
     checkpoint, submitit requeues it, and the next attempt resumes there. The loss curve
-    has every step exactly once: nothing lost, nothing repeated."""
-    # Slurm signals an attempt 20-50 s into a 1-minute limit (its check runs every
-    # ~30 s). At least 0.5 s a step on any machine (sbatch exports this env): 100 steps
-    # (50 s, after at least 5 s of start-up) cannot finish inside one attempt, and each
-    # attempt still makes progress; up to 6 requeues leave room for early signals and a
-    # slow machine.
-    monkeypatch.setenv("NBLAB_STEP_DELAY_S", "0.5")
-    steps = 100
-    store = RunStore(tmp_path)
-    run_id = queue(store, tiny(steps, "checkpoint.interval=5", "checkpoint.keep=2"))
-    launcher = SlurmLauncher(store=store, time_min=1, release_requeued=True, max_requeues=6)
-    launcher.submit([run_id])
-    assert launcher.wait(timeout=480), (launcher.states(), store.run(run_id))
+    has every step exactly once: nothing lost, nothing repeated. The job (100 steps of
+    at least 0.5 s, time_limit_job.py) ran while the suite did: conftest.py started it."""
+    code, output = time_limit_job.result
+    assert code == 0, f"time_limit_job.py exited {code} (None: still running):\n{output}"
+    store = RunStore(time_limit_job.home)
+    (run_id,) = store.runs().run_id
     run = store.run(run_id)
     assert run["status"] == "succeeded", run
     info = read_slurm_info(store.run_dir(run_id))
@@ -132,14 +126,14 @@ def test_slurm_time_limit_requeues_and_resumes_from_checkpoint(
     assert "REQUEUED" in [state for _, state in info["history"]]
     assert info["state"] == "COMPLETED"
     loss = store.metrics(run_id, "loss")
-    assert list(loss.step) == list(range(1, steps + 1))
+    assert list(loss.step) == list(range(1, STEPS + 1))
     log = (store.run_dir(run_id) / "train.log").read_text()
     resumed = [int(s) for s in re.findall(r"resumed from \S+ at step (\d+)", log)]
     # every attempt resumes where the last one checkpointed, never before it; a signal
     # that lands after the final checkpoint (while the notebook's last cells run)
-    # resumes at `steps`, which only reruns those cells
+    # resumes at STEPS, which only reruns those cells
     assert len(resumed) == info["requeues"], (resumed, info)
-    assert resumed == sorted(resumed) and all(0 < s <= steps for s in resumed), resumed
+    assert resumed == sorted(resumed) and all(0 < s <= STEPS for s in resumed), resumed
 
 
 def test_slurm_sbatch_rejection_names_the_option(slurm_cluster, tmp_path):

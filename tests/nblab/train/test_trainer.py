@@ -34,16 +34,17 @@ def unigram_entropy() -> float:
 
 
 def test_gpt_tiny_learns_well_below_the_unigram_entropy(store):
+    # 100 steps reach val 1.95 nats (200 reached 1.58): still 0.7 below the bar
     recipe = Recipe.preset("gpt-tiny").with_overrides(
         [
-            "train.steps=200",
-            "eval.interval=200",
+            "train.steps=100",
+            "eval.interval=100",
             "metrics.stats_interval=0",
             "metrics.histogram_interval=0",
         ]
     )
     result = train(recipe, store=store)
-    assert result.status == "succeeded" and result.step == 200
+    assert result.status == "succeeded" and result.step == 100
     entropy = unigram_entropy()  # about 3.25 nats for the pydoc characters
     assert result.metrics["val_loss"] < entropy - 0.6
     assert store.run(result.run_id)["status"] == "succeeded"
