@@ -105,9 +105,11 @@ class Structure:
     # "" or how x^T is made (see _transposable): "graph" (the pipeline transposes) or
     # "eager" (x arrives transposed); sr_seed counts elements in the caller's order
     transposed: str = ""
-    # quantize to a sub-byte float code: (ebits, mbits, signed), the code's bit layout,
-    # which its shifts need as constants (see _small_float_codes)
+    # (ebits, mbits, signed): the bit layout of the codes _small_float_codes writes, which
+    # its shifts need as constants: quantize's sub-byte float elements, a two-level
+    # scale's grid without a torch dtype (ue5m3)
     code_layout: tuple[int, int, bool] = ()
+    grid_layout: tuple[int, int, bool] = ()
 
     @property
     def name(self) -> str:
@@ -118,11 +120,9 @@ class Structure:
             parts.append(f"h{self.hadamard}")
         if self.op == "quantize":
             parts += [self.elem_code, "packed" if self.packed else "bytes"]
-            if self.code_layout:
-                ebits, mbits, signed = self.code_layout
-                parts.append(f"{'s' if signed else 'u'}e{ebits}m{mbits}")
+            parts += _layout_name(self.code_layout)
         if self.scale == "float":
-            parts.append(self.grid_code)
+            parts += [self.grid_code, *_layout_name(self.grid_layout)]
         if self.pad:
             parts.append("pad")
         if self.transposed:
@@ -150,12 +150,20 @@ class Structure:
             rounding=rounding,
             hadamard=spec.hadamard,
             transposed=transposed,
-            code_layout=(
-                (fmt.ebits, fmt.mbits, fmt.signed)
-                if op == "quantize" and elem_code == "float"
-                else ()
-            ),
+            code_layout=_layout(fmt) if op == "quantize" and elem_code == "float" else (),
+            grid_layout=_layout(grid) if grid is not None and grid.torch_dtype is None else (),
         )
+
+
+def _layout(fmt) -> tuple[int, int, bool]:
+    return (fmt.ebits, fmt.mbits, fmt.signed)
+
+
+def _layout_name(layout: tuple) -> list[str]:
+    if not layout:
+        return []
+    ebits, mbits, signed = layout
+    return [f"{'s' if signed else 'u'}e{ebits}m{mbits}"]
 
 
 def _dtype_name(dtype: torch.dtype | None) -> str:
@@ -174,8 +182,6 @@ _I = {
             "limit_mant",
             "g_emin",
             "g_mbits",
-            "g_bias",
-            "g_nan_code",
         )
     )
 }
@@ -195,13 +201,10 @@ def _numbers(spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
         limit_mant=int(limit_mant * 2**24) & _MANT_MASK,  # its fp32 mantissa field
         g_emin=0,
         g_mbits=0,
-        g_bias=0,
-        g_nan_code=0,
     )
     floats = dict(max=fmt.max, g_max=1.0, g_min=1.0, st_den=1.0, st_min=1.0, inv_sqrt=1.0)
     if grid is not None:
-        ints.update(g_emin=grid.emin, g_mbits=grid.mbits, g_bias=grid.bias)
-        ints.update(g_nan_code=2**grid.bits - 1)
+        ints.update(g_emin=grid.emin, g_mbits=grid.mbits)
         floats.update(g_max=grid.max, g_min=grid.min_normal, st_den=grid.max * fmt.max)
         floats.update(st_min=2.0**-126 / grid.min_normal)
     if spec.hadamard:  # the reference multiplies by torch.tensor(1 / sqrt(n)): that fp32
@@ -288,21 +291,6 @@ def _round_unsaturated(v: torch.Tensor, s: Structure, ni) -> torch.Tensor:
         log2, _ = _frexp(torch.where(a > 0, a, 1.0))
         step = _pow2(torch.maximum(log2, ni[_I["emin"]]) - ni[_I["mbits"]])
     return torch.copysign(torch.round(a / step) * step, v)
-
-
-def _float_codes(q: torch.Tensor, emin, mbits, bias, nan_code) -> torch.Tensor:
-    """reference.encode of grid values q (unsigned part, int32): exponent and mantissa
-    fields, computed as the reference does (in floats, exact on the grid; no shift by
-    a tensor, see _pow2); non-finite q gets nan_code (0 for formats without NaN)."""
-    a = q.abs()
-    normal = a >= _pow2(emin)
-    log2, _ = _frexp(torch.where(normal, a, 1.0))
-    scale = _pow2(mbits)  # 2^mbits
-    mant_normal = ((a / _pow2(log2) - 1) * scale).to(torch.int32)
-    code_normal = (log2 + bias) * scale.to(torch.int32) + mant_normal
-    code_sub = (a * _pow2(mbits - emin)).to(torch.int32)  # a / min_subnormal, exact
-    code = torch.where(normal, code_normal, code_sub)
-    return torch.where(torch.isfinite(q), code, nan_code)
 
 
 def _element_codes(q: torch.Tensor, s: Structure) -> torch.Tensor:
@@ -439,10 +427,11 @@ def _scales(amax, poisoned, s: Structure, ni, nf):
     mult = (1.0 / s_t) / s_b
     if s.grid_code.startswith("float8"):  # ue4m3 stored as float8_e4m3fn: a cast, exact
         stored = s_b.to(getattr(torch, s.grid_code)).view(torch.uint8)
-    else:
-        nan_code = ni[_I["g_nan_code"]] if s.grid_code == "ieee" else 0
-        code = _float_codes(s_b, ni[_I["g_emin"]], ni[_I["g_mbits"]], ni[_I["g_bias"]], nan_code)
-        stored = code.to(torch.uint8)
+    else:  # the reference's encode: a NaN scale (a poisoned tensor) is the grid's NaN
+        ebits, mbits, signed = s.grid_layout
+        nan_code = 2 ** (int(signed) + ebits + mbits) - 1 if s.grid_code == "ieee" else 0
+        code = _small_float_codes(s_b, *s.grid_layout)
+        stored = torch.where(torch.isfinite(s_b), code, nan_code).to(torch.uint8)
     return mult, "mul", s_b, stored, s_t
 
 

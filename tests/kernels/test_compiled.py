@@ -158,6 +158,9 @@ def _cases() -> dict[str, tuple]:
         )
     ):
         cases[f"misc{i}-{spec.describe()}"] = (_rule_input((32, 64)), spec, {})
+    ue5m3 = QuantSpec("e2m1", "ue5m3", "block", 16, rule="nvfp4")  # its NaN scale code
+    for case in ("nan", "inf"):
+        cases[f"ue5m3-{case}"] = (_special("", torch.float32, case), ue5m3, {})
     for name in ("mxfp8", "mxfp4", "nvfp4", "fp8_e4m3_row", "fp8_e5m2_tensor", "int4_b32"):
         for case in ("nan", "inf", "-inf", "zero_block", "all_zero", "subnormal"):
             for dtype in (torch.float32, torch.bfloat16):
