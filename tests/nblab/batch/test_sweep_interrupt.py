@@ -1,12 +1,14 @@
 """`nblab sweep` interrupted with Ctrl-C mid-way, then resumed (issue 17 section 6).
 
-A 3-point sweep of 3-step gpt-debug jobs, one job at a time. Ctrl-C (SIGINT to the
-command's process group, as a terminal sends it) lands while the second point trains:
+A 3-point sweep of gpt-debug jobs, one job at a time: 3 steps, then 600 (about 3 s on
+2 cores), then 3. Ctrl-C (SIGINT to the command's process group, as a terminal sends
+it) lands once the second point has logged its first step, so it is still training:
 the first point has succeeded, the second is stopped, the third never started. `nblab
 sweep --resume` (two jobs at a time) then runs the second and third points only. No
 point runs twice (the finished one is left alone, the stopped job is gone before its
 point runs again) and none is lost: each point ends with exactly one succeeded run.
-About 20 s on 2 cores (four papermill jobs).
+About 17 s on 2 cores (four papermill jobs). With 3 steps at every point, the second
+could finish between the test seeing it run and the Ctrl-C (it did once in CI).
 """
 
 import os
@@ -24,13 +26,15 @@ name = "ctrl-c"
 base = "gpt-debug"
 
 [set]
-"train.steps" = 3
-"eval.interval" = 3
-"eval.batches" = 1
+"eval.interval" = 0
+"metrics.stats_interval" = 0
+"metrics.histogram_interval" = 0
 
-[grid]
+[zip]
 "train.seed" = [0, 1, 2]
+"train.steps" = [3, 600, 3]
 """
+STEPS = [3, 600, 3]
 WAIT_S = 240  # generous: the CI box is 2 shared cores
 
 
@@ -63,10 +67,14 @@ def test_ctrl_c_mid_sweep_then_resume_runs_no_point_twice_and_loses_none(tmp_pat
         return store.runs(sweep="ctrl-c").set_index("name").status.to_dict()
 
     def second_training():
-        s = statuses()
-        return list(s.values())[:2] == ["succeeded", "running"] and s
+        runs = store.runs(sweep="ctrl-c")
+        s = runs.set_index("name").status.to_dict()
+        if list(s.values())[:2] != ["succeeded", "running"]:
+            return None
+        second = runs.set_index("name").loc[list(s)[1]]
+        return len(store.metrics(second.run_id, keys=["loss"])) > 0 and s
 
-    seen = wait_for(second_training, WAIT_S, "point 1 to succeed and point 2 to train")
+    seen = wait_for(second_training, WAIT_S, "point 1 to succeed and point 2 to log a step")
     names = list(seen)
     assert len(names) == 3
     running = store.runs(sweep="ctrl-c").set_index("name").loc[names[1]]
@@ -87,11 +95,11 @@ def test_ctrl_c_mid_sweep_then_resume_runs_no_point_twice_and_loses_none(tmp_pat
 
     runs = store.runs(sweep="ctrl-c")
     assert len(runs) == 5  # 3 first, and one new run for each of the 2 unfinished points
-    for name in names:
+    for name, steps in zip(names, STEPS, strict=True):
         mine = runs[runs.name == name]
         assert (mine.status == "succeeded").sum() == 1, mine  # none lost, none twice
         ok = mine[mine.status == "succeeded"].iloc[0]
         loss = store.metrics(ok.run_id, keys=["loss"])
-        assert sorted(loss.step) == [1, 2, 3]
+        assert sorted(loss.step) == list(range(1, steps + 1))
     assert (runs.name == names[0]).sum() == 1  # the finished point was not run again
     assert sorted(runs.status) == ["cancelled", "cancelled"] + ["succeeded"] * 3
