@@ -8,63 +8,124 @@
  * first h become lo + hi and the next h become lo - hi (reference._fwht).
  * Built with -ffp-contract=off and no fast-math: every operation rounds as torch's does.
  *
- * LANES chunks go at once, element j of each in v[j][0..LANES): every butterfly is then
- * one vector operation across the chunks (inductor compiled the same butterflies into
- * loops of 1 to 8 elements, at 2-3 ns an element). */
+ * A chunk is n / 16 vectors of 16 values (GCC / clang vector extensions: one AVX-512
+ * register, or two or four narrower ones). The stages h < 16 run inside each vector: a
+ * lane and its partner h away (a shuffle) give lo + hi and lo - hi, and a mask keeps
+ * one per lane; the stages h >= 16 pair whole vectors. (Loading element j of 16 chunks
+ * into one vector instead ran 5x slower: the loads and stores were gathers.) Needs GCC >= 12
+ * or clang for __builtin_shufflevector: an older compiler fails the build, and the
+ * compiled backend keeps its one-graph path (fwht_c.py). */
 #include <stdint.h>
+#include <string.h>
 
-#define LANES 16
+typedef float vec16 __attribute__((vector_size(64)));
+typedef int32_t mask16 __attribute__((vector_size(64)));
 
-/* fwht's butterflies on v[N][LANES], every lane at once */
-#define BUTTERFLIES(N, v)                                                                \
-    for (int h = 1; h < N; h *= 2)                                                       \
-        for (int i = 0; i < N; i += 2 * h)                                               \
-            for (int j = i; j < i + h; j++)                                              \
-                for (int c = 0; c < LANES; c++) {                                        \
-                    float lo = v[j][c], hi = v[j + h][c];                                \
-                    v[j][c] = lo + hi;                                                   \
-                    v[j + h][c] = lo - hi;                                               \
-                }
+#define LANE_LIST(f, h)                                                                   \
+    f(0, h), f(1, h), f(2, h), f(3, h), f(4, h), f(5, h), f(6, h), f(7, h), f(8, h),       \
+        f(9, h), f(10, h), f(11, h), f(12, h), f(13, h), f(14, h), f(15, h)
+#define PARTNER(l, h) ((l) ^ (h))
+#define IS_HIGH(l, h) (((l) & (h)) ? -1 : 0)
 
-#define FWHT(N)                                                                          \
-    static void fwht##N##_block(const float *x, float *out, int64_t lanes,               \
-                                const float *s, float inv, int inverse) {                 \
-        float v[N][LANES] = {{0}}; /* a last, partial block leaves lanes unused */       \
-        for (int64_t c = 0; c < lanes; c++)                                               \
-            for (int j = 0; j < N; j++)                                                   \
-                v[j][c] = inverse ? x[c * N + j] : x[c * N + j] * s[j];                   \
-        BUTTERFLIES(N, v);                                                                \
-        for (int64_t c = 0; c < lanes; c++)                                               \
-            for (int j = 0; j < N; j++)                                                   \
-                out[c * N + j] = inverse ? (v[j][c] * inv) * s[j] : v[j][c] * inv;        \
-    }                                                                                     \
-    void nblab_fwht##N(const float *x, float *out, int64_t chunks, const float *s,        \
-                       float inv, int inverse) {                                          \
-        for (int64_t c = 0; c < chunks; c += LANES) {                                     \
-            int64_t lanes = chunks - c < LANES ? chunks - c : LANES;                      \
-            fwht##N##_block(x + c * N, out + c * N, lanes, s, inv, inverse);              \
+/* one stage h < 16 inside v: lane l and lane l ^ h are lo and hi of one butterfly; a
+ * low lane keeps lo + hi = v + p, a high lane lo - hi = p - v */
+#define STAGE_IN(v, h)                                                                    \
+    do {                                                                                  \
+        vec16 p_ = __builtin_shufflevector(v, v, LANE_LIST(PARTNER, h));                  \
+        mask16 high_ = {LANE_LIST(IS_HIGH, h)};                                           \
+        vec16 sum_ = v + p_, diff_ = p_ - v;                                              \
+        v = (vec16)(((mask16)diff_ & high_) | ((mask16)sum_ & ~high_));                   \
+    } while (0)
+
+/* fwht on a chunk of n = 16 * count values held in v[0..count) */
+static inline void butterflies(vec16 *v, int count) {
+    for (int a = 0; a < count; a++) {
+        STAGE_IN(v[a], 1);
+        STAGE_IN(v[a], 2);
+        STAGE_IN(v[a], 4);
+        STAGE_IN(v[a], 8);
+    }
+    for (int h = 1; h < count; h *= 2) /* h vectors: 16 h values */
+        for (int i = 0; i < count; i += 2 * h)
+            for (int j = i; j < i + h; j++) {
+                vec16 lo = v[j], hi = v[j + h];
+                v[j] = lo + hi;
+                v[j + h] = lo - hi;
+            }
+}
+
+#define FWHT(N)                                                                           \
+    void nblab_fwht##N(const float *x, float *out, int64_t chunks, const float *s,         \
+                       float inv, int inverse) {                                           \
+        enum { V = N / 16 };                                                              \
+        vec16 sv[V], v[V];                                                                \
+        memcpy(sv, s, sizeof sv);                                                         \
+        for (int64_t c = 0; c < chunks; c++) {                                            \
+            memcpy(v, x + c * N, sizeof v);                                               \
+            if (!inverse)                                                                 \
+                for (int a = 0; a < V; a++) v[a] = v[a] * sv[a];                          \
+            butterflies(v, V);                                                            \
+            for (int a = 0; a < V; a++) {                                                 \
+                v[a] = v[a] * inv;                                                        \
+                if (inverse) v[a] = v[a] * sv[a];                                         \
+            }                                                                             \
+            memcpy(out + c * N, v, sizeof v);                                             \
         }                                                                                 \
     }
 
+/* 16 x 16 transpose in place: at b = 8, 4, 2, 1, rows i and i + b (i & b == 0) swap
+ * their off-diagonal b x b blocks, lane l of row i taking lane l - b of row i + b */
+#define FROM_ROW_I(l, b) (((l) & (b)) ? 16 + (l) - (b) : (l))
+#define FROM_ROW_IB(l, b) (((l) & (b)) ? 16 + (l) : (l) + (b))
+#define TRANSPOSE_STAGE(t, b)                                                             \
+    for (int i = 0; i < 16; i++)                                                          \
+        if (!(i & (b))) {                                                                 \
+            vec16 lo_ = t[i], hi_ = t[i + (b)];                                           \
+            t[i] = __builtin_shufflevector(lo_, hi_, LANE_LIST(FROM_ROW_I, b));           \
+            t[i + (b)] = __builtin_shufflevector(lo_, hi_, LANE_LIST(FROM_ROW_IB, b));    \
+        }
+
+static inline void transpose16(vec16 *t) {
+    TRANSPOSE_STAGE(t, 8);
+    TRANSPOSE_STAGE(t, 4);
+    TRANSPOSE_STAGE(t, 2);
+    TRANSPOSE_STAGE(t, 1);
+}
+
 /* The forward transform of x^T, read from x itself: x is (rows, cols) contiguous, and the
  * chunks run down its columns (n rows each); out is x^T transformed, (cols, rows)
- * contiguous. LANES adjacent columns go at once, so every read is contiguous; this is
- * the transpose a dim-0 role needed as a copy of its own before the transform. Columns
- * [col0, col1) only: threads split the columns. */
-#define FWHT_T(N)                                                                        \
-    void nblab_fwht##N##_t(const float *x, float *out, int64_t rows, int64_t cols,       \
-                           int64_t col0, int64_t col1, const float *s, float inv) {      \
-        float v[N][LANES] = {{0}};                                                        \
+ * contiguous. 16 adjacent columns go at once: row j's 16 values are one vector, so the
+ * reads are contiguous and every stage pairs whole vectors; 16 x 16 transposes in
+ * registers then write out's rows. This is the transpose a dim-0 role needed as a copy
+ * of its own before the transform. Columns [col0, col1) only: threads split them. */
+#define FWHT_T(N)                                                                         \
+    void nblab_fwht##N##_t(const float *x, float *out, int64_t rows, int64_t cols,        \
+                           int64_t col0, int64_t col1, const float *s, float inv) {       \
+        vec16 v[N];                                                                       \
         for (int64_t r = 0; r < rows; r += N)                                             \
-            for (int64_t c0 = col0; c0 < col1; c0 += LANES) {                             \
-                int64_t lanes = col1 - c0 < LANES ? col1 - c0 : LANES;                    \
-                for (int j = 0; j < N; j++)                                               \
+            for (int64_t c0 = col0; c0 < col1; c0 += 16) {                                \
+                int64_t lanes = col1 - c0 < 16 ? col1 - c0 : 16;                          \
+                for (int j = 0; j < N; j++) {                                             \
+                    vec16 row = {0}; /* a last, partial group of columns: lanes unused */ \
+                    if (lanes == 16) /* a constant size: one vector load, not a call */   \
+                        memcpy(&row, x + (r + j) * cols + c0, sizeof row);                \
+                    else                                                                  \
+                        memcpy(&row, x + (r + j) * cols + c0, lanes * sizeof(float));     \
+                    v[j] = row * s[j];                                                    \
+                }                                                                         \
+                for (int h = 1; h < N; h *= 2)                                            \
+                    for (int i = 0; i < N; i += 2 * h)                                    \
+                        for (int j = i; j < i + h; j++) {                                 \
+                            vec16 lo = v[j], hi = v[j + h];                               \
+                            v[j] = lo + hi;                                               \
+                            v[j + h] = lo - hi;                                           \
+                        }                                                                 \
+                for (int q = 0; q < N; q += 16) {                                         \
+                    for (int j = q; j < q + 16; j++) v[j] = v[j] * inv;                   \
+                    transpose16(v + q); /* now v[q + c]: column c0 + c, rows r + q.. */   \
                     for (int64_t c = 0; c < lanes; c++)                                   \
-                        v[j][c] = x[(r + j) * cols + c0 + c] * s[j];                      \
-                BUTTERFLIES(N, v);                                                        \
-                for (int64_t c = 0; c < lanes; c++)                                       \
-                    for (int j = 0; j < N; j++)                                           \
-                        out[(c0 + c) * rows + r + j] = v[j][c] * inv;                     \
+                        memcpy(out + (c0 + c) * rows + r + q, &v[q + c], sizeof(vec16));  \
+                }                                                                         \
             }                                                                             \
     }
 
