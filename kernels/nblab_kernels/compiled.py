@@ -110,6 +110,9 @@ class Structure:
     # scale's grid without a torch dtype (ue5m3)
     code_layout: tuple[int, int, bool] = ()
     grid_layout: tuple[int, int, bool] = ()
+    # "" (the whole op in one graph), or fake_quantize in two (_fake_in_two): "scales"
+    # (each group's multiplier and dequant factor) and "elements" (given those)
+    phase: str = ""
 
     @property
     def name(self) -> str:
@@ -127,6 +130,8 @@ class Structure:
             parts.append("pad")
         if self.transposed:
             parts.append(f"t{self.transposed}")
+        if self.phase:
+            parts.append(self.phase)
         return "nblab_" + "_".join(parts)
 
     @staticmethod
@@ -380,20 +385,26 @@ def _merge(x4, m, k, pad: bool) -> torch.Tensor:
     return out[:m, :k] if pad else out
 
 
+def _divides(s: Structure) -> bool:
+    """Whether values are dequantized by dividing by the factor (fp32 and pow2 scales,
+    as reference._scales says) rather than multiplying."""
+    return s.scale in ("fp32", "pow2")
+
+
 def _scales(amax, poisoned, s: Structure, ni, nf):
-    """reference._scales: (multiplier, how, dequant factor, stored, tensor scale)."""
+    """reference._scales: (multiplier, dequant factor, stored, tensor scale)."""
     nan = torch.full_like(amax, torch.nan)
     positive = amax > 0
     safe = torch.where(positive, amax, 1.0)
     if s.scale == "fp32":
         inv = torch.where(positive, nf[_F["max"]] / safe, 1.0).clamp(max=_F32_MAX)
         inv = torch.where(poisoned, nan, inv)
-        return inv, "div", inv, inv, None
+        return inv, inv, inv, None
     if s.scale == "pow2":
         lo, hi = POW2_EXP_RANGE
         k = torch.where(positive, _min_exp_covering(safe, ni), 0).clamp(lo, hi)
         inv = torch.where(poisoned, nan, _pow2(-k))
-        return inv, "div", inv, inv, None
+        return inv, inv, inv, None
     if s.scale == "e8m0":
         if s.rule == "rceil":
             e = _min_exp_covering(safe, ni)
@@ -411,7 +422,7 @@ def _scales(amax, poisoned, s: Structure, ni, nf):
         e = torch.where(positive, e, lo).clamp(lo, hi)
         mult = torch.where(poisoned, nan, _pow2(-e))
         stored = torch.where(poisoned, 0xFF, e + E8M0_BIAS).to(torch.uint8)
-        return mult, "mul", torch.where(poisoned, nan, _pow2(e)), stored, None
+        return mult, torch.where(poisoned, nan, _pow2(e)), stored, None
     # two-level (NVFP4): reference._two_level_scales, every divisor a tensor
     amax_t = amax.amax()
     s_t = amax_t / nf[_F["st_den"]]
@@ -432,11 +443,13 @@ def _scales(amax, poisoned, s: Structure, ni, nf):
         nan_code = 2 ** (int(signed) + ebits + mbits) - 1 if s.grid_code == "ieee" else 0
         code = _small_float_codes(s_b, *s.grid_layout)
         stored = torch.where(torch.isfinite(s_b), code, nan_code).to(torch.uint8)
-    return mult, "mul", s_b, stored, s_t
+    return mult, s_b, stored, s_t
 
 
-def _pipeline(s: Structure, x2, ni, nf, signs, rbits, seed):
-    """The reference's quantize / fake_quantize / quant_stats of x2 (fp32, (M, K))."""
+def _pipeline(s: Structure, x2, ni, nf, signs, rbits, seed, scales=None):
+    """The reference's quantize / fake_quantize / quant_stats of x2 (fp32, (M, K)). In
+    the "scales" phase, the (multiplier, dequant factor, tensor scale) of x2's groups;
+    in the "elements" phase, fake_quantize given those `scales`."""
     if s.transposed == "graph":  # inductor transposes in tiles: twice an eager copy's speed
         x2 = x2.t().contiguous()
         rbits = None if rbits is None else rbits.t().contiguous()
@@ -444,7 +457,7 @@ def _pipeline(s: Structure, x2, ni, nf, signs, rbits, seed):
     xt = x2
     if s.hadamard:
         xt = _hadamard(x2, signs, nf[_F["inv_sqrt"]], s.hadamard, s.dim, inverse=False)
-    if s.rounding == "sr_seed":
+    if s.rounding == "sr_seed" and s.phase != "scales":
         # element (i, j)'s counter: its index in the caller's row-major order, written as
         # a broadcast sum (a transposed arange view made inductor store Philox's four
         # int64 words between two loops: 2 ms more a 2048 x 512 call)
@@ -457,10 +470,15 @@ def _pipeline(s: Structure, x2, ni, nf, signs, rbits, seed):
     # a float amax propagates NaN, and +Inf is above every finite value: a group with a
     # NaN or Inf is exactly the non-finite amax. (An amax of the int32 bits of |x|, the
     # same numbers, ran 14x slower: inductor's int reductions are not vectorised.)
-    amax = x4.abs().amax(dim=(1, 3))
-    poisoned = ~torch.isfinite(amax)
-    amax = torch.where(poisoned, 0.0, amax)
-    mult, how, factor, stored, s_t = _scales(amax, poisoned, s, ni, nf)
+    if s.phase == "elements":
+        mult, factor, s_t = scales
+    else:
+        amax = x4.abs().amax(dim=(1, 3))
+        poisoned = ~torch.isfinite(amax)
+        amax = torch.where(poisoned, 0.0, amax)
+        mult, factor, stored, s_t = _scales(amax, poisoned, s, ni, nf)
+        if s.phase == "scales":
+            return mult, factor, s_t
     scaled = x4 * mult[:, None, :, None]
     if s.pad:  # the reference rounds the (M, K) view, then pads again to dequantize
         q = _round_elements(_merge(scaled, m, k, True), s, ni, nf, rbits)
@@ -473,7 +491,7 @@ def _pipeline(s: Structure, x2, ni, nf, signs, rbits, seed):
         # fp4 pairs are packed after the graph (_pack_pairs): fused into it, every
         # element's arithmetic read x at a stride of 2 and ran 9x slower
         return _element_codes(q, s), stored, s_t
-    if how == "div":
+    if _divides(s):
         out = values / factor[:, None, :, None]
     else:
         out = values * factor[:, None, :, None]
@@ -539,20 +557,56 @@ def _graph(s: Structure, static: tuple[int | None, int | None]):
     with _lock:
         if key not in _graphs:
 
-            def run(x2, ni, nf, signs, rbits, seed):
-                return _pipeline(s, x2, ni, nf, signs, rbits, seed)
+            def run(x2, ni, nf, signs, rbits, seed, scales=None):
+                return _pipeline(s, x2, ni, nf, signs, rbits, seed, scales)
 
             # a code object of its own: dynamo keeps compiled graphs (and counts
             # recompiles) per code object, so structures never evict each other
             name = s.name + "".join(f"_{d}{n}" for d, n in zip("mk", static, strict=True) if n)
             code = run.__code__.replace(co_name=name)
-            fn = types.FunctionType(code, run.__globals__, name, None, run.__closure__)
+            fn = types.FunctionType(code, run.__globals__, name, run.__defaults__, run.__closure__)
             # static but for the dims _run marks dynamic: with dynamic=True dynamo would
             # also make the structure's ints (the block size) symbolic, and inductor
             # leaves loops over a symbolic block scalar
-            options = _PHILOX_OPTIONS if s.rounding == "sr_seed" else None
+            options = _PHILOX_OPTIONS if s.rounding == "sr_seed" and s.phase != "scales" else None
             _graphs[key] = torch.compile(fn, dynamic=False, fullgraph=True, options=options)
         return _graphs[key]
+
+
+# fake_quantize of a large tensor in small groups whose scales divide (fp32 scales, and
+# NVFP4's two levels) runs as two graphs: each group's multiplier and dequant factor,
+# then the elements. In one graph, inductor recomputed each group's scale, divisions
+# included, at the head of the group's element loop: 2048 x 512, one thread, NVFP4 and
+# its 16 x 16 tiles, fp8 128-blocks and int4 32-blocks ran 1.4-2x slower. (MX and row
+# scales gain nothing; for small tensors the second call's ~20 us would not pay.)
+TWO_GRAPHS_MIN_NUMEL = 2**17
+
+
+def _in_two(s: Structure, numel: int) -> bool:
+    return (
+        s.op == "fake"
+        and not s.hadamard
+        and s.granularity in ("block", "tile")
+        and s.scale in ("fp32", "float")
+        and numel >= TWO_GRAPHS_MIN_NUMEL
+    )
+
+
+def _call(s: Structure, static, x2, ni, nf, signs, rbits, seed):
+    """The graph of s on x2, or fake_quantize's two (_in_two)."""
+    if not _in_two(s, x2.numel()):
+        return _graph(s, static)(x2, ni, nf, signs, rbits, seed)
+    # the scales do not depend on the rounding, nor on how x^T arrived: rne and sr roles
+    # share their graph
+    transposed = s.transposed if s.transposed == "graph" else ""
+    of_scales = dataclasses.replace(s, phase="scales", rounding="rne", transposed=transposed)
+    scales = _graph(of_scales, static)(x2, ni, nf, None, None, None)
+    for t in scales:
+        for dim, size in enumerate(static):
+            if t is not None and size is None and dim < t.dim():  # the rows stay dynamic
+                torch._dynamo.maybe_mark_dynamic(t, dim)
+    elements = _graph(dataclasses.replace(s, phase="elements"), static)
+    return elements(x2, ni, nf, None, rbits, seed, scales)
 
 
 def _fake_apart(s: Structure, static, x2, ni, nf, signs, rbits, seed) -> torch.Tensor:
@@ -567,7 +621,7 @@ def _fake_apart(s: Structure, static, x2, ni, nf, signs, rbits, seed) -> torch.T
         return _graph(s, static)(x2.contiguous(), ni, nf, signs, rbits, seed)
     if static[0] is None:
         torch._dynamo.maybe_mark_dynamic(xt, 0)
-    q = _graph(dataclasses.replace(s, hadamard=0), static)(xt, ni, nf, None, rbits, seed)
+    q = _call(dataclasses.replace(s, hadamard=0), static, xt, ni, nf, None, rbits, seed)
     return fwht_c.hadamard(q, n, signs, inv_sqrt, inverse=True)
 
 
@@ -618,7 +672,7 @@ def _run(x: torch.Tensor, spec: QuantSpec, rbits, seed, op: str):
             if apart:
                 out = _fake_apart(s, static, x2, ni, nf, signs, bits, seed_t)
             else:
-                out = _graph(s, static)(x2, ni, nf, signs, bits, seed_t)
+                out = _call(s, static, x2, ni, nf, signs, bits, seed_t)
     except Exception as err:  # every input was validated above: this is the compiler
         raise CompileError(f"{type(err).__name__} compiling {s.name}") from err
     if transposed:  # back to x's layout

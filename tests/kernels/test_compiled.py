@@ -208,7 +208,10 @@ def eager_graphs(monkeypatch):
     monkeypatch.setattr(compiled, "_graph", lambda s, static: lambda *a: compiled._pipeline(s, *a))
 
 
-def test_formulation_matches_the_reference_on_every_triton_case(eager_graphs):
+@pytest.mark.parametrize("in_two", [False, True], ids=["one graph", "fake in two graphs"])
+def test_formulation_matches_the_reference_on_every_triton_case(eager_graphs, monkeypatch, in_two):
+    # in_two: fake_quantize in two graphs (scales, then elements) wherever _in_two allows
+    monkeypatch.setattr(compiled, "TWO_GRAPHS_MIN_NUMEL", 0 if in_two else 2**62)
     failures = []
     for case, (x, spec, kw) in CASES.items():
         try:
@@ -298,8 +301,34 @@ def test_compiled_matches_the_reference(op, case):
         assert_same_stats(reference.quant_stats(x, spec, **kw), compiled.quant_stats(x, spec, **kw))
 
 
+# fake_quantize in two graphs (compiled._in_two: large tensors in small groups with
+# dividing scales), through torch.compile: each scale kind, rounding, transposed input,
+# a Hadamard role (the C transforms around the graphs) and padding
+IN_TWO_CASES = [
+    "nvfp4-float32-sr_seed",
+    "nvfp4-h16-dim0",
+    "nvfp4_tile16-float32-rne",
+    "fp8_e4m3_b128-float32-sr_rbits",
+    "nvfp4-pad-dim0",
+]
+
+
+@pytest.mark.parametrize("case", IN_TWO_CASES)
+def test_fake_quantize_in_two_graphs_matches_the_reference(monkeypatch, case):
+    x, spec, kw = CASES[case]
+    monkeypatch.setattr(compiled, "TWO_GRAPHS_MIN_NUMEL", 0)
+    phases, graph = [], compiled._graph
+    monkeypatch.setattr(
+        compiled, "_graph", lambda s, static: phases.append(s.phase) or graph(s, static)
+    )
+    out = compiled.fake_quantize(x, spec, **kw)
+    assert_float_bits_equal(reference.fake_quantize(x, spec, **kw), out, "fake_quantize")
+    assert phases == ["scales", "elements"]
+
+
 def test_compiled_cases_exist():
     assert {c for cases in COMPILED_CASES.values() for c in cases} <= set(CASES)
+    assert set(IN_TWO_CASES) <= set(CASES)
 
 
 # ---------------------------------------------------------------------------
