@@ -20,7 +20,7 @@ on the element format's numbers or the number of rows, so MXFP8 and MXFP4 share 
 graph, and a graph compiles once per process (inductor's on-disk cache makes later
 processes cheaper). Each gets its own code object, hence its own dynamo cache and
 recompile limit. Groups along dim 0 run on x^T (`_transposable`), and fake_quantize's
-Hadamard transforms run in C around the graph (`_fake_apart`, fwht_c): the same
+Hadamard transforms run in C around the graph (`_fake_apart`, c_kernels): the same
 operations in the same order, where inductor's code for them was slow.
 
 Stochastic rounding: with `rbits` or `seed` the bits are the reference's. With
@@ -48,7 +48,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import fwht_c, philox, reference
+from . import c_kernels, philox, reference
 from .formats import E8M0_BIAS, E8M0_EXP_RANGE, POW2_EXP_RANGE, QuantSpec
 from .reference import GroupLayout, QTensor, QuantStats
 
@@ -446,10 +446,22 @@ def _scales(amax, poisoned, s: Structure, ni, nf):
     return mult, s_b, stored, s_t
 
 
+def _scales_of(amax, s: Structure, ni, nf):
+    """_scales of the groups with this amax: a float amax propagates NaN, and +Inf is
+    above every finite value, so a group with a NaN or Inf is exactly a non-finite amax."""
+    poisoned = ~torch.isfinite(amax)
+    return _scales(torch.where(poisoned, 0.0, amax), poisoned, s, ni, nf)
+
+
 def _pipeline(s: Structure, x2, ni, nf, signs, rbits, seed, scales=None):
-    """The reference's quantize / fake_quantize / quant_stats of x2 (fp32, (M, K)). In
-    the "scales" phase, the (multiplier, dequant factor, tensor scale) of x2's groups;
-    in the "elements" phase, fake_quantize given those `scales`."""
+    """The reference's quantize / fake_quantize / quant_stats of x2 (fp32, (M, K)). For
+    fake_quantize in two graphs (_call): the "scales" phase returns the (multiplier,
+    dequant factor, tensor scale) of x2's groups, the "amax_scales" phase the same of a
+    given group amax (x2 is then that amax), and the "elements" phase is fake_quantize
+    given those `scales`."""
+    if s.phase == "amax_scales":
+        mult, factor, _, s_t = _scales_of(x2, s, ni, nf)
+        return mult, factor, s_t
     if s.transposed == "graph":  # inductor transposes in tiles: twice an eager copy's speed
         x2 = x2.t().contiguous()
         rbits = None if rbits is None else rbits.t().contiguous()
@@ -457,7 +469,7 @@ def _pipeline(s: Structure, x2, ni, nf, signs, rbits, seed, scales=None):
     xt = x2
     if s.hadamard:
         xt = _hadamard(x2, signs, nf[_F["inv_sqrt"]], s.hadamard, s.dim, inverse=False)
-    if s.rounding == "sr_seed" and s.phase != "scales":
+    if s.rounding == "sr_seed":
         # element (i, j)'s counter: its index in the caller's row-major order, written as
         # a broadcast sum (a transposed arange view made inductor store Philox's four
         # int64 words between two loops: 2 ms more a 2048 x 512 call)
@@ -467,16 +479,12 @@ def _pipeline(s: Structure, x2, ni, nf, signs, rbits, seed, scales=None):
         rbits = philox.randint(seed, offsets)
     sizes = _group_sizes(s, m, k)
     x4 = _split(xt, sizes, s.pad)
-    # a float amax propagates NaN, and +Inf is above every finite value: a group with a
-    # NaN or Inf is exactly the non-finite amax. (An amax of the int32 bits of |x|, the
-    # same numbers, ran 14x slower: inductor's int reductions are not vectorised.)
     if s.phase == "elements":
         mult, factor, s_t = scales
     else:
-        amax = x4.abs().amax(dim=(1, 3))
-        poisoned = ~torch.isfinite(amax)
-        amax = torch.where(poisoned, 0.0, amax)
-        mult, factor, stored, s_t = _scales(amax, poisoned, s, ni, nf)
+        # (an amax of the int32 bits of |x|, the same numbers, ran 14x slower here:
+        # inductor's int reductions are not vectorised; amax.c does it so)
+        mult, factor, stored, s_t = _scales_of(x4.abs().amax(dim=(1, 3)), s, ni, nf)
         if s.phase == "scales":
             return mult, factor, s_t
     scaled = x4 * mult[:, None, :, None]
@@ -568,61 +576,86 @@ def _graph(s: Structure, static: tuple[int | None, int | None]):
             # static but for the dims _run marks dynamic: with dynamic=True dynamo would
             # also make the structure's ints (the block size) symbolic, and inductor
             # leaves loops over a symbolic block scalar
-            options = _PHILOX_OPTIONS if s.rounding == "sr_seed" and s.phase != "scales" else None
+            options = _PHILOX_OPTIONS if s.rounding == "sr_seed" else None
             _graphs[key] = torch.compile(fn, dynamic=False, fullgraph=True, options=options)
         return _graphs[key]
 
 
 # fake_quantize of a large tensor in small groups whose scales divide (fp32 scales, and
-# NVFP4's two levels) runs as two graphs: each group's multiplier and dequant factor,
-# then the elements. In one graph, inductor recomputed each group's scale, divisions
-# included, at the head of the group's element loop: 2048 x 512, one thread, NVFP4 and
-# its 16 x 16 tiles, fp8 128-blocks and int4 32-blocks ran 1.4-2x slower. (MX and row
-# scales gain nothing; for small tensors the second call's ~20 us would not pay.)
+# NVFP4's two levels) runs as two graphs, each group's multiplier and dequant factor,
+# then the elements: in one graph inductor recomputed each group's scale, divisions
+# included, at the head of the group's element loop (2048 x 512, one thread: NVFP4 and
+# its 16 x 16 tiles, fp8 128-blocks and int4 32-blocks ran 1.6-2x slower). Where the
+# groups are blocks along contiguous rows, C takes their amax (amax.c, 2.5x inductor's).
+# MX scales gain nothing (2048 x 128: 1.3x slower), nor do small tensors, where the
+# extra calls (~20 us each) would not pay.
 TWO_GRAPHS_MIN_NUMEL = 2**17
 
 
-def _in_two(s: Structure, numel: int) -> bool:
+def _in_two(s: Structure, x2: torch.Tensor) -> bool:
     return (
         s.op == "fake"
         and not s.hadamard
-        and s.granularity in ("block", "tile")
         and s.scale in ("fp32", "float")
-        and numel >= TWO_GRAPHS_MIN_NUMEL
+        and s.granularity in ("block", "tile")
+        and x2.numel() >= TWO_GRAPHS_MIN_NUMEL
+    )
+
+
+def _c_amax_fits(s: Structure, x2: torch.Tensor) -> bool:
+    """Whether x2's groups are blocks along its contiguous rows, of a size amax.c takes."""
+    return (
+        s.granularity == "block"
+        and s.dim == -1
+        and not s.pad
+        and s.transposed != "graph"
+        and s.block % 16 == 0
+        and x2.is_contiguous()
     )
 
 
 def _call(s: Structure, static, x2, ni, nf, signs, rbits, seed):
     """The graph of s on x2, or fake_quantize's two (_in_two)."""
-    if not _in_two(s, x2.numel()):
+    if not _in_two(s, x2):
         return _graph(s, static)(x2, ni, nf, signs, rbits, seed)
     # the scales do not depend on the rounding, nor on how x^T arrived: rne and sr roles
     # share their graph
     transposed = s.transposed if s.transposed == "graph" else ""
     of_scales = dataclasses.replace(s, phase="scales", rounding="rne", transposed=transposed)
-    scales = _graph(of_scales, static)(x2, ni, nf, None, None, None)
-    for t in scales:
-        for dim, size in enumerate(static):
-            if t is not None and size is None and dim < t.dim():  # the rows stay dynamic
-                torch._dynamo.maybe_mark_dynamic(t, dim)
+    amax = c_kernels.group_amax(x2, s.block) if _c_amax_fits(s, x2) else None
+    if amax is None:
+        scales = _graph(of_scales, static)(x2, ni, nf, None, None, None)
+    else:  # in the groups' shape, (M, K / block)
+        amax = _dynamic_rows(amax.view(x2.shape[0], -1), static)
+        of_amax = dataclasses.replace(of_scales, phase="amax_scales")
+        scales = _graph(of_amax, static)(amax, ni, nf, None, None, None)
+    scales = tuple(t if t is None else _dynamic_rows(t, static) for t in scales)
     elements = _graph(dataclasses.replace(s, phase="elements"), static)
     return elements(x2, ni, nf, None, rbits, seed, scales)
 
 
+def _dynamic_rows(t: torch.Tensor, static) -> torch.Tensor:
+    """t, a tensor in x2's groups' shape, with the dims x2 has dynamic marked so."""
+    for dim, size in enumerate(static):
+        if size is None and dim < t.dim():
+            torch._dynamo.maybe_mark_dynamic(t, dim)
+    return t
+
+
 def _fake_apart(s: Structure, static, x2, ni, nf, signs, rbits, seed) -> torch.Tensor:
-    """fake_quantize under a Hadamard transform with the transforms in C (fwht_c) around
+    """fake_quantize under a Hadamard transform with the transforms in C (c_kernels) around
     the quantizer's graph: the same operations in the same order as _pipeline's one
     graph, so the same bits, at a third of the time (inductor compiles the butterflies
     into short scalar loops: NVFP4's wgrad roles ran at 7.8 and 18.8 ns an element).
     Without a C compiler, the one graph."""
     n, inv_sqrt = s.hadamard, float(nf[_F["inv_sqrt"]])
-    xt = fwht_c.hadamard(x2, n, signs, inv_sqrt, inverse=False)
+    xt = c_kernels.hadamard(x2, n, signs, inv_sqrt, inverse=False)
     if xt is None:
         return _graph(s, static)(x2.contiguous(), ni, nf, signs, rbits, seed)
     if static[0] is None:
         torch._dynamo.maybe_mark_dynamic(xt, 0)
     q = _call(dataclasses.replace(s, hadamard=0), static, xt, ni, nf, None, rbits, seed)
-    return fwht_c.hadamard(q, n, signs, inv_sqrt, inverse=True)
+    return c_kernels.hadamard(q, n, signs, inv_sqrt, inverse=True)
 
 
 # ---------------------------------------------------------------------------

@@ -14,7 +14,7 @@
  * one per lane; the stages h >= 16 pair whole vectors. (Loading element j of 16 chunks
  * into one vector instead ran 5x slower: the loads and stores were gathers.) Needs GCC >= 12
  * or clang for __builtin_shufflevector: an older compiler fails the build, and the
- * compiled backend keeps its one-graph path (fwht_c.py). */
+ * compiled backend keeps its one-graph path (c_kernels.py). */
 #include <stdint.h>
 #include <string.h>
 

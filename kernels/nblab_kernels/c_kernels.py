@@ -1,9 +1,10 @@
-"""reference._hadamard_2d along dim -1, from fwht.c: the compiled backend's Hadamard
-transforms. Built with the system C compiler on first use (about a second), cached by
-source, flags, compiler and CPU under ~/.cache/nblab/cpu-kernels (NBLAB_CPU_KERNELS), and
-called through ctypes, which lets go of the GIL: large tensors are split over torch's
-threads. `hadamard` returns None where no C compiler builds it; the caller then keeps
-its torch.compile path (the same bits, slower)."""
+"""The compiled backend's C kernels: reference._hadamard_2d along dim -1 (fwht.c) and the
+quantizers' group amax (amax.c). Built with the system C compiler on first use (about
+a second), cached by source, flags, compiler and CPU under ~/.cache/nblab/cpu-kernels
+(NBLAB_CPU_KERNELS), and called through ctypes, which lets go of the GIL: large
+tensors are split over torch's threads. Each function returns None where no C
+compiler builds them; the caller then keeps its torch.compile path (the same bits,
+slower)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("fwht.c")
+SOURCES = [Path(__file__).with_name(name) for name in ("fwht.c", "amax.c")]
 # -march=native: the cache key holds the CPU's flags, so a shared home never hands one
 # CPU another's build; no fast-math and no contraction: every operation rounds as torch's
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-fast-math", "-shared", "-fPIC")
@@ -49,14 +50,16 @@ def _library() -> ctypes.CDLL | None:
         return None
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256(
-        "\n".join([SOURCE.read_text(), " ".join(FLAGS), version, _cpu()]).encode()
+        "\n".join(
+            [*(src.read_text() for src in SOURCES), " ".join(FLAGS), version, _cpu()]
+        ).encode()
     ).hexdigest()[:20]
-    path = cache_dir() / f"fwht-{key}.so"
+    path = cache_dir() / f"kernels-{key}.so"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".so")
         os.close(fd)
-        built = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True)
+        built = subprocess.run([cc, *FLAGS, *map(str, SOURCES), "-o", tmp], capture_output=True)
         if built.returncode != 0:
             os.unlink(tmp)
             return None
@@ -70,6 +73,8 @@ def _library() -> ctypes.CDLL | None:
         fn = getattr(lib, f"nblab_fwht{n}_t")
         fn.argtypes = [pointer, pointer, size, size, size, size, pointer, ctypes.c_float]
         fn.restype = None
+    lib.nblab_group_amax.argtypes = [pointer, pointer, size, size]
+    lib.nblab_group_amax.restype = None
     return lib
 
 
@@ -106,6 +111,24 @@ def hadamard(
 
         _split(run, cols, x2.numel())
     return out
+
+
+def group_amax(x2: torch.Tensor, g: int) -> torch.Tensor | None:
+    """x2.reshape(-1, g).abs().amax(1) for a contiguous fp32 CPU x2 (g a multiple of 16
+    that divides its size), except that a group holding an Inf or a NaN gives some
+    non-finite value (amax.c). None if the C code cannot be built here."""
+    lib = _library()
+    if lib is None:
+        return None
+    assert x2.is_contiguous() and g % 16 == 0 and x2.numel() % g == 0
+    out = torch.empty(x2.numel() // g, dtype=torch.int32)
+    x_ptr, out_ptr, size = x2.data_ptr(), out.data_ptr(), 4 * g
+
+    def run(lo: int, hi: int) -> None:  # groups [lo, hi)
+        lib.nblab_group_amax(x_ptr + lo * size, out_ptr + lo * 4, hi - lo, g)
+
+    _split(run, out.numel(), x2.numel())
+    return out.view(torch.float32)
 
 
 def _split(run, parts_of: int, numel: int) -> None:
