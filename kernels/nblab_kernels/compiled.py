@@ -21,7 +21,9 @@ graph, and a graph compiles once per process (inductor's on-disk cache makes lat
 processes cheaper). Each gets its own code object, hence its own dynamo cache and
 recompile limit. Groups along dim 0 run on x^T (`_transposable`), and fake_quantize's
 Hadamard transforms run in C around the graph (`_fake_apart`, c_kernels): the same
-operations in the same order, where inductor's code for them was slow.
+operations in the same order, where inductor's code for them was slow. fake_quantize of
+a large tensor with dividing group scales runs as two graphs (`_call`), the scales and
+then the elements, its group amax in C where the groups lie along contiguous rows.
 
 Stochastic rounding: with `rbits` or `seed` the bits are the reference's. With
 neither, one Philox seed is drawn from torch's global generator and the kernel draws
@@ -110,8 +112,9 @@ class Structure:
     # scale's grid without a torch dtype (ue5m3)
     code_layout: tuple[int, int, bool] = ()
     grid_layout: tuple[int, int, bool] = ()
-    # "" (the whole op in one graph), or fake_quantize in two (_fake_in_two): "scales"
-    # (each group's multiplier and dequant factor) and "elements" (given those)
+    # "" (the whole op in one graph), or a graph of fake_quantize in two (_call):
+    # "scales" or "amax_scales" (each group's multiplier and dequant factor, from x or
+    # from a given group amax), then "elements" (given those)
     phase: str = ""
 
     @property
@@ -587,17 +590,20 @@ def _graph(s: Structure, static: tuple[int | None, int | None]):
 # included, at the head of the group's element loop (2048 x 512, one thread: NVFP4 and
 # its 16 x 16 tiles, fp8 128-blocks and int4 32-blocks ran 1.6-2x slower). Where the
 # groups are blocks along contiguous rows, C takes their amax (amax.c, 2.5x inductor's).
-# MX scales gain nothing (2048 x 128: 1.3x slower), nor do small tensors, where the
-# extra calls (~20 us each) would not pay.
+# MX scales gain nothing (2048 x 128: 1.3x slower), nor do 128 x 128 tiles (a scale
+# per 16384 elements), nor small tensors, where the extra calls (~20 us each) would not
+# pay.
 TWO_GRAPHS_MIN_NUMEL = 2**17
+TWO_GRAPHS_MAX_GROUP = 256  # elements
 
 
 def _in_two(s: Structure, x2: torch.Tensor) -> bool:
+    group = {"block": s.block, "tile": (s.block or 0) ** 2}.get(s.granularity, 0)
     return (
         s.op == "fake"
         and not s.hadamard
         and s.scale in ("fp32", "float")
-        and s.granularity in ("block", "tile")
+        and 0 < group <= TWO_GRAPHS_MAX_GROUP
         and x2.numel() >= TWO_GRAPHS_MIN_NUMEL
     )
 
