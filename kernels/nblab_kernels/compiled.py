@@ -592,7 +592,10 @@ def _graph(s: Structure, static: tuple[int | None, int | None]):
 # groups are blocks along contiguous rows, C takes their amax (amax.c, 2.5x inductor's).
 # MX scales gain nothing (2048 x 128: 1.3x slower), nor do 128 x 128 tiles (a scale
 # per 16384 elements), nor small tensors, where the extra calls (~20 us each) would not
-# pay.
+# pay. Nor does more than one thread: the one graph's element loop then runs in
+# parallel, the scalar part split with it, while the amax and the short scales graph
+# add serial time (2 threads, NVFP4 and fp8 128-blocks: 1.1-1.3x slower at 2048 x 128
+# and 2048 x 512). Single-threaded is how sweeps run on the CPU (a job per core).
 TWO_GRAPHS_MIN_NUMEL = 2**17
 TWO_GRAPHS_MAX_GROUP = 256  # elements
 
@@ -605,6 +608,7 @@ def _in_two(s: Structure, x2: torch.Tensor) -> bool:
         and s.scale in ("fp32", "float")
         and 0 < group <= TWO_GRAPHS_MAX_GROUP
         and x2.numel() >= TWO_GRAPHS_MIN_NUMEL
+        and torch.get_num_threads() == 1
     )
 
 

@@ -99,6 +99,7 @@ def test_without_a_c_compiler_the_compiled_backend_keeps_its_graphs(monkeypatch,
         # fake_quantize in two graphs takes its group amax in the first
         assert c_kernels.group_amax(x, 16) is None
         monkeypatch.setattr(compiled, "TWO_GRAPHS_MIN_NUMEL", 0)
+        monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
         plain = QUANT_PRESETS["nvfp4"]
         got = compiled.fake_quantize(x, plain)
         assert torch.equal(_bits(got), _bits(reference.fake_quantize(x, plain)))

@@ -212,6 +212,7 @@ def eager_graphs(monkeypatch):
 def test_formulation_matches_the_reference_on_every_triton_case(eager_graphs, monkeypatch, in_two):
     # in_two: fake_quantize in two graphs (scales, then elements) wherever _in_two allows
     monkeypatch.setattr(compiled, "TWO_GRAPHS_MIN_NUMEL", 0 if in_two else 2**62)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # (two graphs: one thread)
     failures = []
     for case, (x, spec, kw) in CASES.items():
         try:
@@ -318,6 +319,7 @@ IN_TWO_CASES = {
 def test_fake_quantize_in_two_graphs_matches_the_reference(monkeypatch, case, first):
     x, spec, kw = CASES[case]
     monkeypatch.setattr(compiled, "TWO_GRAPHS_MIN_NUMEL", 0)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     phases, graph = [], compiled._graph
     monkeypatch.setattr(
         compiled, "_graph", lambda s, static: phases.append(s.phase) or graph(s, static)
