@@ -10,15 +10,12 @@
  *
  * 16 groups go at once: each is first folded to one vector of 16 partial maxima, then
  * four merges (a shuffle of two vectors' halves and a max) leave one vector holding
- * the 16 groups' results in order. GCC >= 12 or clang (__builtin_shufflevector). */
+ * the 16 groups' results in order (vec16.h). */
 #include <stdint.h>
 #include <string.h>
 
-typedef int32_t ivec16 __attribute__((vector_size(64)));
+#include "vec16.h"
 
-#define LANE_LIST(f, w)                                                                   \
-    f(0, w), f(1, w), f(2, w), f(3, w), f(4, w), f(5, w), f(6, w), f(7, w), f(8, w),       \
-        f(9, w), f(10, w), f(11, w), f(12, w), f(13, w), f(14, w), f(15, w)
 /* Each input holds groups of 2w partials; result lane l belongs to group l / w, and
  * takes the max of that group's partials l % w and l % w + w (in a|b concatenated). */
 #define FIRST_HALF(l, w) ((l) / (w) * 2 * (w) + (l) % (w))

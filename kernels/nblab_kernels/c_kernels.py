@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 SOURCES = [Path(__file__).with_name(name) for name in ("fwht.c", "amax.c")]
+HEADERS = [Path(__file__).with_name("vec16.h")]  # in the cache key, as the sources
 # -march=native: the cache key holds the CPU's flags, so a shared home never hands one
 # CPU another's build; no fast-math and no contraction: every operation rounds as torch's
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-fast-math", "-shared", "-fPIC")
@@ -53,7 +54,7 @@ def _library() -> ctypes.CDLL | None:
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256(
         "\n".join(
-            [*(src.read_text() for src in SOURCES), " ".join(FLAGS), version, _cpu()]
+            [*(f.read_text() for f in SOURCES + HEADERS), " ".join(FLAGS), version, _cpu()]
         ).encode()
     ).hexdigest()[:20]
     path = cache_dir() / f"kernels-{key}.so"

@@ -22,8 +22,9 @@ processes cheaper). Each gets its own code object, hence its own dynamo cache an
 recompile limit. Groups along dim 0 run on x^T (`_transposable`), and fake_quantize's
 Hadamard transforms run in C around the graph (`_fake_apart`, c_kernels): the same
 operations in the same order, where inductor's code for them was slow. fake_quantize of
-a large tensor with dividing group scales runs as two graphs (`_call`), the scales and
-then the elements, its group amax in C where the groups lie along contiguous rows.
+a large tensor whose small groups' scales take a division runs as two graphs (`_call`),
+the scales and then the elements, its group amax in C where the groups lie along
+contiguous rows.
 
 Stochastic rounding: with `rbits` or `seed` the bits are the reference's. With
 neither, one Philox seed is drawn from torch's global generator and the kernel draws
@@ -584,8 +585,8 @@ def _graph(s: Structure, static: tuple[int | None, int | None]):
         return _graphs[key]
 
 
-# fake_quantize of a large tensor in small groups whose scales divide (fp32 scales, and
-# NVFP4's two levels) runs as two graphs, each group's multiplier and dequant factor,
+# fake_quantize of a large tensor in small groups whose scales take a division (fp32
+# scales, and NVFP4's two levels) runs as two graphs, each group's multiplier and dequant factor,
 # then the elements: in one graph inductor recomputed each group's scale, divisions
 # included, at the head of the group's element loop (2048 x 512, one thread: NVFP4 and
 # its 16 x 16 tiles, fp8 128-blocks and int4 32-blocks ran 1.6-2x slower). Where the
@@ -645,7 +646,8 @@ def _call(s: Structure, static, x2, ni, nf, signs, rbits, seed):
 
 
 def _dynamic_rows(t: torch.Tensor, static) -> torch.Tensor:
-    """t, a tensor in x2's groups' shape, with the dims x2 has dynamic marked so."""
+    """t, laid out as the pipeline's (M, K) or as its groups (an entry a group), with the
+    dims that stay dynamic (static's None: the rows) marked so."""
     for dim, size in enumerate(static):
         if size is None and dim < t.dim():
             torch._dynamo.maybe_mark_dynamic(t, dim)
@@ -662,8 +664,7 @@ def _fake_apart(s: Structure, static, x2, ni, nf, signs, rbits, seed) -> torch.T
     xt = c_kernels.hadamard(x2, n, signs, inv_sqrt, inverse=False)
     if xt is None:
         return _graph(s, static)(x2.contiguous(), ni, nf, signs, rbits, seed)
-    if static[0] is None:
-        torch._dynamo.maybe_mark_dynamic(xt, 0)
+    xt = _dynamic_rows(xt, static)
     q = _call(dataclasses.replace(s, hadamard=0), static, xt, ni, nf, None, rbits, seed)
     return c_kernels.hadamard(q, n, signs, inv_sqrt, inverse=True)
 

@@ -8,22 +8,15 @@
  * first h become lo + hi and the next h become lo - hi (reference._fwht).
  * Built with -ffp-contract=off and no fast-math: every operation rounds as torch's does.
  *
- * A chunk is n / 16 vectors of 16 values (GCC / clang vector extensions: one AVX-512
- * register, or two or four narrower ones). The stages h < 16 run inside each vector: a
- * lane and its partner h away (a shuffle) give lo + hi and lo - hi, and a mask keeps
- * one per lane; the stages h >= 16 pair whole vectors. (Loading element j of 16 chunks
- * into one vector instead ran 5x slower: the loads and stores were gathers.) Needs GCC >= 12
- * or clang for __builtin_shufflevector: an older compiler fails the build, and the
- * compiled backend keeps its one-graph path (c_kernels.py). */
+ * A chunk is n / 16 vectors of 16 values (vec16.h). The stages h < 16 run inside each
+ * vector: a lane and its partner h away (a shuffle) give lo + hi and lo - hi, and a mask
+ * keeps one per lane; the stages h >= 16 pair whole vectors. (Loading element j of 16
+ * chunks into one vector instead ran 5x slower: the loads and stores were gathers.) */
 #include <stdint.h>
 #include <string.h>
 
-typedef float vec16 __attribute__((vector_size(64)));
-typedef int32_t mask16 __attribute__((vector_size(64)));
+#include "vec16.h"
 
-#define LANE_LIST(f, h)                                                                   \
-    f(0, h), f(1, h), f(2, h), f(3, h), f(4, h), f(5, h), f(6, h), f(7, h), f(8, h),       \
-        f(9, h), f(10, h), f(11, h), f(12, h), f(13, h), f(14, h), f(15, h)
 #define PARTNER(l, h) ((l) ^ (h))
 #define IS_HIGH(l, h) (((l) & (h)) ? -1 : 0)
 
@@ -32,10 +25,23 @@ typedef int32_t mask16 __attribute__((vector_size(64)));
 #define STAGE_IN(v, h)                                                                    \
     do {                                                                                  \
         vec16 p_ = __builtin_shufflevector(v, v, LANE_LIST(PARTNER, h));                  \
-        mask16 high_ = {LANE_LIST(IS_HIGH, h)};                                           \
+        ivec16 high_ = {LANE_LIST(IS_HIGH, h)};                                           \
         vec16 sum_ = v + p_, diff_ = p_ - v;                                              \
-        v = (vec16)(((mask16)diff_ & high_) | ((mask16)sum_ & ~high_));                   \
+        v = (vec16)(((ivec16)diff_ & high_) | ((ivec16)sum_ & ~high_));                   \
     } while (0)
+
+/* fwht's stages between whole vectors: element c of v[0..count) is one chunk's values,
+ * for each lane c (the stages h >= 16 of a contiguous chunk, h / 16 vectors apart; or
+ * every stage of 16 column chunks read across rows) */
+static inline void butterflies_between(vec16 *v, int count) {
+    for (int h = 1; h < count; h *= 2)
+        for (int i = 0; i < count; i += 2 * h)
+            for (int j = i; j < i + h; j++) {
+                vec16 lo = v[j], hi = v[j + h];
+                v[j] = lo + hi;
+                v[j + h] = lo - hi;
+            }
+}
 
 /* fwht on a chunk of n = 16 * count values held in v[0..count) */
 static inline void butterflies(vec16 *v, int count) {
@@ -45,13 +51,7 @@ static inline void butterflies(vec16 *v, int count) {
         STAGE_IN(v[a], 4);
         STAGE_IN(v[a], 8);
     }
-    for (int h = 1; h < count; h *= 2) /* h vectors: 16 h values */
-        for (int i = 0; i < count; i += 2 * h)
-            for (int j = i; j < i + h; j++) {
-                vec16 lo = v[j], hi = v[j + h];
-                v[j] = lo + hi;
-                v[j + h] = lo - hi;
-            }
+    butterflies_between(v, count);
 }
 
 #define FWHT(N)                                                                           \
@@ -113,13 +113,7 @@ static inline void transpose16(vec16 *t) {
                         memcpy(&row, x + (r + j) * cols + c0, lanes * sizeof(float));     \
                     v[j] = row * s[j];                                                    \
                 }                                                                         \
-                for (int h = 1; h < N; h *= 2)                                            \
-                    for (int i = 0; i < N; i += 2 * h)                                    \
-                        for (int j = i; j < i + h; j++) {                                 \
-                            vec16 lo = v[j], hi = v[j + h];                               \
-                            v[j] = lo + hi;                                               \
-                            v[j + h] = lo - hi;                                           \
-                        }                                                                 \
+                butterflies_between(v, N);                                                \
                 for (int q = 0; q < N; q += 16) {                                         \
                     for (int j = q; j < q + 16; j++) v[j] = v[j] * inv;                   \
                     transpose16(v + q); /* now v[q + c]: column c0 + c, rows r + q.. */   \
